@@ -1,0 +1,8 @@
+"""Entities: the keys features are looked up by."""
+
+from feast import Entity, ValueType
+
+from contract import ITEM_ID, USER_ID
+
+user = Entity(name="user", join_keys=[USER_ID], value_type=ValueType.INT64, description="A shopper.")
+item = Entity(name="item", join_keys=[ITEM_ID], value_type=ValueType.INT64, description="A product.")

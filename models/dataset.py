@@ -1,0 +1,50 @@
+"""Point-in-time training sets from the ranker's FeatureService, split by time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from feature_repo.contract import EVENT_TIMESTAMP, ITEM_ID, LABEL, USER_ID
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+
+
+def join_features(store, labelled: pd.DataFrame, service) -> pd.DataFrame:
+    """Join each labelled view with the features as they were at its timestamp."""
+    from models.feature_store import historical_features
+
+    rows = labelled[[USER_ID, ITEM_ID, EVENT_TIMESTAMP, LABEL]]
+    joined = historical_features(store, rows, service)
+    if len(joined) != len(rows):
+        raise RuntimeError(
+            f"Feast returned {len(joined)} training rows for {len(rows)} labelled views; "
+            "check that every entity has a snapshot at or before its first event"
+        )
+    return joined.sort_values([EVENT_TIMESTAMP, USER_ID, ITEM_ID]).reset_index(drop=True)
+
+
+def split_by_time(frame: pd.DataFrame, valid_start: datetime, test_start: datetime) -> Split:
+    """Train on the earliest days, stop early on the next, test on the latest: no shuffling."""
+    ts = frame[EVENT_TIMESTAMP]
+    return Split(
+        train=frame[ts < valid_start].reset_index(drop=True),
+        valid=frame[(ts >= valid_start) & (ts < test_start)].reset_index(drop=True),
+        test=frame[ts >= test_start].reset_index(drop=True),
+    )
+
+
+def feature_matrix(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
+    """Model input: the service's features in order, float32, missing values as NaN.
+
+    Training and serving both build their input with this function.
+    """
+    return frame.reindex(columns=features).to_numpy(dtype=np.float32, na_value=np.nan)

@@ -1,0 +1,115 @@
+"""All configuration, read from environment variables with documented defaults.
+
+Reading settings has no side effects: nothing is created, no URI is set globally. Every variable
+is listed in `.env.example`; the embedded profile needs none of them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_SHARED_EVENTS = PROJECT_ROOT.parent / "shared/data/taobao_userbehavior/userbehavior_user_slice.csv"
+_SAMPLE_EVENTS = PROJECT_ROOT / "data/sample/userbehavior_user_slice.csv.gz"
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _timestamp(name: str, default: str) -> datetime:
+    raw = _env(name, default)
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not an ISO-8601 timestamp") from exc
+    if value.tzinfo is None:
+        raise ValueError(f"{name}={raw!r} needs a UTC offset, e.g. 2017-11-25T00:00:00+08:00")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One snapshot of the environment; build it with `get_settings()`."""
+
+    data_dir: Path
+    raw_events: Path
+    window_start: datetime
+    window_end: datetime
+    valid_start: datetime
+    test_start: datetime
+    timezone: str
+    max_bad_row_fraction: float
+    feast_repo: Path
+    feast_yaml: Path
+    mlflow_tracking_uri: str
+    mlflow_artifact_root: Path
+    experiment: str
+    xgb_model_name: str
+    promotion_min_auc_gain: float
+    max_candidates: int
+    device: str
+    seed: int
+
+    @cached_property
+    def lake_dir(self) -> Path:
+        """Canonical and accepted events, one Parquet file per stage."""
+        return self.data_dir / "lake"
+
+    @cached_property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @cached_property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @cached_property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @cached_property
+    def airflow_home(self) -> Path:
+        return Path(_env("AIRFLOW_HOME", str(self.data_dir / "airflow")))
+
+
+def default_raw_events() -> Path:
+    """The shared Taobao slice when present, else the copy committed under data/sample/."""
+    return _SHARED_EVENTS if _SHARED_EVENTS.exists() else _SAMPLE_EVENTS
+
+
+def get_settings() -> Settings:
+    data_dir = Path(_env("CTR_DATA_DIR", str(PROJECT_ROOT / "var"))).resolve()
+    feast_repo = Path(_env("CTR_FEAST_REPO", str(PROJECT_ROOT / "feature_repo"))).resolve()
+    settings = Settings(
+        data_dir=data_dir,
+        raw_events=Path(_env("CTR_RAW_EVENTS", str(default_raw_events()))),
+        # The dataset's official period, in Beijing time: 2017-11-25 .. 2017-12-03 inclusive.
+        window_start=_timestamp("CTR_WINDOW_START", "2017-11-25T00:00:00+08:00"),
+        window_end=_timestamp("CTR_WINDOW_END", "2017-12-04T00:00:00+08:00"),
+        valid_start=_timestamp("CTR_VALID_START", "2017-12-01T00:00:00+08:00"),
+        test_start=_timestamp("CTR_TEST_START", "2017-12-02T00:00:00+08:00"),
+        timezone=_env("CTR_TIMEZONE", "Asia/Shanghai"),
+        max_bad_row_fraction=float(_env("CTR_MAX_BAD_ROW_FRACTION", "0.01")),
+        feast_repo=feast_repo,
+        feast_yaml=Path(_env("CTR_FEAST_YAML", str(feast_repo / "feature_store.yaml"))).resolve(),
+        mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{data_dir}/mlflow/mlflow.db"),
+        mlflow_artifact_root=Path(_env("CTR_MLFLOW_ARTIFACTS", str(data_dir / "mlflow/artifacts"))),
+        experiment=_env("CTR_EXPERIMENT", "ctr-ranking"),
+        xgb_model_name=_env("CTR_XGB_MODEL_NAME", "ctr-xgboost"),
+        promotion_min_auc_gain=float(_env("CTR_PROMOTION_MIN_AUC_GAIN", "0.0")),
+        max_candidates=int(_env("CTR_MAX_CANDIDATES", "500")),
+        device=_env("CTR_DEVICE", "auto"),
+        seed=int(_env("CTR_SEED", "42")),
+    )
+    if not settings.window_start < settings.valid_start < settings.test_start < settings.window_end:
+        raise ValueError(
+            "Expected CTR_WINDOW_START < CTR_VALID_START < CTR_TEST_START < CTR_WINDOW_END, got "
+            f"{settings.window_start} / {settings.valid_start} / {settings.test_start} / {settings.window_end}"
+        )
+    return settings

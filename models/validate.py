@@ -1,0 +1,166 @@
+"""Great Expectations validation of canonical events, with row-level quarantine.
+
+The suite is the only place the rules live: rows that GX lists as unexpected go to quarantine,
+the rest are accepted, and input rows = accepted + quarantined always. A batch fails as a whole
+when a rule is broken by more than `max_bad_row_fraction` of its rows, or the schema is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from feature_repo.contract import BEHAVIOR, BEHAVIORS, EVENT_COLUMNS, EVENT_TIMESTAMP, ID_COLUMNS
+
+SUITE_NAME = "canonical_events"
+FAILED_CHECKS = "failed_checks"
+
+
+class DataValidationError(RuntimeError):
+    """The batch broke the event suite; the message lists the failed expectations."""
+
+
+@dataclass
+class ValidationOutcome:
+    success: bool
+    accepted: pd.DataFrame
+    quarantined: pd.DataFrame
+    failures: list[str] = field(default_factory=list)
+    statistics: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "success": self.success,
+            "input_rows": len(self.accepted) + len(self.quarantined),
+            "accepted_rows": len(self.accepted),
+            "quarantined_rows": len(self.quarantined),
+            "failures": self.failures,
+            "statistics": self.statistics,
+        }
+
+
+def _gx():
+    # GX registers ~200 metric functions noisily when Airflow is imported first.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    import great_expectations as gx
+
+    return gx
+
+
+def build_suite(window_start: datetime, window_end: datetime, mostly: float) -> Any:
+    """The event suite: schema, ids present, known behaviours, timestamps inside the window."""
+    gx = _gx()
+    ex = gx.expectations
+    suite = gx.ExpectationSuite(name=SUITE_NAME)
+    for column in EVENT_COLUMNS:
+        suite.add_expectation(ex.ExpectColumnToExist(column=column))
+    suite.add_expectation(ex.ExpectTableRowCountToBeBetween(min_value=1))
+    for column in (*ID_COLUMNS, EVENT_TIMESTAMP):
+        suite.add_expectation(ex.ExpectColumnValuesToNotBeNull(column=column, mostly=mostly))
+    for column in ID_COLUMNS:
+        suite.add_expectation(ex.ExpectColumnValuesToBeBetween(column=column, min_value=0, mostly=mostly))
+    suite.add_expectation(
+        ex.ExpectColumnValuesToBeInSet(column=BEHAVIOR, value_set=list(BEHAVIORS), mostly=mostly)
+    )
+    suite.add_expectation(
+        ex.ExpectColumnValuesToBeBetween(
+            column=EVENT_TIMESTAMP,
+            min_value=pd.Timestamp(window_start).tz_convert("UTC"),
+            max_value=pd.Timestamp(window_end).tz_convert("UTC"),
+            strict_max=True,
+            mostly=mostly,
+        )
+    )
+    return suite
+
+
+def _describe(result: Any) -> str:
+    config = result.expectation_config
+    column = config.kwargs.get("column")
+    observed = result.result or {}
+    share = observed.get("unexpected_percent")
+    detail = f" ({observed.get('unexpected_count')} rows, {share:.2f}%)" if share is not None else ""
+    sample = observed.get("partial_unexpected_list")
+    examples = f", e.g. {sample[:3]}" if sample else ""
+    return f"{config.type}{f'[{column}]' if column else ''}{detail}{examples}"
+
+
+def validate_events(
+    events: pd.DataFrame, window_start: datetime, window_end: datetime, max_bad_row_fraction: float
+) -> ValidationOutcome:
+    """Run the suite through a GX checkpoint and split the batch into accepted and quarantined rows."""
+    gx = _gx()
+    context = gx.get_context(mode="ephemeral")
+    batch = (
+        context.data_sources.add_pandas("events")
+        .add_dataframe_asset("canonical_events")
+        .add_batch_definition_whole_dataframe("batch")
+    )
+    suite = context.suites.add(build_suite(window_start, window_end, mostly=1.0 - max_bad_row_fraction))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=SUITE_NAME, data=batch, suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name=SUITE_NAME,
+            validation_definitions=[definition],
+            result_format={"result_format": "COMPLETE"},
+        )
+    )
+    frame = events.reset_index(drop=True)
+    run = checkpoint.run(batch_parameters={"dataframe": frame})
+    (result,) = run.run_results.values()
+
+    bad_rows: dict[int, list[str]] = {}
+    failures: list[str] = []
+    for check in result.results:
+        name = check.expectation_config.type
+        column = check.expectation_config.kwargs.get("column")
+        label = f"{name}[{column}]" if column else name
+        for index in (check.result or {}).get("unexpected_index_list") or []:
+            row = index if isinstance(index, int) else int(next(iter(index.values())))
+            bad_rows.setdefault(row, []).append(label)
+        if not check.success:
+            failures.append(_describe(check))
+        elif check.exception_info and check.exception_info.get("raised_exception"):
+            failures.append(f"{label} raised {check.exception_info.get('exception_message')}")
+
+    is_bad = frame.index.isin(list(bad_rows))
+    quarantined = frame[is_bad].copy()
+    quarantined[FAILED_CHECKS] = [";".join(bad_rows[i]) for i in quarantined.index]
+    return ValidationOutcome(
+        success=bool(result.success) and not failures,
+        accepted=frame[~is_bad].reset_index(drop=True),
+        quarantined=quarantined.reset_index(drop=True),
+        failures=failures,
+        statistics=dict(result.statistics),
+    )
+
+
+def write_outcome(outcome: ValidationOutcome, quarantine_dir: Path) -> Path:
+    """Write quarantined rows and the report; return the report path."""
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    quarantined = outcome.quarantined.copy()
+    for column in quarantined.columns:
+        if quarantined[column].dtype == object or str(quarantined[column].dtype) == "string":
+            quarantined[column] = quarantined[column].astype("string")
+    quarantined.to_parquet(quarantine_dir / "rows.parquet", index=False)
+    quarantined.astype("string").to_csv(quarantine_dir / "rows.csv", index=False)
+    report = quarantine_dir / "report.json"
+    report.write_text(json.dumps(outcome.summary(), indent=2, default=str))
+    return report
+
+
+def raise_for_failures(outcome: ValidationOutcome, report: Path) -> None:
+    if not outcome.success:
+        raise DataValidationError(
+            f"Event batch failed validation ({len(outcome.quarantined)} of "
+            f"{len(outcome.accepted) + len(outcome.quarantined)} rows quarantined, report {report}):\n  - "
+            + "\n  - ".join(outcome.failures or ["the suite did not pass"])
+        )
