@@ -176,7 +176,8 @@ def load_by_alias(settings: Settings, alias: str = CHAMPION, name: str | None = 
 def promote_if_better(
     settings: Settings, version: str, candidate_auc: float, x_test: np.ndarray, y_test: np.ndarray, fingerprint: str
 ) -> dict[str, Any]:
-    """Move `champion` to `version` only if it beats the champion on the same test rows.
+    """Move `champion` to `version` only if it beats the champion on the same test rows by more
+    than CTR_PROMOTION_MIN_AUC_GAIN (an equal model is not promoted).
 
     The first version of an empty registry is promoted. A champion trained on other features is
     compared by its recorded test AUC. Returns the decision with its reasons.
@@ -201,10 +202,10 @@ def promote_if_better(
             champion_auc = float(tracking.get_model_version(settings.xgb_model_name, champion.version).tags["test_auc"])
         needed = champion_auc + settings.promotion_min_auc_gain
         decision.update(champion_version=champion.version, champion_auc=champion_auc, required_auc=needed)
-        if not np.isfinite(candidate_auc) or candidate_auc < needed:
-            decision.update(promoted=False, reason=f"test AUC {candidate_auc:.4f} < required {needed:.4f}")
+        if np.isfinite(candidate_auc) and candidate_auc > needed:
+            decision.update(promoted=True, reason=f"test AUC {candidate_auc:.4f} > required {needed:.4f}")
         else:
-            decision.update(promoted=True, reason=f"test AUC {candidate_auc:.4f} >= required {needed:.4f}")
+            decision.update(promoted=False, reason=f"test AUC {candidate_auc:.4f} <= required {needed:.4f}")
     if decision["promoted"]:
         tracking.set_registered_model_alias(settings.xgb_model_name, CHAMPION, version)
         tracking.delete_registered_model_alias(settings.xgb_model_name, CHALLENGER)

@@ -113,3 +113,22 @@ def get_settings() -> Settings:
             f"{settings.window_start} / {settings.valid_start} / {settings.test_start} / {settings.window_end}"
         )
     return settings
+
+
+def airflow_environment(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for running Airflow on this project; values already set in `environ` win.
+
+    Embedded profile: SQLite metadata DB under the data dir, the project's dags/ folder, API
+    server on loopback. Set AIRFLOW__DATABASE__SQL_ALCHEMY_CONN and AIRFLOW__CORE__EXECUTOR for
+    Postgres and Celery.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    defaults = {
+        "AIRFLOW_HOME": str(settings.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+    }
+    return {**environ, **{k: v for k, v in defaults.items() if not environ.get(k)}}

@@ -1,0 +1,83 @@
+"""`ctr`: the project's command line. Each stage is also an Airflow task of dags/ctr_pipeline.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+
+from models.settings import airflow_environment, get_settings
+
+
+def _run(args: argparse.Namespace) -> int:
+    from models import pipeline
+
+    settings = get_settings()
+    stages = {stage.__name__: stage for stage in pipeline.STAGES}
+    chosen = [stages[name] for name in args.stage] if args.stage else pipeline.STAGES
+    for stage in chosen:
+        print(f"== {stage.__name__}", flush=True)
+        print(json.dumps(stage(settings), indent=2, default=str), flush=True)
+    return 0
+
+
+def _exec(program: str, argv: list[str], env: dict[str, str]) -> int:
+    path = shutil.which(program, path=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    if path is None:
+        print(f"{program} not found; install the environment with `make venv`", file=sys.stderr)
+        return 127
+    os.execve(path, [program, *argv], env)
+    return 0  # not reached
+
+
+def _airflow(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    env = airflow_environment(settings)
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    return _exec("airflow", args.args, env)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    return _exec(
+        "bentoml",
+        ["serve", "services.ranker:Ranker", "--host", args.host, "--port", str(args.port), *args.args],
+        dict(os.environ),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ctr", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run pipeline stages in this process, without Airflow")
+    run.add_argument(
+        "--stage",
+        action="append",
+        metavar="NAME",
+        help="run only this stage (repeatable): ingest, validate, apply_features, build_features, "
+        "materialize, build_training_set, train, evaluate, register",
+    )
+    run.set_defaults(func=_run)
+
+    airflow = sub.add_parser(
+        "airflow", help="run the airflow CLI with this project's environment, e.g. `ctr airflow dags test ctr_pipeline`"
+    )
+    airflow.add_argument("args", nargs=argparse.REMAINDER)
+    airflow.set_defaults(func=_airflow)
+
+    serve = sub.add_parser("serve", help="start the ranking service (bentoml serve) on loopback")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("args", nargs=argparse.REMAINDER, help="passed on to bentoml serve")
+    serve.set_defaults(func=_serve)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

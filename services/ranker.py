@@ -1,0 +1,76 @@
+"""BentoML ranking service: `bentoml serve services.ranker:Ranker`.
+
+Reads user and item features from the Feast online store through the FeatureService the model
+was trained with, and scores candidates with the MLflow `champion` of the XGBoost model.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import bentoml
+from bentoml.exceptions import InvalidArgument
+from pydantic import Field
+
+from models.settings import get_settings
+from services.schemas import ModelRef, RankResponse, ScoredItem
+
+SETTINGS = get_settings()
+
+
+class FeatureBindingError(RuntimeError):
+    """The model was trained on other features than the Feast registry now serves."""
+
+
+@bentoml.service(traffic={"timeout": 10}, workers=1)
+class Ranker:
+    def __init__(self) -> None:
+        from models.feature_store import fingerprint, open_store
+        from models.registry import load_by_alias
+
+        self.served = load_by_alias(SETTINGS)
+        self.store = open_store(SETTINGS)
+        self.feature_service = self.store.get_feature_service(self.served.feature_service)
+        registered = fingerprint(self.feature_service)
+        if registered != self.served.fingerprint:
+            raise FeatureBindingError(
+                f"{self.served.name} v{self.served.version} was trained with FeatureService "
+                f"'{self.served.feature_service}' fingerprint {self.served.fingerprint}, but the Feast "
+                f"registry now has fingerprint {registered}; retrain or re-apply the matching feature repo"
+            )
+
+    def score(self, user_id: int, item_ids: list[int]) -> list[float]:
+        """Online features for each (user, item) pair, then the model: the path /rank serves."""
+        import pandas as pd
+
+        from models.dataset import feature_matrix
+        from models.xgb import predict_ctr
+
+        rows = [{"user_id": user_id, "item_id": item_id} for item_id in item_ids]
+        features = self.store.get_online_features(features=self.feature_service, entity_rows=rows).to_dict()
+        x = feature_matrix(pd.DataFrame(features), self.served.features)
+        return predict_ctr(self.served.model, x).tolist()
+
+    @bentoml.api
+    def rank(
+        self,
+        user_id: Annotated[int, Field(ge=0, description="The shopper's id.")],
+        item_ids: Annotated[
+            list[Annotated[int, Field(ge=0)]],
+            Field(min_length=1, max_length=SETTINGS.max_candidates, description="Candidate item ids, unique."),
+        ],
+    ) -> RankResponse:
+        """Rank candidate items for a user, highest predicted purchase intent first."""
+        if len(set(item_ids)) != len(item_ids):
+            seen: set[int] = set()
+            repeated = sorted({i for i in item_ids if i in seen or seen.add(i)})
+            raise InvalidArgument(f"item_ids must be unique; repeated: {repeated[:10]}")
+        scores = self.score(user_id, item_ids)
+        ranked = sorted(zip(item_ids, scores, strict=True), key=lambda pair: -pair[1])
+        return RankResponse(
+            user_id=user_id,
+            items=[ScoredItem(item_id=i, score=s) for i, s in ranked],
+            model=ModelRef(
+                name=self.served.name, version=self.served.version, feature_service=self.served.feature_service
+            ),
+        )

@@ -1,0 +1,98 @@
+"""The real DAG, run by `airflow dags test` on the Taobao slice, and what it leaves behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from models.settings import airflow_environment, get_settings
+from tests.conftest import ROOT, TAOBAO, VENV_BIN, project_environment, run_dag
+
+pytestmark = pytest.mark.integration
+
+
+DAGBAG_PROBE = """
+import json
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=%r)
+dag = bag.get_dag("ctr_pipeline")
+print(json.dumps({
+    "import_errors": {str(k): str(v) for k, v in bag.import_errors.items()},
+    "tags": sorted(dag.tags) if dag else None,
+    "tasks": {t.task_id: {"queue": t.queue, "retries": t.retries} for t in dag.tasks} if dag else {},
+}))
+"""
+
+
+def test_dagbag_has_no_import_errors_and_tasks_are_configured(tmp_path):
+    # Airflow reads its configuration at import: probe it in a process with the project's environment.
+    env = airflow_environment(get_settings(), project_environment(tmp_path))
+    probe = subprocess.run(
+        [sys.executable, "-c", DAGBAG_PROBE % str(ROOT / "dags")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    bag = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert bag["import_errors"] == {}
+    assert set(bag["tags"]) >= {"ctr", "training"}
+    tasks = bag["tasks"]
+    assert list(tasks)[0] == "ingest" and "register" in tasks
+    assert tasks["train"]["queue"] == "gpu"
+    assert tasks["validate"]["retries"] == 0
+    assert all(t["retries"] >= 1 for name, t in tasks.items() if name != "validate")
+
+
+def test_dag_runs_green_and_produces_validation_features_and_a_champion(dag_run, use_environment):
+    assert dag_run["result"].returncode == 0, dag_run["output"][-5000:]
+    assert "state=success" in dag_run["output"]
+    data_dir = dag_run["data_dir"]
+
+    report = json.loads((data_dir / "quarantine/report.json").read_text())
+    assert report["success"] and report["quarantined_rows"] == 35
+    assert report["accepted_rows"] + report["quarantined_rows"] == report["input_rows"] == 84287
+
+    use_environment(dag_run["env"])
+    from models.feature_store import open_store
+    from models.registry import load_by_alias
+    from models.settings import get_settings
+
+    settings = get_settings()
+    store = open_store(settings)
+    online = store.get_online_features(
+        features=store.get_feature_service("ctr_ranker_v1"), entity_rows=[{"user_id": 1, "item_id": 283}]
+    ).to_dict()
+    # user 1 viewed 48 items in the last 7 days of the data: the materialized snapshot says so
+    assert online["user_pv_7d"] == [48.0]
+    assert online["item_pv_7d"][0] is not None
+
+    champion = load_by_alias(settings)
+    assert champion.version == "1" and champion.feature_service == "ctr_ranker_v1"
+
+    evaluation = json.loads((data_dir / "models/xgb_candidate_evaluation.json").read_text())
+    assert evaluation["test_auc"] > evaluation["popularity_auc"] + 0.05
+    assert evaluation["test_logloss"] < evaluation["popularity_logloss"]
+
+
+def test_a_broken_batch_stops_the_run_at_validation(tmp_path):
+    broken = tmp_path / "broken.csv"
+    lines = TAOBAO.read_text().splitlines()[:3000]
+    bad = [",".join([*line.split(",")[:3], "click", line.split(",")[4]]) for line in lines[:300]]
+    broken.write_text("\n".join(bad + lines[300:]) + "\n")
+    env = project_environment(tmp_path / "data", CTR_RAW_EVENTS=str(broken))
+    result = run_dag(env)
+    output = result.stdout + result.stderr
+    assert "DataValidationError" in output
+    assert "expect_column_values_to_be_in_set[behavior] (300 rows" in output
+    assert "state=failed" in output
+    quarantined = pd.read_parquet(tmp_path / "data/quarantine/rows.parquet")
+    assert len(quarantined) == 300 and set(quarantined["behavior"]) == {"click"}
+    assert not (tmp_path / "data/lake/accepted_events.parquet").exists()  # nothing downstream ran
+    assert not (tmp_path / "data/offline").exists()
+
+
+def test_ctr_cli_help_lists_the_stages():
+    out = subprocess.run([str(VENV_BIN / "ctr"), "run", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "build_training_set" in out

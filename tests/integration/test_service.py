@@ -1,0 +1,103 @@
+"""A real `bentoml serve` of the ranker over the DAG's stores and registry."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(dag_run):
+    assert dag_run["result"].returncode == 0, dag_run["output"][-3000:]
+    port = _free_port()
+    log = dag_run["data_dir"] / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["ctr", "serve", "--port", str(port)], env=dag_run["env"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("bentoml serve did not become ready:\n" + log.read_text()[-3000:])
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_rank_scores_equal_the_registered_model_on_online_features(server, dag_run, use_environment):
+    items = [283, 2268318, 2333346, 4365585, 3830808, 987654321]
+    response = httpx.post(f"{server}/rank", json={"user_id": 1, "item_ids": items}, timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert sorted(i["item_id"] for i in body["items"]) == sorted(items)
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert body["model"] == {"name": "ctr-xgboost", "version": "1", "feature_service": "ctr_ranker_v1"}
+
+    use_environment(dag_run["env"])
+    import pandas as pd
+
+    from models.dataset import feature_matrix
+    from models.feature_store import open_store
+    from models.registry import load_by_alias
+    from models.settings import get_settings
+
+    settings = get_settings()
+    champion = load_by_alias(settings)
+    store = open_store(settings)
+    online = store.get_online_features(
+        features=store.get_feature_service(champion.feature_service),
+        entity_rows=[{"user_id": 1, "item_id": i} for i in items],
+    ).to_dict()
+    offline = champion.model.predict_proba(feature_matrix(pd.DataFrame(online), champion.features))[:, 1]
+    served = {i["item_id"]: i["score"] for i in body["items"]}
+    np.testing.assert_allclose([served[i] for i in items], offline, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ({"user_id": 1, "item_ids": []}, "at least 1 item"),
+        ({"user_id": 1, "item_ids": [5, 5]}, "item_ids must be unique; repeated: [5]"),
+        ({"item_ids": [5]}, "user_id"),
+        ({"user_id": "someone", "item_ids": [5]}, "user_id"),
+        ({"user_id": 1, "item_ids": list(range(501))}, "at most 500"),
+    ],
+)
+def test_bad_requests_get_a_400_with_a_message(server, payload, expected):
+    response = httpx.post(f"{server}/rank", json=payload, timeout=30)
+    assert response.status_code == 400
+    assert expected in response.text
+
+
+def test_malformed_json_gets_a_400(server):
+    response = httpx.post(
+        f"{server}/rank", content=b'{"user_id": 1, "item_ids": [', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert "Invalid JSON" in response.text

@@ -1,0 +1,23 @@
+import pytest
+
+from models.settings import airflow_environment, get_settings
+
+
+def test_timestamps_need_an_offset(monkeypatch):
+    monkeypatch.setenv("CTR_WINDOW_START", "2017-11-25T00:00:00")
+    with pytest.raises(ValueError, match="CTR_WINDOW_START.*UTC offset"):
+        get_settings()
+
+
+def test_windows_must_be_ordered(monkeypatch):
+    monkeypatch.setenv("CTR_TEST_START", "2017-11-20T00:00:00+08:00")
+    with pytest.raises(ValueError, match="CTR_TEST_START"):
+        get_settings()
+
+
+def test_airflow_environment_keeps_what_the_user_set(tmp_path):
+    env = airflow_environment(get_settings(), {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "AIRFLOW_HOME": str(tmp_path)})
+    assert env["AIRFLOW_HOME"] == str(tmp_path)
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("dags")
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
