@@ -19,7 +19,12 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import chain, dag, task
 
-DEFAULT_ARGS = {"owner": "ranking", "retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
+DEFAULT_ARGS = {
+    "owner": "ranking",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+}
 
 
 @dag(

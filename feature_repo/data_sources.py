@@ -4,9 +4,9 @@ Paths are absolute, under CTR_DATA_DIR (see models/settings.py), because Feast's
 disagree on what a relative path is relative to. The job asks these sources where to write.
 """
 
+from contract import EVENT_TIMESTAMP
 from feast import FileSource
 
-from contract import EVENT_TIMESTAMP
 from models.settings import get_settings
 
 OFFLINE_DIR = get_settings().data_dir / "offline"

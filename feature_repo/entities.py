@@ -1,8 +1,7 @@
 """Entities: the keys features are looked up by."""
 
-from feast import Entity, ValueType
-
 from contract import ITEM_ID, USER_ID
+from feast import Entity, ValueType
 
 user = Entity(name="user", join_keys=[USER_ID], value_type=ValueType.INT64, description="A shopper.")
 item = Entity(name="item", join_keys=[ITEM_ID], value_type=ValueType.INT64, description="A product.")

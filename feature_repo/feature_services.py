@@ -1,8 +1,7 @@
 """FeatureServices: the exact feature lists a model is trained with and served through."""
 
-from feast import FeatureService
-
 from contract import RANKER_FEATURE_SERVICE
+from feast import FeatureService
 from feature_views import item_behavior_stats, user_behavior_stats
 
 ctr_ranker_v1 = FeatureService(

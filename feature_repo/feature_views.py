@@ -2,12 +2,11 @@
 
 from datetime import timedelta
 
-from feast import FeatureView, Field
-from feast.types import Float32
-
 from contract import ITEM_FEATURES, ITEM_VIEW, USER_FEATURES, USER_VIEW
 from data_sources import item_stats_source, user_stats_source
 from entities import item, user
+from feast import FeatureView, Field
+from feast.types import Float32
 
 # A snapshot is valid until the next one; an entity with no snapshot in that time had no
 # activity in any window, which the models read as zero counts.

@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(func=_run)
 
     airflow = sub.add_parser(
-        "airflow", help="run the airflow CLI with this project's environment, e.g. `ctr airflow dags test ctr_pipeline`"
+        "airflow",
+        help="run the airflow CLI with this project's environment, e.g. `ctr airflow dags test ctr_pipeline`",
     )
     airflow.add_argument("args", nargs=argparse.REMAINDER)
     airflow.set_defaults(func=_airflow)

@@ -86,7 +86,9 @@ def write_offline(frame: pd.DataFrame, path: Path) -> Path:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
-    stamps = {c: frame[c].dt.as_unit("us") for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)}
+    stamps = {
+        c: frame[c].dt.as_unit("us") for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)
+    }
     frame.assign(**stamps).to_parquet(partial, index=False)
     partial.replace(path)
     return path
@@ -103,18 +105,26 @@ def feature_names(service: FeatureService) -> list[str]:
 
 def fingerprint(service: FeatureService) -> str:
     """A short hash of the service's name and feature list, recorded with every model trained on it."""
-    payload = service.name + "|" + ",".join(
-        f"{projection.name}:{f.name}:{f.dtype}"
-        for projection in service.feature_view_projections
-        for f in projection.features
+    payload = (
+        service.name
+        + "|"
+        + ",".join(
+            f"{projection.name}:{f.name}:{f.dtype}"
+            for projection in service.feature_view_projections
+            for f in projection.features
+        )
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def historical_features(store: FeatureStore, entity_rows: pd.DataFrame, service: FeatureService) -> pd.DataFrame:
+def historical_features(
+    store: FeatureStore, entity_rows: pd.DataFrame, service: FeatureService
+) -> pd.DataFrame:
     """Point-in-time join of `entity_rows` (keys + event_timestamp + anything else) with the service."""
     return store.get_historical_features(entity_df=entity_rows, features=service).to_df()
 
 
-def online_features(store: FeatureStore, service: FeatureService, rows: list[dict[str, int]]) -> dict[str, list]:
+def online_features(
+    store: FeatureStore, service: FeatureService, rows: list[dict[str, int]]
+) -> dict[str, list]:
     return store.get_online_features(features=service, entity_rows=rows).to_dict()

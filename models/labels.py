@@ -6,7 +6,15 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
-from feature_repo.contract import BEHAVIOR, EVENT_TIMESTAMP, INTENT_BEHAVIORS, ITEM_ID, LABEL, PAGE_VIEW, USER_ID
+from feature_repo.contract import (
+    BEHAVIOR,
+    EVENT_TIMESTAMP,
+    INTENT_BEHAVIORS,
+    ITEM_ID,
+    LABEL,
+    PAGE_VIEW,
+    USER_ID,
+)
 
 
 def label_page_views(events: pd.DataFrame, window: timedelta, data_end: datetime) -> pd.DataFrame:

@@ -51,7 +51,9 @@ def validate(settings: Settings | None = None) -> dict[str, Any]:
 
     settings = settings or get_settings()
     events = pd.read_parquet(_paths(settings)["ingested"])
-    outcome = validate_events(events, settings.window_start, settings.window_end, settings.max_bad_row_fraction)
+    outcome = validate_events(
+        events, settings.window_start, settings.window_end, settings.max_bad_row_fraction
+    )
     report = write_outcome(outcome, settings.quarantine_dir)
     summary = {**outcome.summary(), "report": str(report)}
     log.info("validation: %s", json.dumps({k: v for k, v in summary.items() if k != "statistics"}))
@@ -105,7 +107,11 @@ def build_training_set(settings: Settings | None = None) -> dict[str, Any]:
     store = open_store(settings)
     frame = join_features(store, labelled, store.get_feature_service(RANKER_FEATURE_SERVICE))
     _replace(frame, _paths(settings)["training"])
-    return {"rows": len(frame), "positives": int(frame[LABEL].sum()), "positive_rate": float(frame[LABEL].mean())}
+    return {
+        "rows": len(frame),
+        "positives": int(frame[LABEL].sum()),
+        "positive_rate": float(frame[LABEL].mean()),
+    }
 
 
 def _split(settings: Settings):
@@ -219,11 +225,23 @@ def register(settings: Settings | None = None) -> dict[str, Any]:
         "device": meta["device"],
     }
     numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float) and np.isfinite(v)}
-    version = log_candidate(settings, trained, x_test, y_test, numeric, lineage, RANKER_FEATURE_SERVICE, fingerprint)
+    version = log_candidate(
+        settings, trained, x_test, y_test, numeric, lineage, RANKER_FEATURE_SERVICE, fingerprint
+    )
     return promote_if_better(settings, version, metrics["test_auc"], x_test, y_test, fingerprint)
 
 
-STAGES = [ingest, validate, apply_features, build_features, materialize, build_training_set, train, evaluate, register]
+STAGES = [
+    ingest,
+    validate,
+    apply_features,
+    build_features,
+    materialize,
+    build_training_set,
+    train,
+    evaluate,
+    register,
+]
 
 
 def run_all(settings: Settings | None = None) -> dict[str, Any]:

@@ -117,7 +117,9 @@ def log_candidate(
             for step, value in enumerate(values):
                 mlflow.log_metric(f"valid_{name}", value, step=step)
         mlflow.log_dict(lineage, "lineage.json")
-        for path, fig in _figures(y_test, predict_ctr(trained.model, x_test), trained.model, trained.features).items():
+        for path, fig in _figures(
+            y_test, predict_ctr(trained.model, x_test), trained.model, trained.features
+        ).items():
             mlflow.log_figure(fig, path)
             plt.close(fig)
         mlflow.set_tags({TAG_FEATURE_SERVICE: feature_service, TAG_FINGERPRINT: fingerprint})
@@ -174,7 +176,12 @@ def load_by_alias(settings: Settings, alias: str = CHAMPION, name: str | None = 
 
 
 def promote_if_better(
-    settings: Settings, version: str, candidate_auc: float, x_test: np.ndarray, y_test: np.ndarray, fingerprint: str
+    settings: Settings,
+    version: str,
+    candidate_auc: float,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    fingerprint: str,
 ) -> dict[str, Any]:
     """Move `champion` to `version` only if it beats the champion on the same test rows by more
     than CTR_PROMOTION_MIN_AUC_GAIN (an equal model is not promoted).
@@ -199,7 +206,9 @@ def promote_if_better(
         if champion.fingerprint == fingerprint:
             champion_auc = ctr_metrics(y_test, predict_ctr(champion.model, x_test))["auc"]
         else:
-            champion_auc = float(tracking.get_model_version(settings.xgb_model_name, champion.version).tags["test_auc"])
+            champion_auc = float(
+                tracking.get_model_version(settings.xgb_model_name, champion.version).tags["test_auc"]
+            )
         needed = champion_auc + settings.promotion_min_auc_gain
         decision.update(champion_version=champion.version, champion_auc=champion_auc, required_auc=needed)
         if np.isfinite(candidate_auc) and candidate_auc > needed:

@@ -110,7 +110,8 @@ def get_settings() -> Settings:
     if not settings.window_start < settings.valid_start < settings.test_start < settings.window_end:
         raise ValueError(
             "Expected CTR_WINDOW_START < CTR_VALID_START < CTR_TEST_START < CTR_WINDOW_END, got "
-            f"{settings.window_start} / {settings.valid_start} / {settings.test_start} / {settings.window_end}"
+            f"{settings.window_start} / {settings.valid_start} / "
+            f"{settings.test_start} / {settings.window_end}"
         )
     return settings
 

@@ -57,7 +57,9 @@ class Ranker:
         user_id: Annotated[int, Field(ge=0, description="The shopper's id.")],
         item_ids: Annotated[
             list[Annotated[int, Field(ge=0)]],
-            Field(min_length=1, max_length=SETTINGS.max_candidates, description="Candidate item ids, unique."),
+            Field(
+                min_length=1, max_length=SETTINGS.max_candidates, description="Candidate item ids, unique."
+            ),
         ],
     ) -> RankResponse:
         """Rank candidate items for a user, highest predicted purchase intent first."""
@@ -71,6 +73,8 @@ class Ranker:
             user_id=user_id,
             items=[ScoredItem(item_id=i, score=s) for i, s in ranked],
             model=ModelRef(
-                name=self.served.name, version=self.served.version, feature_service=self.served.feature_service
+                name=self.served.name,
+                version=self.served.version,
+                feature_service=self.served.feature_service,
             ),
         )

@@ -41,7 +41,12 @@ def project_environment(data_dir: Path, **extra: str) -> dict[str, str]:
 def run_dag(env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
     """`airflow db migrate` then `airflow dags test ctr_pipeline`, through the project's CLI."""
     migrate = subprocess.run(
-        ["ctr", "airflow", "db", "migrate"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        ["ctr", "airflow", "db", "migrate"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
     return subprocess.run(

@@ -32,7 +32,11 @@ def test_dagbag_has_no_import_errors_and_tasks_are_configured(tmp_path):
     # Airflow reads its configuration at import: probe it in a process with the project's environment.
     env = airflow_environment(get_settings(), project_environment(tmp_path))
     probe = subprocess.run(
-        [sys.executable, "-c", DAGBAG_PROBE % str(ROOT / "dags")], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", DAGBAG_PROBE % str(ROOT / "dags")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert probe.returncode == 0, probe.stderr[-3000:]
     bag = json.loads(probe.stdout.strip().splitlines()[-1])
@@ -94,5 +98,7 @@ def test_a_broken_batch_stops_the_run_at_validation(tmp_path):
 
 
 def test_ctr_cli_help_lists_the_stages():
-    out = subprocess.run([str(VENV_BIN / "ctr"), "run", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(VENV_BIN / "ctr"), "run", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "build_training_set" in out

@@ -39,7 +39,11 @@ def test_a_value_written_after_the_row_time_never_leaks(tmp_path, use_environmen
         {
             "user_id": [7, 7, 7],
             "item_id": [70, 70, 70],
-            "event_timestamp": [T - pd.Timedelta(hours=1), T + pd.Timedelta(hours=5), T + day + pd.Timedelta(hours=1)],
+            "event_timestamp": [
+                T - pd.Timedelta(hours=1),
+                T + pd.Timedelta(hours=5),
+                T + day + pd.Timedelta(hours=1),
+            ],
             "label": [0, 1, 0],
         }
     )

@@ -28,7 +28,11 @@ def server(dag_run):
     log = dag_run["data_dir"] / "serve.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            ["ctr", "serve", "--port", str(port)], env=dag_run["env"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+            ["ctr", "serve", "--port", str(port)],
+            env=dag_run["env"],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -97,7 +101,9 @@ def test_bad_requests_get_a_400_with_a_message(server, payload, expected):
 
 def test_malformed_json_gets_a_400(server):
     response = httpx.post(
-        f"{server}/rank", content=b'{"user_id": 1, "item_ids": [', headers={"content-type": "application/json"}
+        f"{server}/rank",
+        content=b'{"user_id": 1, "item_ids": [',
+        headers={"content-type": "application/json"},
     )
     assert response.status_code == 400
     assert "Invalid JSON" in response.text

@@ -40,7 +40,9 @@ def test_snapshot_counts_only_days_before_it(grid):
 
 
 def test_conversion_is_smoothed_so_new_items_are_neither_zero_nor_one(grid):
-    events = _events([(1, 10, 100, "pv", T0 + pd.Timedelta(hours=1)), (1, 10, 100, "buy", T0 + pd.Timedelta(hours=2))])
+    events = _events(
+        [(1, 10, 100, "pv", T0 + pd.Timedelta(hours=1)), (1, 10, 100, "buy", T0 + pd.Timedelta(hours=2))]
+    )
     items = item_snapshots(events, grid).set_index("event_timestamp")
     rate = items.loc[T0 + pd.Timedelta(days=1), "item_conversion_7d"]
     assert 0.03 < rate < 1.0

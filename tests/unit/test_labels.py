@@ -36,5 +36,7 @@ def test_view_followed_by_intent_within_the_window_is_positive():
 
 
 def test_views_too_close_to_the_end_are_not_labelled_and_duplicates_count_once():
-    labels = label_page_views(_events([(1, 10, "pv", 1), (1, 10, "pv", 1), (1, 11, "pv", 47)]), LABEL_WINDOW, END)
+    labels = label_page_views(
+        _events([(1, 10, "pv", 1), (1, 10, "pv", 1), (1, 11, "pv", 47)]), LABEL_WINDOW, END
+    )
     assert labels[["user_id", "item_id"]].values.tolist() == [[1, 10]]

@@ -16,7 +16,9 @@ def test_windows_must_be_ordered(monkeypatch):
 
 
 def test_airflow_environment_keeps_what_the_user_set(tmp_path):
-    env = airflow_environment(get_settings(), {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "AIRFLOW_HOME": str(tmp_path)})
+    env = airflow_environment(
+        get_settings(), {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "AIRFLOW_HOME": str(tmp_path)}
+    )
     assert env["AIRFLOW_HOME"] == str(tmp_path)
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("dags")

@@ -40,12 +40,16 @@ def test_broken_batch_fails_with_a_clear_message_and_its_rows_in_quarantine(real
     assert "'click'" in message
     assert "expect_column_values_to_not_be_null[user_id] (50 rows" in message
     quarantined = pd.read_parquet(tmp_path / "q/rows.parquet")
-    assert sorted(quarantined["source_row"]) == sorted(batch.loc[list(range(200)) + list(range(500, 550)), "source_row"])
+    assert sorted(quarantined["source_row"]) == sorted(
+        batch.loc[list(range(200)) + list(range(500, 550)), "source_row"]
+    )
 
 
 def test_missing_column_fails_the_batch(real_events):
     s = get_settings()
-    outcome = validate_events(real_events.head(100).drop(columns=["category_id"]), s.window_start, s.window_end, 0.01)
+    outcome = validate_events(
+        real_events.head(100).drop(columns=["category_id"]), s.window_start, s.window_end, 0.01
+    )
     assert not outcome.success
     assert any("expect_column_to_exist[category_id]" in f for f in outcome.failures)
 
