@@ -12,7 +12,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-TAOBAO = ROOT.parent / "shared/data/taobao_userbehavior/userbehavior_user_slice.csv"
 
 
 def feast_yaml_for(data_dir: Path) -> Path:

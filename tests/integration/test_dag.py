@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 
 from models.settings import airflow_environment, get_settings
-from tests.conftest import ROOT, TAOBAO, VENV_BIN, project_environment, run_dag
+from tests.conftest import ROOT, VENV_BIN, migrate_airflow, project_environment, run_dag
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,9 @@ print(json.dumps({
 
 def test_dagbag_has_no_import_errors_and_tasks_are_configured(tmp_path):
     # Airflow reads its configuration at import: probe it in a process with the project's environment.
-    env = airflow_environment(get_settings(), project_environment(tmp_path))
+    base = project_environment(tmp_path)
+    migrate_airflow(base)
+    env = airflow_environment(get_settings(), base)
     probe = subprocess.run(
         [sys.executable, "-c", DAGBAG_PROBE % str(ROOT / "dags")],
         env=env,
@@ -82,7 +85,8 @@ def test_dag_runs_green_and_produces_validation_features_and_a_champion(dag_run,
 
 def test_a_broken_batch_stops_the_run_at_validation(tmp_path):
     broken = tmp_path / "broken.csv"
-    lines = TAOBAO.read_text().splitlines()[:3000]
+    with gzip.open(ROOT / "data/sample/userbehavior_user_slice.csv.gz", "rt") as sample:
+        lines = sample.read().splitlines()[:3000]
     bad = [",".join([*line.split(",")[:3], "click", line.split(",")[4]]) for line in lines[:300]]
     broken.write_text("\n".join(bad + lines[300:]) + "\n")
     env = project_environment(tmp_path / "data", CTR_RAW_EVENTS=str(broken))
