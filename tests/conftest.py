@@ -32,13 +32,13 @@ def project_environment(data_dir: Path, **extra: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
         **extra,
     )
-    env.pop("AIRFLOW_HOME", None)
+    env["AIRFLOW_HOME"] = str(data_dir / "airflow")
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
 
-def run_dag(env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    """`airflow db migrate` then `airflow dags test ctr_pipeline`, through the project's CLI."""
+def migrate_airflow(env: dict[str, str], timeout: int = 300) -> None:
+    """`airflow db migrate` on the environment's own SQLite metadata DB."""
     migrate = subprocess.run(
         ["ctr", "airflow", "db", "migrate"],
         env=env,
@@ -48,6 +48,11 @@ def run_dag(env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProc
         timeout=timeout,
     )
     assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
+
+
+def run_dag(env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """`airflow db migrate` then `airflow dags test ctr_pipeline`, through the project's CLI."""
+    migrate_airflow(env)
     return subprocess.run(
         ["ctr", "airflow", "dags", "test", "ctr_pipeline"],
         env=env,
