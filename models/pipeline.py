@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.contract import ITEM_VIEW, LABEL, LABEL_WINDOW, RANKER_FEATURE_SERVICE, USER_VIEW
+from models.feature_store import write_offline
 from models.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -28,19 +29,13 @@ def _paths(settings: Settings) -> dict[str, Path]:
     }
 
 
-def _replace(frame: pd.DataFrame, path: Path) -> None:
-    from models.feature_store import write_offline
-
-    write_offline(frame, path)
-
-
 def ingest(settings: Settings | None = None) -> dict[str, Any]:
     """Raw CSV -> canonical events, every line kept."""
     from models.events import load_events
 
     settings = settings or get_settings()
     events = load_events(settings.raw_events)
-    _replace(events, _paths(settings)["ingested"])
+    write_offline(events, _paths(settings)["ingested"])
     log.info("ingested %d rows from %s", len(events), settings.raw_events)
     return {"source": str(settings.raw_events), "rows": len(events)}
 
@@ -58,7 +53,7 @@ def validate(settings: Settings | None = None) -> dict[str, Any]:
     summary = {**outcome.summary(), "report": str(report)}
     log.info("validation: %s", json.dumps({k: v for k, v in summary.items() if k != "statistics"}))
     raise_for_failures(outcome, report)
-    _replace(outcome.accepted, _paths(settings)["accepted"])
+    write_offline(outcome.accepted, _paths(settings)["accepted"])
     return summary
 
 
@@ -71,7 +66,7 @@ def apply_features(settings: Settings | None = None) -> dict[str, Any]:
 
 def build_features(settings: Settings | None = None) -> dict[str, Any]:
     """Daily behaviour snapshots into the offline sources the Feast repo declares."""
-    from models.feature_store import open_store, source_path, write_offline
+    from models.feature_store import open_store, source_path
     from models.features import DayGrid, item_snapshots, user_snapshots
 
     settings = settings or get_settings()
@@ -106,7 +101,7 @@ def build_training_set(settings: Settings | None = None) -> dict[str, Any]:
     labelled = label_page_views(events, LABEL_WINDOW, settings.window_end)
     store = open_store(settings)
     frame = join_features(store, labelled, store.get_feature_service(RANKER_FEATURE_SERVICE))
-    _replace(frame, _paths(settings)["training"])
+    write_offline(frame, _paths(settings)["training"])
     return {
         "rows": len(frame),
         "positives": int(frame[LABEL].sum()),
@@ -152,7 +147,7 @@ def train(settings: Settings | None = None) -> dict[str, Any]:
     trained.model.save_model(paths["model"])
     meta = {
         "features": features,
-        "params": {k: v for k, v in trained.params.items()},
+        "params": dict(trained.params),
         "best_iteration": trained.best_iteration,
         "history": trained.history,
         "rows": {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)},

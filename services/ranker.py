@@ -6,13 +6,17 @@ was trained with, and scores candidates with the MLflow `champion` of the XGBoos
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated
 
 import bentoml
+import pandas as pd
 from bentoml.exceptions import InvalidArgument
 from pydantic import Field
 
+from models.dataset import feature_matrix
 from models.settings import get_settings
+from models.xgb import predict_ctr
 from services.schemas import ModelRef, RankResponse, ScoredItem
 
 SETTINGS = get_settings()
@@ -41,11 +45,6 @@ class Ranker:
 
     def score(self, user_id: int, item_ids: list[int]) -> list[float]:
         """Online features for each (user, item) pair, then the model: the path /rank serves."""
-        import pandas as pd
-
-        from models.dataset import feature_matrix
-        from models.xgb import predict_ctr
-
         rows = [{"user_id": user_id, "item_id": item_id} for item_id in item_ids]
         features = self.store.get_online_features(features=self.feature_service, entity_rows=rows).to_dict()
         x = feature_matrix(pd.DataFrame(features), self.served.features)
@@ -64,8 +63,7 @@ class Ranker:
     ) -> RankResponse:
         """Rank candidate items for a user, highest predicted purchase intent first."""
         if len(set(item_ids)) != len(item_ids):
-            seen: set[int] = set()
-            repeated = sorted({i for i in item_ids if i in seen or seen.add(i)})
+            repeated = sorted(i for i, n in Counter(item_ids).items() if n > 1)
             raise InvalidArgument(f"item_ids must be unique; repeated: {repeated[:10]}")
         scores = self.score(user_id, item_ids)
         ranked = sorted(zip(item_ids, scores, strict=True), key=lambda pair: -pair[1])
