@@ -6,8 +6,10 @@ Raw Taobao behaviour events to a served CTR ranker, every stage real:
 `ingest` → `validate` (Great Expectations; bad rows quarantined, a broken batch fails here) →
 `apply_features` (`feast apply`) → `build_features` (daily snapshots to the offline store) →
 `materialize` (SQLite/Redis online store) → `build_training_set` (point-in-time, through the
-`ctr_ranker_v1` FeatureService) → `train` (XGBoost) → `evaluate` (vs popularity, later days) →
-`register` (MLflow; `challenger`, promoted to `champion` only if it beats the champion).
+ranker FeatureService) → `train_xgboost` ‖ `train_wide_deep` (in parallel, queue `gpu`) →
+`evaluate` (both models, popularity and logistic-regression baselines, later days) → `register`
+(MLflow `ctr-xgboost` / `ctr-wide-deep`; `challenger`, promoted to `champion` only if it passes
+the sanity checks and beats that model's champion).
 
 Each task calls one function of `models.pipeline`; configuration comes from the environment
 (see `models/settings.py` and `.env.example`).
@@ -74,11 +76,18 @@ def ctr_pipeline():
 
         return pipeline.build_training_set()
 
+    # Both models train in parallel; CeleryExecutor workers started with `-q gpu` take them.
     @task(queue="gpu")
-    def train() -> dict:
+    def train_xgboost() -> dict:
         from models import pipeline
 
-        return pipeline.train()
+        return pipeline.train_xgboost()
+
+    @task(queue="gpu")
+    def train_wide_deep() -> dict:
+        from models import pipeline
+
+        return pipeline.train_wide_deep()
 
     @task
     def evaluate() -> dict:
@@ -99,7 +108,7 @@ def ctr_pipeline():
         build_features(),
         materialize(),
         build_training_set(),
-        train(),
+        [train_xgboost(), train_wide_deep()],
         evaluate(),
         register(),
     )

@@ -16,7 +16,11 @@ def _run(args: argparse.Namespace) -> int:
     from models import pipeline
 
     settings = get_settings()
-    stages = {stage.__name__: stage for stage in pipeline.STAGES}
+    stages = {stage.__name__: stage for stage in [*pipeline.STAGES, *pipeline.EXTRA_STAGES]}
+    unknown = sorted(set(args.stage or []) - set(stages))
+    if unknown:
+        print(f"unknown stage(s) {unknown}; choose from {list(stages)}", file=sys.stderr)
+        return 2
     chosen = [stages[name] for name in args.stage] if args.stage else pipeline.STAGES
     for stage in chosen:
         print(f"== {stage.__name__}", flush=True)
@@ -58,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         metavar="NAME",
         help="run only this stage (repeatable): ingest, validate, apply_features, build_features, "
-        "materialize, build_training_set, train, evaluate, register",
+        "materialize, build_training_set, train_xgboost, train_wide_deep, evaluate, register; or "
+        "warm_start (continue each champion on the newest day, then gate it like a full retrain)",
     )
     run.set_defaults(func=_run)
 

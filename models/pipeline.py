@@ -11,11 +11,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feature_repo.contract import ITEM_VIEW, LABEL, LABEL_WINDOW, RANKER_FEATURE_SERVICE, USER_VIEW
+from feature_repo.contract import (
+    CATEGORY_ID,
+    EVENT_TIMESTAMP,
+    ITEM_ID,
+    ITEM_VIEW,
+    LABEL,
+    LABEL_WINDOW,
+    RANKER_FEATURE_SERVICE,
+    USER_ID,
+    USER_VIEW,
+)
 from models.feature_store import write_offline
 from models.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+# Id columns: Wide&Deep hashes them into embeddings and crosses; XGBoost reads only the numeric
+# features of the FeatureService.
+CATEGORICAL_COLUMNS: tuple[str, ...] = (USER_ID, ITEM_ID, CATEGORY_ID)
+WIDE_DEEP_CROSSES: tuple[tuple[str, str], ...] = ((USER_ID, ITEM_ID), (USER_ID, CATEGORY_ID))
 
 
 def _paths(settings: Settings) -> dict[str, Path]:
@@ -23,9 +38,7 @@ def _paths(settings: Settings) -> dict[str, Path]:
         "ingested": settings.lake_dir / "ingested_events.parquet",
         "accepted": settings.lake_dir / "accepted_events.parquet",
         "training": settings.datasets_dir / "training_set.parquet",
-        "model": settings.models_dir / "xgb_candidate.ubj",
-        "model_meta": settings.models_dir / "xgb_candidate.json",
-        "evaluation": settings.models_dir / "xgb_candidate_evaluation.json",
+        "evaluation": settings.models_dir / "candidates" / "evaluation.json",
     }
 
 
@@ -117,22 +130,49 @@ def _split(settings: Settings):
 
 
 def _service_binding(settings: Settings) -> tuple[list[str], str]:
+    """The ranker FeatureService's numeric features and its fingerprint, from the Feast registry."""
     from models.feature_store import feature_names, fingerprint, open_store
 
     service = open_store(settings).get_feature_service(RANKER_FEATURE_SERVICE)
-    return feature_names(service), fingerprint(service)
+    numeric = [name for name in feature_names(service) if name not in CATEGORICAL_COLUMNS]
+    return numeric, fingerprint(service)
 
 
-def train(settings: Settings | None = None) -> dict[str, Any]:
-    """XGBoost on the training days, early-stopped on the validation day."""
+def _wide_deep_spec(features: list[str], frame: pd.DataFrame):
+    from models.wide_deep import WideDeepSpec
+
+    categorical = [c for c in CATEGORICAL_COLUMNS if c in frame.columns]
+    return WideDeepSpec.for_columns(features, categorical, WIDE_DEEP_CROSSES)
+
+
+def _candidate_dir(settings: Settings, kind: str) -> Path:
+    return settings.models_dir / "candidates" / kind
+
+
+def _train_meta(settings: Settings, split, device: str, seconds: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "rows": {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)},
+        "device": device,
+        "train_seconds": round(seconds, 3),
+        "seed": settings.seed,
+        **extra,
+    }
+
+
+def train_xgboost(settings: Settings | None = None) -> dict[str, Any]:
+    """XGBoost on the training days, early-stopped on the validation day; GPU when present."""
+    import time
+
     from models.dataset import feature_matrix
     from models.device import resolve_device
+    from models.scoring import XGBOOST, ScoringModel
     from models.xgb import train_xgb
 
     settings = settings or get_settings()
     split = _split(settings)
     features, _ = _service_binding(settings)
     device = resolve_device(settings.device)
+    started = time.perf_counter()
     trained = train_xgb(
         feature_matrix(split.train, features),
         split.train[LABEL].to_numpy(),
@@ -142,74 +182,123 @@ def train(settings: Settings | None = None) -> dict[str, Any]:
         device=device,
         seed=settings.seed,
     )
-    paths = _paths(settings)
-    paths["model"].parent.mkdir(parents=True, exist_ok=True)
-    trained.model.save_model(paths["model"])
-    meta = {
-        "features": features,
-        "params": dict(trained.params),
-        "best_iteration": trained.best_iteration,
-        "history": trained.history,
-        "rows": {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)},
-        "device": device,
+    meta = _train_meta(
+        settings,
+        split,
+        device,
+        time.perf_counter() - started,
+        features=features,
+        params=trained.params,
+        best_iteration=trained.best_iteration,
+        history=trained.history,
+    )
+    ScoringModel(XGBOOST, trained.model, features, meta).save(_candidate_dir(settings, XGBOOST))
+    log.info("xgboost: best round %d, %.1f s on %s", trained.best_iteration, meta["train_seconds"], device)
+    return {k: meta[k] for k in ("best_iteration", "rows", "device", "train_seconds")}
+
+
+def train_wide_deep(settings: Settings | None = None) -> dict[str, Any]:
+    """Keras Wide&Deep on the same rows; mixed precision and large batches on a GPU."""
+    from models.device import resolve_device
+    from models.scoring import WIDE_DEEP, ScoringModel
+    from models.wide_deep import train_wide_deep as fit
+
+    settings = settings or get_settings()
+    split = _split(settings)
+    features, _ = _service_binding(settings)
+    spec = _wide_deep_spec(features, split.train)
+    device = resolve_device(settings.device)
+    gpu = {"mixed_precision": True, "batch_size": 8192} if device == "cuda" else {}
+    trained = fit(
+        split.train,
+        split.train[LABEL].to_numpy(),
+        split.valid,
+        split.valid[LABEL].to_numpy(),
+        spec,
+        seed=settings.seed,
+        **gpu,
+    )
+    meta = _train_meta(
+        settings,
+        split,
+        device,
+        trained.train_seconds,
+        features=features,
+        params=trained.params,
+        best_epoch=trained.best_epoch,
+        history=trained.history,
+        examples_per_second=round(trained.examples_per_second),
+        categorical=list(spec.categorical),
+        crosses=[list(pair) for pair in spec.crosses],
+    )
+    ScoringModel(WIDE_DEEP, trained.model, features, meta, spec).save(_candidate_dir(settings, WIDE_DEEP))
+    log.info(
+        "wide_deep: best epoch %d, %.1f s on %s (%.0f examples/s)",
+        trained.best_epoch,
+        trained.train_seconds,
+        device,
+        trained.examples_per_second,
+    )
+    return {k: meta[k] for k in ("best_epoch", "rows", "device", "train_seconds", "examples_per_second")}
+
+
+def _trained_candidates(settings: Settings) -> dict[str, Any]:
+    from models.scoring import KINDS, load_saved
+
+    found = {}
+    for kind in KINDS:
+        folder = _candidate_dir(settings, kind)
+        if (folder / "meta.json").exists():
+            found[kind] = load_saved(folder)
+    if not found:
+        raise FileNotFoundError(
+            f"No trained candidate under {settings.models_dir / 'candidates'}; run train first"
+        )
+    return found
+
+
+def _baselines(settings: Settings, split, features: list[str]) -> dict[str, Any]:
+    from models.evaluate import LogisticBaseline, PopularityBaseline
+
+    y = split.train[LABEL].to_numpy()
+    return {
+        "popularity": PopularityBaseline().fit(split.train, y),
+        "logistic_regression": LogisticBaseline(features, seed=settings.seed).fit(split.train, y),
     }
-    paths["model_meta"].write_text(json.dumps(meta, indent=2))
-    return {k: meta[k] for k in ("best_iteration", "rows", "device")}
 
 
-def _load_candidate(settings: Settings):
-    import xgboost as xgb
-
-    from models.xgb import TrainedXGB
-
-    paths = _paths(settings)
-    meta = json.loads(paths["model_meta"].read_text())
-    model = xgb.XGBClassifier()
-    model.load_model(paths["model"])
-    return TrainedXGB(model, meta["features"], meta["params"], meta["best_iteration"], meta["history"]), meta
+def _format_table(rows: dict[str, dict[str, float]]) -> str:
+    columns = ["auc", "logloss", "ece", "gauc", "ndcg_at_10", "hitrate_at_10"]
+    lines = [f"{'model':<22}" + "".join(f"{c:>14}" for c in columns)]
+    for name, metrics in rows.items():
+        lines.append(f"{name:<22}" + "".join(f"{metrics[c]:>14.4f}" for c in columns))
+    return "\n".join(lines)
 
 
 def evaluate(settings: Settings | None = None) -> dict[str, Any]:
-    """AUC and logloss on the test window, for the model and the popularity baseline."""
-    from models.dataset import feature_matrix
-    from models.evaluate import PopularityBaseline, ctr_metrics
-    from models.xgb import predict_ctr
+    """Every trained model and both baselines on the test window: AUC, logloss, calibration and
+    per-user ranking quality (GAUC, NDCG@10, HitRate@10)."""
+    from models.evaluate import ctr_metrics
 
     settings = settings or get_settings()
     split = _split(settings)
-    trained, _ = _load_candidate(settings)
-    y_test = split.test[LABEL].to_numpy()
-    model = ctr_metrics(y_test, predict_ctr(trained.model, feature_matrix(split.test, trained.features)))
-    baseline = PopularityBaseline().fit(split.train, split.train[LABEL].to_numpy())
-    popularity = ctr_metrics(y_test, baseline.predict(split.test))
-    result = {
-        **{f"test_{k}": v for k, v in model.items()},
-        **{f"popularity_{k}": v for k, v in popularity.items() if k in ("auc", "logloss")},
-        "auc_gain_over_popularity": model["auc"] - popularity["auc"],
-    }
-    _paths(settings)["evaluation"].write_text(json.dumps(result, indent=2))
-    log.info("evaluation: %s", json.dumps(result))
-    return result
+    features, _ = _service_binding(settings)
+    y, users = split.test[LABEL].to_numpy(), split.test[USER_ID].to_numpy()
+    scored = {kind: model.predict(split.test) for kind, model in _trained_candidates(settings).items()}
+    scored |= {name: base.predict(split.test) for name, base in _baselines(settings, split, features).items()}
+    table = {name: ctr_metrics(y, p, users) for name, p in scored.items()}
+    _paths(settings)["evaluation"].parent.mkdir(parents=True, exist_ok=True)
+    _paths(settings)["evaluation"].write_text(json.dumps(table, indent=2))
+    log.info("test window, %d rows:\n%s", len(y), _format_table(table))
+    best_baseline = max(table["popularity"]["auc"], table["logistic_regression"]["auc"])
+    return {
+        name: {k: round(v, 5) for k, v in m.items() if k in ("auc", "logloss", "ece", "gauc", "ndcg_at_10")}
+        for name, m in table.items()
+    } | {"best_baseline_auc": best_baseline}
 
 
-def register(settings: Settings | None = None) -> dict[str, Any]:
-    """Log the candidate to MLflow as `challenger`; promote it to `champion` if it beats the champion."""
-    from models.dataset import feature_matrix
-    from models.registry import log_candidate, promote_if_better
-
-    settings = settings or get_settings()
-    paths = _paths(settings)
-    trained, meta = _load_candidate(settings)
-    metrics = json.loads(paths["evaluation"].read_text())
-    features, fingerprint = _service_binding(settings)
-    if features != trained.features:
-        raise RuntimeError(
-            f"The candidate was trained on {trained.features} but {RANKER_FEATURE_SERVICE} now serves "
-            f"{features}; retrain before registering"
-        )
-    split = _split(settings)
-    x_test, y_test = feature_matrix(split.test, features), split.test[LABEL].to_numpy()
-    lineage = {
+def _lineage(settings: Settings, meta: dict[str, Any], training: str) -> dict[str, Any]:
+    return {
         "source": str(settings.raw_events),
         "window": [settings.window_start.isoformat(), settings.window_end.isoformat()],
         "valid_start": settings.valid_start.isoformat(),
@@ -218,12 +307,150 @@ def register(settings: Settings | None = None) -> dict[str, Any]:
         "label": f"pv followed by cart/fav/buy of the same item by the same user within {LABEL_WINDOW}",
         "feature_service": RANKER_FEATURE_SERVICE,
         "device": meta["device"],
+        "training": training,
     }
-    numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float) and np.isfinite(v)}
-    version = log_candidate(
-        settings, trained, x_test, y_test, numeric, lineage, RANKER_FEATURE_SERVICE, fingerprint
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and np.isfinite(v)}
+
+
+def register(settings: Settings | None = None) -> dict[str, Any]:
+    """Log each candidate to MLflow as `challenger` of its registered model, then promote it to
+    `champion` only if it passes the sanity checks and beats that model's champion."""
+    from models.registry import log_candidate, promote_if_better
+
+    settings = settings or get_settings()
+    table = json.loads(_paths(settings)["evaluation"].read_text())
+    features, fingerprint = _service_binding(settings)
+    split = _split(settings)
+    y = split.test[LABEL].to_numpy()
+    decisions = {}
+    for kind, model in _trained_candidates(settings).items():
+        if model.features != features:
+            raise RuntimeError(
+                f"The {kind} candidate was trained on {model.features} but {RANKER_FEATURE_SERVICE} now "
+                f"serves {features}; retrain before registering"
+            )
+        metrics = {f"test_{k}": v for k, v in _numeric(table[kind]).items()} | {"auc": table[kind]["auc"]}
+        metrics |= {f"{base}_auc": table[base]["auc"] for base in ("popularity", "logistic_regression")}
+        version = log_candidate(
+            settings,
+            model,
+            split.test,
+            y,
+            metrics,
+            _lineage(settings, model.meta, "full"),
+            RANKER_FEATURE_SERVICE,
+            fingerprint,
+        )
+        decisions[kind] = promote_if_better(
+            settings, model, version, table[kind], split.test, y, fingerprint, table["popularity"]["auc"]
+        )
+        log.info("%s v%s: %s", kind, version, decisions[kind]["reason"])
+    return decisions
+
+
+def warm_start(settings: Settings | None = None) -> dict[str, Any]:
+    """Continuous learning: continue each champion on the newest partition (the validation day,
+    which full training only used to stop early), then evaluate and gate it exactly like a full
+    retrain. A registry without a champion of a kind skips that kind."""
+    from models.evaluate import PopularityBaseline, ctr_metrics
+    from models.registry import (
+        CHAMPION,
+        NoChampionError,
+        load_by_alias,
+        log_candidate,
+        model_name,
+        promote_if_better,
     )
-    return promote_if_better(settings, version, metrics["test_auc"], x_test, y_test, fingerprint)
+    from models.scoring import WIDE_DEEP, XGBOOST, ScoringModel
+
+    settings = settings or get_settings()
+    split = _split(settings)
+    features, fingerprint = _service_binding(settings)
+    newest = split.valid.sort_values(EVENT_TIMESTAMP, kind="stable").reset_index(drop=True)
+    cut = int(len(newest) * 0.8)
+    fit_rows, stop_rows = newest.iloc[:cut], newest.iloc[cut:]
+    y_fit, y_stop = fit_rows[LABEL].to_numpy(), stop_rows[LABEL].to_numpy()
+    y, users = split.test[LABEL].to_numpy(), split.test[USER_ID].to_numpy()
+    popularity_auc = ctr_metrics(
+        y, PopularityBaseline().fit(split.train, split.train[LABEL]).predict(split.test)
+    )["auc"]
+    results: dict[str, Any] = {}
+    for kind in (XGBOOST, WIDE_DEEP):
+        try:
+            champion = load_by_alias(settings, CHAMPION, model_name(settings, kind))
+        except NoChampionError as exc:
+            results[kind] = {"skipped": str(exc)}
+            continue
+        if champion.fingerprint != fingerprint:
+            results[kind] = {"skipped": "the champion was trained on another feature list; retrain fully"}
+            continue
+        # Before training: fine-tuning changes the loaded Keras model in place.
+        champion_metrics = ctr_metrics(y, champion.predict(split.test), users)
+        if kind == XGBOOST:
+            from models.dataset import feature_matrix
+            from models.xgb import continue_xgb
+
+            trained = continue_xgb(
+                champion.scorer.model,
+                feature_matrix(fit_rows, features),
+                y_fit,
+                feature_matrix(stop_rows, features),
+                y_stop,
+                features,
+                seed=settings.seed,
+            )
+            native, extra = (
+                trained.model,
+                {"best_iteration": trained.best_iteration, "params": trained.params},
+            )
+            history = trained.history
+        else:
+            from models.wide_deep import TrainedWideDeep, continue_training
+
+            base = TrainedWideDeep(champion.scorer.model, champion.scorer.spec, {}, 0)
+            trained = continue_training(base, fit_rows, y_fit, stop_rows, y_stop)
+            native, extra, history = (
+                trained.model,
+                {"best_epoch": trained.best_epoch, "params": trained.params},
+                trained.history,
+            )
+        meta = {
+            "features": features,
+            "rows": {"train": len(fit_rows), "valid": len(stop_rows), "test": len(split.test)},
+            "device": "continued from champion",
+            "continued_from": champion.version,
+            "history": history,
+            **extra,
+        }
+        model = ScoringModel(kind, native, features, meta, champion.scorer.spec)
+        metrics = ctr_metrics(y, model.predict(split.test), users)
+        version = log_candidate(
+            settings,
+            model,
+            split.test,
+            y,
+            {f"test_{k}": v for k, v in _numeric(metrics).items()} | {"auc": metrics["auc"]},
+            _lineage(settings, meta, "warm_start"),
+            RANKER_FEATURE_SERVICE,
+            fingerprint,
+            training="warm_start",
+        )
+        decision = promote_if_better(
+            settings, model, version, metrics, split.test, y, fingerprint, popularity_auc
+        )
+        results[kind] = {
+            "champion_version": champion.version,
+            "champion_auc": champion_metrics["auc"],
+            "warm_start_auc": metrics["auc"],
+            "warm_start_logloss": metrics["logloss"],
+            "champion_logloss": champion_metrics["logloss"],
+            **decision,
+        }
+        log.info("%s warm start v%s: %s", kind, version, decision["reason"])
+    return results
 
 
 STAGES = [
@@ -233,10 +460,15 @@ STAGES = [
     build_features,
     materialize,
     build_training_set,
-    train,
+    train_xgboost,
+    train_wide_deep,
     evaluate,
     register,
 ]
+
+
+# Run on demand (CLI, DAG params), not part of a full run.
+EXTRA_STAGES = [warm_start]
 
 
 def run_all(settings: Settings | None = None) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """MLflow tracking and registry: log a candidate, gate it against the champion, load by alias.
 
-Every version records the FeatureService it was trained with (name and fingerprint), so a server
-can read exactly the features the model expects. Models are stored in XGBoost's own UBJ format:
-loading one never unpickles arbitrary objects.
+Two registered models, `ctr-xgboost` and `ctr-wide-deep`, each with its own `champion` and
+`challenger`. Every version records the FeatureService it was trained with (name and
+fingerprint), so a server can read exactly the features the model expects. Models are stored in
+XGBoost's UBJ and Keras' `.keras` formats, loaded in safe mode: nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -11,28 +12,50 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from models.scoring import KINDS, WIDE_DEEP, XGBOOST, ScoringModel
 from models.settings import Settings
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+TAG_KIND = "model_kind"
 TAG_FEATURE_SERVICE = "feature_service"
 TAG_FINGERPRINT = "feature_service_fingerprint"
 TAG_FEATURES = "features"
+TAG_TRAINING = "training"
 
 
 class NoChampionError(LookupError):
-    """The registry has no version with the champion alias yet."""
+    """The registry has no version with the asked-for alias yet."""
 
 
 @dataclass(frozen=True)
 class ServedModel:
-    model: Any
+    scorer: ScoringModel
     name: str
     version: str
-    features: list[str]
     feature_service: str
     fingerprint: str
+
+    @property
+    def kind(self) -> str:
+        return self.scorer.kind
+
+    @property
+    def features(self) -> list[str]:
+        return self.scorer.features
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.scorer.predict(frame)
+
+
+def model_name(settings: Settings, kind: str) -> str:
+    """The registered model name of a model kind."""
+    names = {XGBOOST: settings.xgb_model_name, WIDE_DEEP: settings.wide_deep_model_name}
+    if kind not in names:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+    return names[kind]
 
 
 def client(settings: Settings):
@@ -53,7 +76,41 @@ def client(settings: Settings):
     return tracking
 
 
-def _figures(y: np.ndarray, p: np.ndarray, model: Any, features: list[str]) -> dict[str, Any]:
+# --- plots -----------------------------------------------------------------------------------
+
+
+def _importance(model: ScoringModel, test: pd.DataFrame, y: np.ndarray, p: np.ndarray) -> dict[str, dict]:
+    """Importance per feature: XGBoost gain and mean |SHAP| (`pred_contribs`); for Wide&Deep the
+    drop in test AUC when the feature is shuffled (permutation importance)."""
+    from sklearn.metrics import roc_auc_score
+
+    if model.kind == XGBOOST:
+        import xgboost as xgb
+
+        from models.dataset import feature_matrix
+
+        booster = model.model.get_booster()
+        gain = booster.get_score(importance_type="gain")
+        contribs = booster.predict(
+            xgb.DMatrix(feature_matrix(test, model.features), feature_names=model.features),
+            pred_contribs=True,
+        )
+        shap = np.abs(contribs[:, :-1]).mean(axis=0)
+        return {
+            "total gain": {f: float(gain.get(f, 0.0)) for f in model.features},
+            "mean |SHAP contribution| (log-odds)": dict(zip(model.features, shap.tolist(), strict=True)),
+        }
+    rng = np.random.default_rng(0)
+    base = roc_auc_score(y, p)
+    drops = {}
+    for column in model.spec.inputs:
+        shuffled = test.copy()
+        shuffled[column] = rng.permutation(shuffled[column].to_numpy())
+        drops[column] = float(base - roc_auc_score(y, model.predict(shuffled)))
+    return {"test AUC drop when shuffled": drops}
+
+
+def _figures(model: ScoringModel, test: pd.DataFrame, y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,7 +121,7 @@ def _figures(y: np.ndarray, p: np.ndarray, model: Any, features: list[str]) -> d
     figures = {}
     fpr, tpr, _ = roc_curve(y, p)
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(fpr, tpr, label="model")
+    ax.plot(fpr, tpr, label=model.kind)
     ax.plot([0, 1], [0, 1], "--", color="grey", label="random")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, test window")
     ax.legend()
@@ -72,90 +129,142 @@ def _figures(y: np.ndarray, p: np.ndarray, model: Any, features: list[str]) -> d
 
     observed, predicted = calibration_curve(y, p, n_bins=10, strategy="quantile")
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(predicted, observed, "o-", label="model")
+    ax.plot(predicted, observed, "o-", label=model.kind)
     top = max(float(predicted.max()), float(observed.max()))
     ax.plot([0, top], [0, top], "--", color="grey", label="perfect")
     ax.set(xlabel="mean predicted", ylabel="observed rate", title="Calibration, test window")
     ax.legend()
     figures["plots/calibration_curve.png"] = fig
 
-    gain = model.get_booster().get_score(importance_type="gain")
-    ranked = sorted(((gain.get(f, 0.0), f) for f in features), reverse=True)
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(features) + 1))
-    ax.barh([f for _, f in ranked][::-1], [g for g, _ in ranked][::-1])
-    ax.set(xlabel="total gain", title="XGBoost feature importance")
-    fig.tight_layout()
-    figures["plots/feature_importance.png"] = fig
+    for title, values in _importance(model, test, y, p).items():
+        ranked = sorted(values.items(), key=lambda kv: kv[1])
+        fig, ax = plt.subplots(figsize=(6, 0.3 * len(ranked) + 1))
+        ax.barh([k for k, _ in ranked], [v for _, v in ranked])
+        ax.set(xlabel=title, title=f"{model.kind} feature importance")
+        fig.tight_layout()
+        slug = "shap" if "SHAP" in title else "feature_importance"
+        figures[f"plots/{slug}.png"] = fig
+
+    history = model.meta.get("history") or {}
+    if history:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, values in history.items():
+            if "loss" in name:
+                ax.plot(values, label=name)
+        ax.set(
+            xlabel="round" if model.kind == XGBOOST else "epoch", ylabel="logloss", title="Training curves"
+        )
+        ax.legend()
+        figures["plots/training_curves.png"] = fig
     return figures
+
+
+# --- logging ---------------------------------------------------------------------------------
+
+
+def _pip_requirements(kind: str) -> list[str]:
+    """Explicit requirements: MLflow's inference loads the model in a subprocess and can name
+    both the CPU and the CUDA variant of a package."""
+    from importlib.metadata import version
+
+    names = ["xgboost", "scikit-learn"] if kind == XGBOOST else ["keras", "tensorflow"]
+    return [f"{name}=={version(name)}" for name in [*names, "numpy", "pandas"]]
+
+
+def _log_model(settings: Settings, model: ScoringModel, test: pd.DataFrame):
+    import mlflow
+    from mlflow.models import infer_signature
+
+    example = test.head(5)
+    name = model_name(settings, model.kind)
+    if model.kind == XGBOOST:
+        from models.dataset import feature_matrix
+
+        x = pd.DataFrame(feature_matrix(example, model.features), columns=model.features)
+        return mlflow.xgboost.log_model(
+            model.model,
+            name="model",
+            signature=infer_signature(x, model.predict(example)),
+            input_example=x,
+            model_format="ubj",
+            registered_model_name=name,
+            pip_requirements=_pip_requirements(XGBOOST),
+        )
+    from models.wide_deep import model_inputs
+
+    inputs = model_inputs(example, model.spec)
+    return mlflow.keras.log_model(
+        model.model,
+        name="model",
+        signature=infer_signature(inputs, model.predict(example).astype(np.float32).reshape(-1, 1)),
+        registered_model_name=name,
+        pip_requirements=_pip_requirements(WIDE_DEEP),
+    )
 
 
 def log_candidate(
     settings: Settings,
-    trained: Any,
-    x_test: np.ndarray,
+    model: ScoringModel,
+    test: pd.DataFrame,
     y_test: np.ndarray,
     metrics: dict[str, float],
     lineage: dict[str, Any],
     feature_service: str,
     fingerprint: str,
+    training: str = "full",
 ) -> str:
-    """Log run + model, register a new version with alias `challenger`; return the version."""
+    """Log run + model, register a new version with alias `challenger`; return the version.
+
+    `training` is "full" (from scratch) or "warm_start" (continued from the champion).
+    """
     import matplotlib.pyplot as plt
     import mlflow
-    from mlflow.models import infer_signature
-
-    from models.xgb import predict_ctr
 
     tracking = client(settings)
-    example = x_test[:5]
-    signature = infer_signature(_frame(example, trained.features), predict_ctr(trained.model, example))
-    with mlflow.start_run(run_name="xgboost") as run:
-        mlflow.log_params({k: v for k, v in trained.params.items() if not isinstance(v, list | dict)})
-        mlflow.log_params({"best_iteration": trained.best_iteration, TAG_FEATURE_SERVICE: feature_service})
+    name = model_name(settings, model.kind)
+    params = {k: v for k, v in (model.meta.get("params") or {}).items() if not isinstance(v, dict)}
+    with mlflow.start_run(run_name=f"{model.kind}-{training}") as run:
+        mlflow.log_params({k: str(v) if isinstance(v, list) else v for k, v in params.items()})
+        mlflow.log_params({TAG_FEATURE_SERVICE: feature_service, TAG_TRAINING: training})
         mlflow.log_metrics(metrics)
-        for name, values in trained.history.items():
+        for series, values in (model.meta.get("history") or {}).items():
             for step, value in enumerate(values):
-                mlflow.log_metric(f"valid_{name}", value, step=step)
+                mlflow.log_metric(f"history_{series}", value, step=step)
         mlflow.log_dict(lineage, "lineage.json")
-        for path, fig in _figures(
-            y_test, predict_ctr(trained.model, x_test), trained.model, trained.features
-        ).items():
+        mlflow.log_dict(model.meta, "training_meta.json")
+        for path, fig in _figures(model, test, y_test, model.predict(test)).items():
             mlflow.log_figure(fig, path)
             plt.close(fig)
-        mlflow.set_tags({TAG_FEATURE_SERVICE: feature_service, TAG_FINGERPRINT: fingerprint})
-        info = mlflow.xgboost.log_model(
-            trained.model,
-            name="model",
-            signature=signature,
-            input_example=_frame(example, trained.features),
-            model_format="ubj",
-            registered_model_name=settings.xgb_model_name,
+        mlflow.set_tags(
+            {TAG_KIND: model.kind, TAG_FEATURE_SERVICE: feature_service, TAG_FINGERPRINT: fingerprint}
         )
+        info = _log_model(settings, model, test)
     version = str(info.registered_model_version)
     for key, value in {
+        TAG_KIND: model.kind,
         TAG_FEATURE_SERVICE: feature_service,
         TAG_FINGERPRINT: fingerprint,
-        TAG_FEATURES: ",".join(trained.features),
+        TAG_FEATURES: ",".join(model.features),
+        TAG_TRAINING: training,
         "run_id": run.info.run_id,
-        "test_auc": f"{metrics['test_auc']:.6f}",
+        "test_auc": f"{metrics['auc']:.6f}",
     }.items():
-        tracking.set_model_version_tag(settings.xgb_model_name, version, key, value)
-    tracking.set_registered_model_alias(settings.xgb_model_name, CHALLENGER, version)
+        tracking.set_model_version_tag(name, version, key, value)
+    tracking.set_registered_model_alias(name, CHALLENGER, version)
     return version
 
 
-def _frame(x: np.ndarray, features: list[str]):
-    import pandas as pd
-
-    return pd.DataFrame(x, columns=features)
+# --- loading ---------------------------------------------------------------------------------
 
 
 def load_by_alias(settings: Settings, alias: str = CHAMPION, name: str | None = None) -> ServedModel:
-    """Load a registered version (native XGBoost model) with its feature binding."""
+    """Load a registered version by alias (native model, safe formats) with its feature binding."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    name = name or settings.xgb_model_name
+    from models.scoring import wrap
+
+    name = name or settings.served_model_name
     tracking = client(settings)
     try:
         version = tracking.get_model_version_by_alias(name, alias)
@@ -164,59 +273,112 @@ def load_by_alias(settings: Settings, alias: str = CHAMPION, name: str | None = 
             f"No model version of '{name}' has alias '{alias}' in {settings.mlflow_tracking_uri}; "
             "run the training pipeline first (make demo, or airflow dags test ctr_pipeline)"
         ) from exc
-    model = mlflow.xgboost.load_model(f"models:/{name}@{alias}")
+    kind = version.tags.get(TAG_KIND, XGBOOST)
+    uri = f"models:/{name}/{version.version}"
+    if kind == XGBOOST:
+        native = mlflow.xgboost.load_model(uri)
+    else:
+        from models.wide_deep import custom_layers
+
+        custom_layers()  # registered, so that safe-mode loading finds them
+        native = mlflow.keras.load_model(uri)
+    meta = {"features": version.tags[TAG_FEATURES].split(",")}
     return ServedModel(
-        model=model,
+        scorer=wrap(kind, native, meta),
         name=name,
         version=str(version.version),
-        features=version.tags[TAG_FEATURES].split(","),
         feature_service=version.tags[TAG_FEATURE_SERVICE],
         fingerprint=version.tags[TAG_FINGERPRINT],
     )
 
 
+# --- promotion gate --------------------------------------------------------------------------
+
+
+def sanity_failures(
+    settings: Settings,
+    model: ScoringModel,
+    test: pd.DataFrame,
+    metrics: dict[str, float],
+    scores: np.ndarray,
+    popularity_auc: float,
+) -> list[str]:
+    """Reasons a candidate must not reach users, whatever its AUC; empty when it may."""
+    from models.scoring import scoring_latency_ms
+
+    failures = []
+    bad = int(np.sum(~np.isfinite(scores)))
+    if bad:
+        failures.append(f"{bad} of {len(scores)} test scores are NaN or infinite")
+    if not metrics["ece"] <= settings.max_calibration_error:
+        failures.append(
+            f"calibration error {metrics['ece']:.4f} > "
+            f"CTR_MAX_CALIBRATION_ERROR {settings.max_calibration_error}"
+        )
+    ratio = metrics["mean_prediction"] / max(metrics["positive_rate"], 1e-12)
+    low, high = 1 / settings.max_prediction_bias, settings.max_prediction_bias
+    if not low <= ratio <= high:
+        failures.append(f"mean prediction / positive rate = {ratio:.2f}, outside [{low:.2f}, {high:.2f}]")
+    if not metrics["auc"] > popularity_auc:
+        failures.append(
+            f"test AUC {metrics['auc']:.4f} does not beat the popularity baseline {popularity_auc:.4f}"
+        )
+    latency = scoring_latency_ms(model, test, rows=100)
+    if latency > settings.scoring_budget_ms:
+        failures.append(
+            f"scoring 100 candidates takes {latency:.1f} ms > "
+            f"CTR_SCORING_BUDGET_MS {settings.scoring_budget_ms}"
+        )
+    return failures
+
+
 def promote_if_better(
     settings: Settings,
+    model: ScoringModel,
     version: str,
-    candidate_auc: float,
-    x_test: np.ndarray,
+    metrics: dict[str, float],
+    test: pd.DataFrame,
     y_test: np.ndarray,
     fingerprint: str,
+    popularity_auc: float,
 ) -> dict[str, Any]:
-    """Move `champion` to `version` only if it beats the champion on the same test rows by more
-    than CTR_PROMOTION_MIN_AUC_GAIN (an equal model is not promoted).
+    """Move `champion` to `version` only if it passes the sanity checks and beats the champion on
+    the same test rows by more than CTR_PROMOTION_MIN_AUC_GAIN (an equal model is not promoted).
 
-    The first version of an empty registry is promoted. A champion trained on other features is
-    compared by its recorded test AUC. Returns the decision with its reasons.
+    The first version of an empty registry is promoted if it is sane. A champion trained on other
+    features is compared by its recorded test AUC. Returns the decision with its reasons.
     """
     from models.evaluate import ctr_metrics
-    from models.xgb import predict_ctr
 
     tracking = client(settings)
-    decision: dict[str, Any] = {"version": version, "candidate_auc": candidate_auc}
+    name = model_name(settings, model.kind)
+    scores = model.predict(test)
+    candidate_auc = metrics["auc"]
+    decision: dict[str, Any] = {"model": name, "version": version, "candidate_auc": candidate_auc}
+    failures = sanity_failures(settings, model, test, metrics, scores, popularity_auc)
     try:
-        champion = load_by_alias(settings, CHAMPION)
+        champion = load_by_alias(settings, CHAMPION, name)
     except NoChampionError:
         champion = None
     if champion is not None and champion.version == version:
         return {**decision, "promoted": True, "reason": "already champion"}
-    if champion is None:
-        decision.update(promoted=True, reason="first model in an empty registry")
+    if failures:
+        decision.update(promoted=False, reason="sanity checks failed: " + "; ".join(failures))
+    elif champion is None:
+        decision.update(promoted=True, reason="first model in an empty registry, sanity checks passed")
     else:
         if champion.fingerprint == fingerprint:
-            champion_auc = ctr_metrics(y_test, predict_ctr(champion.model, x_test))["auc"]
+            champion_auc = ctr_metrics(y_test, champion.predict(test))["auc"]
         else:
-            champion_auc = float(
-                tracking.get_model_version(settings.xgb_model_name, champion.version).tags["test_auc"]
-            )
+            champion_auc = float(tracking.get_model_version(name, champion.version).tags["test_auc"])
         needed = champion_auc + settings.promotion_min_auc_gain
         decision.update(champion_version=champion.version, champion_auc=champion_auc, required_auc=needed)
-        if np.isfinite(candidate_auc) and candidate_auc > needed:
+        if candidate_auc > needed:
             decision.update(promoted=True, reason=f"test AUC {candidate_auc:.4f} > required {needed:.4f}")
         else:
             decision.update(promoted=False, reason=f"test AUC {candidate_auc:.4f} <= required {needed:.4f}")
     if decision["promoted"]:
-        tracking.set_registered_model_alias(settings.xgb_model_name, CHAMPION, version)
-        tracking.delete_registered_model_alias(settings.xgb_model_name, CHALLENGER)
-    tracking.set_model_version_tag(settings.xgb_model_name, version, "promotion", decision["reason"])
+        tracking.set_registered_model_alias(name, CHAMPION, version)
+        tracking.delete_registered_model_alias(name, CHALLENGER)
+    tracking.set_model_version_tag(name, version, "promotion", decision["reason"][:5000])
     return decision

@@ -51,7 +51,12 @@ class Settings:
     mlflow_artifact_root: Path
     experiment: str
     xgb_model_name: str
+    wide_deep_model_name: str
+    served_model_name: str
     promotion_min_auc_gain: float
+    max_calibration_error: float
+    max_prediction_bias: float
+    scoring_budget_ms: float
     max_candidates: int
     device: str
     seed: int
@@ -102,7 +107,14 @@ def get_settings() -> Settings:
         mlflow_artifact_root=Path(_env("CTR_MLFLOW_ARTIFACTS", str(data_dir / "mlflow/artifacts"))),
         experiment=_env("CTR_EXPERIMENT", "ctr-ranking"),
         xgb_model_name=_env("CTR_XGB_MODEL_NAME", "ctr-xgboost"),
+        wide_deep_model_name=_env("CTR_WIDE_DEEP_MODEL_NAME", "ctr-wide-deep"),
+        # The registered model the ranking service scores with (its `champion` alias).
+        served_model_name=_env("CTR_SERVED_MODEL", _env("CTR_XGB_MODEL_NAME", "ctr-xgboost")),
         promotion_min_auc_gain=float(_env("CTR_PROMOTION_MIN_AUC_GAIN", "0.0")),
+        # Sanity checks of the promotion gate: a model failing any one is never promoted.
+        max_calibration_error=float(_env("CTR_MAX_CALIBRATION_ERROR", "0.02")),
+        max_prediction_bias=float(_env("CTR_MAX_PREDICTION_BIAS", "1.5")),
+        scoring_budget_ms=float(_env("CTR_SCORING_BUDGET_MS", "50")),
         max_candidates=int(_env("CTR_MAX_CANDIDATES", "500")),
         device=_env("CTR_DEVICE", "auto"),
         seed=int(_env("CTR_SEED", "42")),

@@ -52,6 +52,37 @@ def train_xgb(
     return TrainedXGB(model, list(features), params, int(model.best_iteration), history)
 
 
+def continue_xgb(
+    model: Any,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_valid: np.ndarray,
+    y_valid: np.ndarray,
+    features: list[str],
+    seed: int = 42,
+    rounds: int = 200,
+    learning_rate: float = 0.01,
+) -> TrainedXGB:
+    """Warm start: add trees to a trained model on newer rows (`xgb_model=`), at a lower learning
+    rate, early-stopped on the newest of them."""
+    import xgboost as xgb
+
+    params = {
+        **model.get_params(),
+        "n_estimators": rounds,
+        "learning_rate": learning_rate,
+        "early_stopping_rounds": 50,
+        "random_state": seed,
+    }
+    base = model.get_booster().copy()
+    base.feature_names = None  # the new rows come as arrays in the same column order
+    updated = xgb.XGBClassifier(**params)
+    updated.fit(x_train, y_train, eval_set=[(x_valid, y_valid)], verbose=False, xgb_model=base)
+    updated.get_booster().feature_names = list(features)
+    history = {name: list(values) for name, values in updated.evals_result()["validation_0"].items()}
+    return TrainedXGB(updated, list(features), params, int(updated.best_iteration), history)
+
+
 def predict_ctr(model: Any, x: np.ndarray) -> np.ndarray:
     """Probability of purchase intent for each row."""
     return model.predict_proba(x)[:, 1]

@@ -1,7 +1,8 @@
 """BentoML ranking service: `bentoml serve services.ranker:Ranker`.
 
 Reads user and item features from the Feast online store through the FeatureService the model
-was trained with, and scores candidates with the MLflow `champion` of the XGBoost model.
+was trained with, and scores candidates with the MLflow `champion` of CTR_SERVED_MODEL
+(`ctr-xgboost` by default, or `ctr-wide-deep`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import pandas as pd
 from bentoml.exceptions import InvalidArgument
 from pydantic import Field
 
-from models.dataset import feature_matrix
 from models.settings import get_settings
-from models.xgb import predict_ctr
 from services.schemas import ModelRef, RankResponse, ScoredItem
 
 SETTINGS = get_settings()
@@ -47,8 +46,7 @@ class Ranker:
         """Online features for each (user, item) pair, then the model: the path /rank serves."""
         rows = [{"user_id": user_id, "item_id": item_id} for item_id in item_ids]
         features = self.store.get_online_features(features=self.feature_service, entity_rows=rows).to_dict()
-        x = feature_matrix(pd.DataFrame(features), self.served.features)
-        return predict_ctr(self.served.model, x).tolist()
+        return self.served.predict(pd.DataFrame(features)).tolist()
 
     @bentoml.api
     def rank(

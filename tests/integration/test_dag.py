@@ -24,7 +24,10 @@ dag = bag.get_dag("ctr_pipeline")
 print(json.dumps({
     "import_errors": {str(k): str(v) for k, v in bag.import_errors.items()},
     "tags": sorted(dag.tags) if dag else None,
-    "tasks": {t.task_id: {"queue": t.queue, "retries": t.retries} for t in dag.tasks} if dag else {},
+    "tasks": {
+        t.task_id: {"queue": t.queue, "retries": t.retries, "upstream": sorted(t.upstream_task_ids)}
+        for t in dag.tasks
+    } if dag else {},
 }))
 """
 
@@ -47,7 +50,11 @@ def test_dagbag_has_no_import_errors_and_tasks_are_configured(tmp_path):
     assert set(bag["tags"]) >= {"ctr", "training"}
     tasks = bag["tasks"]
     assert list(tasks)[0] == "ingest" and "register" in tasks
-    assert tasks["train"]["queue"] == "gpu"
+    # The two models train in parallel, on the GPU queue, from the same training set.
+    for name in ("train_xgboost", "train_wide_deep"):
+        assert tasks[name]["queue"] == "gpu"
+        assert tasks[name]["upstream"] == ["build_training_set"]
+    assert tasks["evaluate"]["upstream"] == ["train_wide_deep", "train_xgboost"]
     assert tasks["validate"]["retries"] == 0
     assert all(t["retries"] >= 1 for name, t in tasks.items() if name != "validate")
 
@@ -75,12 +82,18 @@ def test_dag_runs_green_and_produces_validation_features_and_a_champion(dag_run,
     assert online["user_pv_7d"] == [48.0]
     assert online["item_pv_7d"][0] is not None
 
-    champion = load_by_alias(settings)
-    assert champion.version == "1" and champion.feature_service == "ctr_ranker_v1"
+    # A fresh registry: the first sane version of each model becomes its champion.
+    for name, kind in (("ctr-xgboost", "xgboost"), ("ctr-wide-deep", "wide_deep")):
+        champion = load_by_alias(settings, name=name)
+        assert champion.version == "1" and champion.kind == kind
+        assert champion.feature_service == "ctr_ranker_v1"
 
-    evaluation = json.loads((data_dir / "models/xgb_candidate_evaluation.json").read_text())
-    assert evaluation["test_auc"] > evaluation["popularity_auc"] + 0.05
-    assert evaluation["test_logloss"] < evaluation["popularity_logloss"]
+    evaluation = json.loads((data_dir / "models/candidates/evaluation.json").read_text())
+    assert set(evaluation) == {"xgboost", "wide_deep", "popularity", "logistic_regression"}
+    for model in ("xgboost", "wide_deep"):
+        assert evaluation[model]["auc"] > evaluation["popularity"]["auc"] + 0.05
+        assert evaluation[model]["logloss"] < evaluation["popularity"]["logloss"]
+        assert evaluation[model]["ece"] < 0.02
 
 
 def test_a_broken_batch_stops_the_run_at_validation(tmp_path):
@@ -105,4 +118,4 @@ def test_ctr_cli_help_lists_the_stages():
     out = subprocess.run(
         [str(VENV_BIN / "ctr"), "run", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    assert "build_training_set" in out
+    assert "build_training_set" in out and "warm_start" in out

@@ -21,15 +21,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(dag_run):
+@pytest.fixture(scope="module", params=["ctr-xgboost", "ctr-wide-deep"])
+def server(dag_run, request):
+    """The service scoring with the champion of each registered model (CTR_SERVED_MODEL)."""
     assert dag_run["result"].returncode == 0, dag_run["output"][-3000:]
     port = _free_port()
-    log = dag_run["data_dir"] / "serve.log"
+    log = dag_run["data_dir"] / f"serve-{request.param}.log"
     with log.open("w") as out:
         process = subprocess.Popen(
             ["ctr", "serve", "--port", str(port)],
-            env=dag_run["env"],
+            env={**dag_run["env"], "CTR_SERVED_MODEL": request.param},
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -47,38 +48,38 @@ def server(dag_run):
             time.sleep(0.5)
         else:
             pytest.fail("bentoml serve did not become ready:\n" + log.read_text()[-3000:])
-        yield url
+        yield url, request.param
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
 def test_rank_scores_equal_the_registered_model_on_online_features(server, dag_run, use_environment):
+    url, model_name = server
     items = [283, 2268318, 2333346, 4365585, 3830808, 987654321]
-    response = httpx.post(f"{server}/rank", json={"user_id": 1, "item_ids": items}, timeout=30)
+    response = httpx.post(f"{url}/rank", json={"user_id": 1, "item_ids": items}, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
     assert sorted(i["item_id"] for i in body["items"]) == sorted(items)
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
-    assert body["model"] == {"name": "ctr-xgboost", "version": "1", "feature_service": "ctr_ranker_v1"}
+    assert body["model"] == {"name": model_name, "version": "1", "feature_service": "ctr_ranker_v1"}
 
     use_environment(dag_run["env"])
     import pandas as pd
 
-    from models.dataset import feature_matrix
     from models.feature_store import open_store
     from models.registry import load_by_alias
     from models.settings import get_settings
 
     settings = get_settings()
-    champion = load_by_alias(settings)
+    champion = load_by_alias(settings, name=model_name)
     store = open_store(settings)
     online = store.get_online_features(
         features=store.get_feature_service(champion.feature_service),
         entity_rows=[{"user_id": 1, "item_id": i} for i in items],
     ).to_dict()
-    offline = champion.model.predict_proba(feature_matrix(pd.DataFrame(online), champion.features))[:, 1]
+    offline = champion.predict(pd.DataFrame(online))
     served = {i["item_id"]: i["score"] for i in body["items"]}
     np.testing.assert_allclose([served[i] for i in items], offline, rtol=1e-6)
 
@@ -94,14 +95,14 @@ def test_rank_scores_equal_the_registered_model_on_online_features(server, dag_r
     ],
 )
 def test_bad_requests_get_a_400_with_a_message(server, payload, expected):
-    response = httpx.post(f"{server}/rank", json=payload, timeout=30)
+    response = httpx.post(f"{server[0]}/rank", json=payload, timeout=30)
     assert response.status_code == 400
     assert expected in response.text
 
 
 def test_malformed_json_gets_a_400(server):
     response = httpx.post(
-        f"{server}/rank",
+        f"{server[0]}/rank",
         content=b'{"user_id": 1, "item_ids": [',
         headers={"content-type": "application/json"},
     )

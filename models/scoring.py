@@ -1,0 +1,97 @@
+"""One interface over both model kinds: score a frame of raw features, save and load in formats
+that never unpickle (XGBoost UBJ, Keras `.keras` in safe mode)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+XGBOOST = "xgboost"
+WIDE_DEEP = "wide_deep"
+KINDS: tuple[str, ...] = (XGBOOST, WIDE_DEEP)
+_MODEL_FILES = {XGBOOST: "model.ubj", WIDE_DEEP: "model.keras"}
+
+
+@dataclass
+class ScoringModel:
+    """A trained model with what it needs to score: its kind, features and (Wide&Deep) spec."""
+
+    kind: str
+    model: Any
+    features: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    spec: Any = None  # models.wide_deep.WideDeepSpec for Wide&Deep
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Probability of purchase intent per row of raw features (and ids for Wide&Deep)."""
+        if self.kind == XGBOOST:
+            from models.dataset import feature_matrix
+            from models.xgb import predict_ctr
+
+            return predict_ctr(self.model, feature_matrix(frame, self.features))
+        from models.wide_deep import predict_wide_deep
+
+        return predict_wide_deep(self.model, frame, self.spec)
+
+    def save(self, folder: Path) -> Path:
+        """Model file plus meta.json; returns the model file."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / _MODEL_FILES[self.kind]
+        if self.kind == XGBOOST:
+            self.model.save_model(path)
+        else:
+            self.model.save(path)
+        (folder / "meta.json").write_text(json.dumps({**self.meta, "kind": self.kind}, indent=2, default=str))
+        return path
+
+
+def load_model_file(kind: str, path: Path) -> Any:
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+    if kind == XGBOOST:
+        import xgboost as xgb
+
+        model = xgb.XGBClassifier()
+        model.load_model(path)
+        return model
+    from models.wide_deep import load_wide_deep
+
+    return load_wide_deep(str(path))
+
+
+def wrap(kind: str, model: Any, meta: dict[str, Any]) -> ScoringModel:
+    """A ScoringModel around a loaded native model; Wide&Deep reads its spec from the model."""
+    spec = None
+    if kind == WIDE_DEEP:
+        from models.wide_deep import spec_of
+
+        spec = spec_of(model)
+        features = list(meta.get("features") or spec.numeric)
+    else:
+        features = list(meta["features"])
+    return ScoringModel(kind=kind, model=model, features=features, meta=meta, spec=spec)
+
+
+def load_saved(folder: Path) -> ScoringModel:
+    """Load what `ScoringModel.save` wrote."""
+    meta = json.loads((folder / "meta.json").read_text())
+    kind = meta["kind"]
+    return wrap(kind, load_model_file(kind, folder / _MODEL_FILES[kind]), meta)
+
+
+def scoring_latency_ms(model: ScoringModel, frame: pd.DataFrame, rows: int = 100, repeats: int = 15) -> float:
+    """Median wall time to score one request of `rows` candidates (first call excluded: warm-up)."""
+    batch = frame.head(rows)
+    model.predict(batch)
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model.predict(batch)
+        timings.append((time.perf_counter() - started) * 1000)
+    return float(np.median(timings))

@@ -1,0 +1,359 @@
+"""Keras 3 Wide&Deep CTR model with its preprocessing inside the saved model.
+
+Serving feeds the raw Feast features and ids; hashing of ids and crosses, the log scale and
+the normalisation of counts (statistics adapted on the training days) are layers of the model,
+so nothing can drift between training and serving. Only `keras.ops` and Keras layers are used:
+the same code trains under the TensorFlow, JAX or PyTorch backend, and the `.keras` file loads
+under any of them. Importable without Airflow, Feast or MLflow, so benchmarks can run it bare.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SERIALIZATION_PACKAGE = "realtime_ctr"
+# Ids are reduced modulo this prime before a cross, so that a*P + b stays inside int32 on every
+# backend (JAX runs without 64-bit integers by default).
+CROSS_PRIME = 46_337
+MAX_ID_BUCKETS = 1_000_003
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "embedding_dim": 16,
+    "hidden_units": [256, 128, 64],
+    "dropout": 0.1,
+    "embedding_l2": 1e-6,
+    "cross_buckets": 200_003,
+    "learning_rate": 1e-3,
+    "batch_size": 1024,
+    "epochs": 20,
+    "patience": 3,
+    "mixed_precision": False,
+}
+
+
+def _keras():
+    import keras
+
+    return keras
+
+
+def _register(cls):
+    return _keras().saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)(cls)
+
+
+def custom_layers() -> dict[str, Any]:
+    """Custom layers, defined on first use so that importing this module does not import Keras."""
+    if "IdHash" in _LAYERS:
+        return _LAYERS
+    keras = _keras()
+    ops = keras.ops
+
+    @_register
+    class IdHash(keras.layers.Layer):
+        """An integer id to one of `num_buckets` buckets; any id, seen or not, gets a bucket."""
+
+        def __init__(self, num_buckets: int, **kwargs):
+            super().__init__(**kwargs)
+            self.num_buckets = int(num_buckets)
+
+        def call(self, ids):
+            return ops.mod(ops.cast(ids, "int32"), self.num_buckets)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "num_buckets": self.num_buckets}
+
+    @_register
+    class HashedCross(keras.layers.Layer):
+        """The pair (a, b) of two integer ids to one of `num_buckets` buckets: a wide cross feature."""
+
+        def __init__(self, num_buckets: int, **kwargs):
+            super().__init__(**kwargs)
+            self.num_buckets = int(num_buckets)
+
+        def call(self, inputs):
+            a, b = (ops.mod(ops.cast(x, "int32"), CROSS_PRIME) for x in inputs)
+            return ops.mod(a * CROSS_PRIME + b, self.num_buckets)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape[0]
+
+        def get_config(self):
+            return {**super().get_config(), "num_buckets": self.num_buckets}
+
+    @_register
+    class LogCounts(keras.layers.Layer):
+        """Counts and rates to log1p scale, plus a missing-value indicator per feature.
+
+        A feature Feast could not find arrives as NaN: it becomes 0 with its indicator set, so the
+        model can tell "no record" from "zero activity" without NaN reaching the weights.
+        """
+
+        def call(self, x):
+            missing = ops.isnan(x)
+            filled = ops.where(missing, ops.zeros_like(x), x)
+            return ops.log1p(ops.relu(filled)), ops.cast(missing, x.dtype)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape, input_shape
+
+    _LAYERS.update(IdHash=IdHash, HashedCross=HashedCross, LogCounts=LogCounts)
+    return _LAYERS
+
+
+_LAYERS: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class WideDeepSpec:
+    """What the model reads: numeric features in FeatureService order, categorical ids, crosses."""
+
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    crosses: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def for_columns(
+        cls,
+        numeric: Sequence[str],
+        categorical: Sequence[str],
+        crosses: Sequence[tuple[str, str]] = (),
+    ) -> WideDeepSpec:
+        """Keep only the crosses whose two columns the model reads."""
+        usable = tuple((a, b) for a, b in crosses if a in categorical and b in categorical)
+        return cls(tuple(numeric), tuple(categorical), usable)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (*self.categorical, *self.numeric)
+
+
+def _buckets(values: np.ndarray) -> int:
+    """Twice the ids seen in training, capped: few collisions without a table per possible id."""
+    distinct = int(len(np.unique(values)))
+    return int(min(max(2 * distinct + 1, 101), MAX_ID_BUCKETS))
+
+
+def model_inputs(frame: pd.DataFrame, spec: WideDeepSpec) -> dict[str, np.ndarray]:
+    """The model's named inputs from a frame of raw features: training and serving both use this."""
+    inputs: dict[str, np.ndarray] = {}
+    for name in spec.categorical:
+        column = frame[name] if name in frame else pd.Series(-1, index=frame.index)
+        inputs[name] = column.fillna(-1).to_numpy(dtype=np.int32).reshape(-1, 1)
+    for name in spec.numeric:
+        column = frame[name] if name in frame else pd.Series(np.nan, index=frame.index)
+        inputs[name] = column.to_numpy(dtype=np.float32, na_value=np.nan).reshape(-1, 1)
+    return inputs
+
+
+def build_wide_deep(
+    spec: WideDeepSpec,
+    train_inputs: dict[str, np.ndarray],
+    params: dict[str, Any] | None = None,
+    seed: int = 42,
+):
+    """A compiled Wide&Deep model whose hashing and normalisation are adapted on `train_inputs`."""
+    keras = _keras()
+    layers = custom_layers()
+    params = {**DEFAULT_PARAMS, **(params or {})}
+    keras.utils.set_random_seed(seed)
+    regulariser = keras.regularizers.L2(params["embedding_l2"])
+
+    inputs = {name: keras.Input(shape=(1,), name=name, dtype="int32") for name in spec.categorical}
+    inputs |= {name: keras.Input(shape=(1,), name=name, dtype="float32") for name in spec.numeric}
+
+    wide_terms, deep_parts, hashed = [], [], {}
+    for name in spec.categorical:
+        buckets = _buckets(train_inputs[name])
+        hashed[name] = layers["IdHash"](buckets, name=f"{name}_hash")(inputs[name])
+        deep = keras.layers.Embedding(
+            buckets, params["embedding_dim"], embeddings_regularizer=regulariser, name=f"{name}_embedding"
+        )(hashed[name])
+        deep_parts.append(keras.layers.Flatten(name=f"{name}_flat")(deep))
+        wide_terms.append(keras.layers.Embedding(buckets, 1, name=f"{name}_wide")(hashed[name]))
+    for a, b in spec.crosses:
+        cross = layers["HashedCross"](params["cross_buckets"], name=f"{a}_x_{b}")([inputs[a], inputs[b]])
+        wide_terms.append(
+            keras.layers.Embedding(
+                params["cross_buckets"], 1, embeddings_regularizer=regulariser, name=f"{a}_x_{b}_wide"
+            )(cross)
+        )
+    wide_terms = [keras.layers.Flatten()(term) for term in wide_terms]
+
+    if spec.numeric:
+        raw = keras.layers.Concatenate(name="numeric")([inputs[name] for name in spec.numeric])
+        logs, missing = layers["LogCounts"](name="log_counts")(raw)
+        normaliser = keras.layers.Normalization(name="normalise")
+        train_raw = np.concatenate([train_inputs[name] for name in spec.numeric], axis=1)
+        normaliser.adapt(np.log1p(np.clip(np.nan_to_num(train_raw, nan=0.0), 0, None)))
+        numeric = keras.layers.Concatenate(name="numeric_encoded")([normaliser(logs), missing])
+        deep_parts.append(numeric)
+        wide_terms.append(keras.layers.Dense(1, name="numeric_wide")(numeric))
+
+    deep = keras.layers.Concatenate(name="deep_input")(deep_parts) if len(deep_parts) > 1 else deep_parts[0]
+    for i, units in enumerate(params["hidden_units"]):
+        deep = keras.layers.Dense(units, activation="relu", name=f"deep_{i}")(deep)
+        deep = keras.layers.Dropout(params["dropout"], seed=seed + i)(deep)
+    wide_terms.append(keras.layers.Dense(1, name="deep_logit")(deep))
+    logit = keras.layers.Add(name="logit")(wide_terms) if len(wide_terms) > 1 else wide_terms[0]
+    # float32 output even under a mixed-precision policy: probabilities need the precision.
+    output = keras.layers.Activation("sigmoid", dtype="float32", name="ctr")(logit)
+    model = keras.Model(inputs=inputs, outputs=output, name="wide_deep_ctr")
+    model.compile(
+        optimizer=keras.optimizers.Adam(params["learning_rate"]),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc")],
+    )
+    return model
+
+
+@dataclass
+class TrainedWideDeep:
+    model: Any  # keras.Model
+    spec: WideDeepSpec
+    params: dict[str, Any]
+    best_epoch: int
+    history: dict[str, list[float]] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    examples_per_second: float = 0.0
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.spec.numeric)
+
+
+def _fit(
+    model, x_train, y_train, x_valid, y_valid, params: dict[str, Any], verbose: int
+) -> tuple[dict, float]:
+    keras = _keras()
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=params["patience"], restore_best_weights=True
+    )
+    started = time.perf_counter()
+    history = model.fit(
+        x_train,
+        y_train.astype(np.float32),
+        validation_data=(x_valid, y_valid.astype(np.float32)),
+        batch_size=params["batch_size"],
+        epochs=params["epochs"],
+        callbacks=[stop],
+        verbose=verbose,
+        shuffle=True,
+    )
+    return history.history, time.perf_counter() - started
+
+
+def _set_precision(mixed: bool) -> None:
+    keras = _keras()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if mixed else "float32")
+
+
+def train_wide_deep(
+    train: pd.DataFrame,
+    y_train: np.ndarray,
+    valid: pd.DataFrame,
+    y_valid: np.ndarray,
+    spec: WideDeepSpec,
+    seed: int = 42,
+    verbose: int = 0,
+    **overrides: Any,
+) -> TrainedWideDeep:
+    """Fit on the training days, early-stopped on the validation day; best weights kept."""
+    params = {**DEFAULT_PARAMS, **overrides}
+    _set_precision(params["mixed_precision"])
+    try:
+        x_train, x_valid = model_inputs(train, spec), model_inputs(valid, spec)
+        model = build_wide_deep(spec, x_train, params, seed)
+        history, seconds = _fit(model, x_train, y_train, x_valid, y_valid, params, verbose)
+    finally:
+        _set_precision(False)
+    epochs = len(history["loss"])
+    best = int(np.argmin(history["val_loss"]))
+    return TrainedWideDeep(
+        model=model,
+        spec=spec,
+        params=params,
+        best_epoch=best,
+        history={k: [float(v) for v in values] for k, values in history.items()},
+        train_seconds=seconds,
+        examples_per_second=len(train) * epochs / seconds,
+    )
+
+
+def continue_training(
+    trained: TrainedWideDeep,
+    train: pd.DataFrame,
+    y_train: np.ndarray,
+    valid: pd.DataFrame,
+    y_valid: np.ndarray,
+    learning_rate: float = 1e-4,
+    epochs: int = 5,
+    verbose: int = 0,
+) -> TrainedWideDeep:
+    """Warm start: fine-tune a trained model on newer rows, keeping its adapted preprocessing."""
+    keras = _keras()
+    model = trained.model
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc")],
+    )
+    params = {
+        **DEFAULT_PARAMS,
+        **trained.params,
+        "learning_rate": learning_rate,
+        "epochs": epochs,
+        "patience": 2,
+    }
+    x_train, x_valid = model_inputs(train, trained.spec), model_inputs(valid, trained.spec)
+    history, seconds = _fit(model, x_train, y_train, x_valid, y_valid, params, verbose)
+    return TrainedWideDeep(
+        model=model,
+        spec=trained.spec,
+        params=params,
+        best_epoch=int(np.argmin(history["val_loss"])),
+        history={k: [float(v) for v in values] for k, values in history.items()},
+        train_seconds=seconds,
+        examples_per_second=len(train) * len(history["loss"]) / seconds,
+    )
+
+
+def predict_wide_deep(
+    model: Any, frame: pd.DataFrame, spec: WideDeepSpec, batch_size: int = 8192
+) -> np.ndarray:
+    """Probability of purchase intent per row. Small batches skip `predict`'s per-call set-up,
+    which costs more than the arithmetic at serving sizes."""
+    x = model_inputs(frame, spec)
+    if len(frame) <= batch_size:
+        out = model(x, training=False)
+        return np.asarray(_keras().ops.convert_to_numpy(out), dtype=np.float64).reshape(-1)
+    return model.predict(x, batch_size=batch_size, verbose=0).astype(np.float64).reshape(-1)
+
+
+def spec_of(model: Any) -> WideDeepSpec:
+    """Read the spec back from a loaded model: its input names and dtypes, its cross layers."""
+    layers = custom_layers()
+    categorical, numeric = [], []
+    for tensor in model.inputs:
+        name = tensor.name.split(":")[0]
+        (categorical if "int" in str(tensor.dtype) else numeric).append(name)
+    crosses = []
+    for layer in model.layers:
+        if isinstance(layer, layers["HashedCross"]):
+            a, b = layer.name.split("_x_")
+            crosses.append((a, b))
+    return WideDeepSpec(tuple(numeric), tuple(categorical), tuple(crosses))
+
+
+def load_wide_deep(path: str):
+    """Load a `.keras` file in safe mode (no arbitrary code), with the custom layers registered."""
+    custom_layers()
+    return _keras().saving.load_model(path, safe_mode=True)

@@ -1,0 +1,27 @@
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from models.xgb import continue_xgb, predict_ctr, train_xgb
+
+
+def _rows(n, seed, shift=0.0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    logit = -2 + 1.5 * x[:, 0] + shift * x[:, 1]
+    return x, (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+
+
+def test_warm_start_adds_trees_and_adapts_to_newer_data():
+    features = ["a", "b", "c"]
+    x, y = _rows(20_000, 0)
+    xv, yv = _rows(5_000, 1)
+    base = train_xgb(x, y, xv, yv, features, n_estimators=100)
+    # Newer days: feature b starts to matter.
+    xn, yn = _rows(20_000, 2, shift=1.5)
+    xs, ys = _rows(5_000, 3, shift=1.5)
+    xt, yt = _rows(10_000, 4, shift=1.5)
+    updated = continue_xgb(base.model, xn, yn, xs, ys, features, learning_rate=0.1)
+    assert updated.model.get_booster().num_boosted_rounds() > base.model.get_booster().num_boosted_rounds()
+    before = roc_auc_score(yt, predict_ctr(base.model, xt))
+    after = roc_auc_score(yt, predict_ctr(updated.model, xt))
+    assert after > before + 0.03, (before, after)
