@@ -224,10 +224,17 @@ class TrainedWideDeep:
     history: dict[str, list[float]] = field(default_factory=dict)
     train_seconds: float = 0.0
     examples_per_second: float = 0.0
+    rows: int = 0
 
     @property
     def features(self) -> list[str]:
         return list(self.spec.numeric)
+
+    @property
+    def steady_examples_per_second(self) -> float:
+        """Training rows per second of the fastest epoch after the first (which compiles)."""
+        seconds = self.history.get("epoch_seconds") or [self.train_seconds]
+        return self.rows / min(seconds[1:] or seconds)
 
 
 def _fit(
@@ -237,6 +244,15 @@ def _fit(
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=params["patience"], restore_best_weights=True
     )
+    epoch_seconds: list[float] = []
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_seconds.append(time.perf_counter() - self.started)
+
     started = time.perf_counter()
     history = model.fit(
         x_train,
@@ -244,11 +260,12 @@ def _fit(
         validation_data=(x_valid, y_valid.astype(np.float32)),
         batch_size=params["batch_size"],
         epochs=params["epochs"],
-        callbacks=[stop],
+        callbacks=[stop, EpochTimer()],
         verbose=verbose,
         shuffle=True,
     )
-    return history.history, time.perf_counter() - started
+    # Epoch times include the validation pass; the first also includes compilation.
+    return {**history.history, "epoch_seconds": epoch_seconds}, time.perf_counter() - started
 
 
 def _set_precision(mixed: bool) -> None:
@@ -285,6 +302,7 @@ def train_wide_deep(
         history={k: [float(v) for v in values] for k, values in history.items()},
         train_seconds=seconds,
         examples_per_second=len(train) * epochs / seconds,
+        rows=len(train),
     )
 
 
@@ -323,6 +341,7 @@ def continue_training(
         history={k: [float(v) for v in values] for k, values in history.items()},
         train_seconds=seconds,
         examples_per_second=len(train) * len(history["loss"]) / seconds,
+        rows=len(train),
     )
 
 

@@ -49,7 +49,8 @@ def train_xgb(
     model.fit(x_train, y_train, eval_set=[(x_valid, y_valid)], verbose=False)
     model.get_booster().feature_names = list(features)
     history = {name: list(values) for name, values in model.evals_result()["validation_0"].items()}
-    return TrainedXGB(model, list(features), params, int(model.best_iteration), history)
+    best = model.best_iteration if params.get("early_stopping_rounds") else params["n_estimators"] - 1
+    return TrainedXGB(model, list(features), params, int(best), history)
 
 
 def continue_xgb(
