@@ -193,6 +193,9 @@ def _log_model(settings: Settings, model: ScoringModel, test: pd.DataFrame):
     from models.wide_deep import model_inputs
 
     inputs = model_inputs(example, model.spec)
+    # mlflow.keras 3.17 fails to save an input example (it writes before creating the folder):
+    # keep the example beside the model as a run artifact instead.
+    mlflow.log_dict({k: v.reshape(-1).tolist() for k, v in inputs.items()}, "model_input_example.json")
     return mlflow.keras.log_model(
         model.model,
         name="model",

@@ -85,3 +85,38 @@ def test_same_seed_same_model():
     np.testing.assert_allclose(
         predict_wide_deep(a.model, test, SPEC), predict_wide_deep(b.model, test, SPEC), rtol=1e-5
     )
+
+
+def test_warm_start_fine_tunes_towards_newer_data(trained):
+    from sklearn.metrics import roc_auc_score
+
+    from models.wide_deep import TrainedWideDeep, continue_training
+
+    def shifted(n, seed):
+        frame, _ = _rows(n, seed)
+        rng = np.random.default_rng(seed + 100)
+        # Newer days: carts start to matter, popularity no longer does.
+        logit = -3.5 + 1.2 * frame["user_cart_7d"].to_numpy()
+        return frame, (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int8)
+
+    new, y_new = shifted(20_000, 10)
+    stop, y_stop = shifted(5_000, 11)
+    test, y_test = shifted(8_000, 12)
+    before = roc_auc_score(y_test, predict_wide_deep(trained.model, test, SPEC))
+    clone = load_wide_deep_copy(trained)
+    updated = continue_training(
+        TrainedWideDeep(clone, SPEC, {}, 0), new, y_new, stop, y_stop, learning_rate=1e-3
+    )
+    after = roc_auc_score(y_test, predict_wide_deep(updated.model, test, SPEC))
+    assert after > before + 0.05, (before, after)
+
+
+def load_wide_deep_copy(trained):
+    """A copy through the saved format, so the shared fixture model stays as trained."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "copy.keras"
+        trained.model.save(path)
+        return load_wide_deep(str(path))
