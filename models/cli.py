@@ -40,6 +40,13 @@ def _airflow(args: argparse.Namespace) -> int:
     return _exec("airflow", args.args, env)
 
 
+def _feast(args: argparse.Namespace) -> int:
+    """The Feast CLI on feature_repo/, with the stores the settings choose."""
+    settings = get_settings()
+    env = {**os.environ, **settings.feast_variables()}
+    return _exec("feast", ["-c", str(settings.feast_repo), "-f", str(settings.feast_yaml), *args.args], env)
+
+
 def _serve(args: argparse.Namespace) -> int:
     return _exec(
         "bentoml",
@@ -68,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     airflow.add_argument("args", nargs=argparse.REMAINDER)
     airflow.set_defaults(func=_airflow)
+
+    feast = sub.add_parser(
+        "feast",
+        help="the feast CLI on feature_repo/ with the configured stores, e.g. `ctr feast feature-views list`",
+    )
+    feast.add_argument("args", nargs=argparse.REMAINDER)
+    feast.set_defaults(func=_feast)
 
     serve = sub.add_parser("serve", help="start the ranking service (bentoml serve) on loopback")
     serve.add_argument("--host", default="127.0.0.1")

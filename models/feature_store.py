@@ -20,12 +20,27 @@ from models.settings import Settings
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
+    from feast.repo_config import RepoConfig
+
+
+def load_config(settings: Settings) -> RepoConfig:
+    """feature_store.yaml with its ${VARS} filled in from the settings (stores, registry, cache TTL)."""
+    import yaml
+    from feast.repo_config import FeastConfigError, RepoConfig
+    from pydantic import ValidationError
+
+    try:
+        config = RepoConfig(**yaml.safe_load(settings.feast_yaml_text()))
+    except ValidationError as exc:
+        raise FeastConfigError(exc, settings.feast_yaml) from exc
+    config.repo_path = settings.feast_repo
+    return config
 
 
 def open_store(settings: Settings) -> FeatureStore:
     from feast import FeatureStore
 
-    return FeatureStore(repo_path=str(settings.feast_repo), fs_yaml_file=settings.feast_yaml)
+    return FeatureStore(repo_path=str(settings.feast_repo), config=load_config(settings))
 
 
 @contextlib.contextmanager
@@ -50,10 +65,9 @@ def _inside_repo(repo: Path) -> Iterator[None]:
 
 def apply_repo(settings: Settings) -> list[str]:
     """`feast apply` on feature_repo/, in process; returns the feature services now registered."""
-    from feast.repo_config import load_repo_config
     from feast.repo_operations import apply_total
 
-    config = load_repo_config(settings.feast_repo, settings.feast_yaml)
+    config = load_config(settings)
     _make_local_dirs(config, settings.feast_repo)
     with _inside_repo(settings.feast_repo):
         apply_total(config, settings.feast_repo, skip_source_validation=True)
