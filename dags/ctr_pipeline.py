@@ -6,7 +6,7 @@ Raw Taobao behaviour events to a served CTR ranker, every stage real:
 `ingest` → `validate` (Great Expectations; bad rows quarantined, a broken batch fails here) →
 `apply_features` (`feast apply`) → `build_features` (daily snapshots to the offline store) →
 `materialize` (SQLite/Redis online store) → `build_training_set` (point-in-time, through the
-`ctr_ranker_v1` FeatureService) → `train` (XGBoost) → `evaluate` (vs popularity, later days) →
+ranker's FeatureService) → `train` (XGBoost) → `evaluate` (vs popularity, later days) →
 `register` (MLflow; `challenger`, promoted to `champion` only if it beats the champion).
 
 Each task calls one function of `models.pipeline`; configuration comes from the environment

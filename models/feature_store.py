@@ -86,9 +86,14 @@ def _make_local_dirs(config, repo: Path) -> None:
 
 def source_path(store: FeatureStore, feature_view: str) -> Path:
     """Where a feature view's offline FileSource lives, as declared in feature_repo/data_sources.py."""
+    from feast.errors import FeatureViewNotFoundException
     from feast.infra.offline_stores.file_source import FileSource
 
-    source = store.get_feature_view(feature_view).batch_source
+    try:
+        view = store.get_feature_view(feature_view)
+    except FeatureViewNotFoundException:
+        view = store.get_stream_feature_view(feature_view)
+    source = view.batch_source
     return Path(FileSource.get_uri_for_file_path(store.repo_path, source.path)).resolve()
 
 
@@ -104,6 +109,19 @@ def write_offline(frame: pd.DataFrame, path: Path) -> Path:
         c: frame[c].dt.as_unit("us") for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)
     }
     frame.assign(**stamps).to_parquet(partial, index=False)
+    partial.replace(path)
+    return path
+
+
+def write_offline_batches(batches, schema, path: Path) -> Path:
+    """Like write_offline, for a source produced in Arrow record batches (bounded memory)."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with pq.ParquetWriter(partial, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
     partial.replace(path)
     return path
 

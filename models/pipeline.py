@@ -11,7 +11,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feature_repo.contract import ITEM_VIEW, LABEL, LABEL_WINDOW, RANKER_FEATURE_SERVICE, USER_VIEW
+from feature_repo.contract import (
+    CATEGORY_VIEW,
+    ITEM_VIEW,
+    LABEL,
+    LABEL_WINDOW,
+    RANKER_FEATURE_SERVICE,
+    RECENT_VIEW,
+    USER_VIEW,
+)
 from models.feature_store import write_offline
 from models.settings import Settings, get_settings
 
@@ -65,18 +73,42 @@ def apply_features(settings: Settings | None = None) -> dict[str, Any]:
 
 
 def build_features(settings: Settings | None = None) -> dict[str, Any]:
-    """Daily behaviour snapshots into the offline sources the Feast repo declares."""
-    from models.feature_store import open_store, source_path
-    from models.features import DayGrid, item_snapshots, user_snapshots
+    """Daily user/item/category snapshots and the users' short-term state, into the offline sources
+    the Feast repo declares."""
+    from models.feature_store import open_store, source_path, write_offline_batches
+    from models.features import (
+        DayGrid,
+        category_snapshots,
+        item_snapshots,
+        recent_activity_batches,
+        recent_activity_schema,
+        user_snapshots,
+    )
 
     settings = settings or get_settings()
     events = pd.read_parquet(_paths(settings)["accepted"])
     grid = DayGrid.covering(settings.window_start, settings.window_end, settings.timezone)
     store = open_store(settings)
-    users, items = user_snapshots(events, grid), item_snapshots(events, grid)
-    write_offline(users, source_path(store, USER_VIEW))
-    write_offline(items, source_path(store, ITEM_VIEW))
-    return {"user_rows": len(users), "item_rows": len(items), "snapshots": len(grid.snapshot_times)}
+    rows = {}
+    for view, build in (
+        (USER_VIEW, user_snapshots),
+        (ITEM_VIEW, item_snapshots),
+        (CATEGORY_VIEW, category_snapshots),
+    ):
+        frame = build(events, grid)
+        write_offline(frame, source_path(store, view))
+        rows[view] = len(frame)
+    path = write_offline_batches(
+        recent_activity_batches(events), recent_activity_schema(), source_path(store, RECENT_VIEW)
+    )
+    rows[RECENT_VIEW] = _parquet_rows(path)
+    return {"rows": rows, "events": len(events), "snapshots": len(grid.snapshot_times)}
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def materialize(settings: Settings | None = None) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from feature_repo.contract import USER_FEATURES, USER_VIEW
+from feature_repo.contract import USER_FEATURES, USER_TOP_CATEGORIES, USER_TOP_CATEGORY_SHARES, USER_VIEW
 from tests.conftest import project_environment
 
 pytestmark = pytest.mark.integration
@@ -33,9 +33,14 @@ def test_materialized_snapshot_is_read_back_from_the_configured_store(store_sett
     users = pd.DataFrame({"user_id": [7, 7], "event_timestamp": [t - pd.Timedelta(days=1), t]})
     for i, name in enumerate(USER_FEATURES):
         users[name] = [float(i), float(i) + 100.0]
+    users[USER_TOP_CATEGORIES] = [[], [300, 700]]
+    users[USER_TOP_CATEGORY_SHARES] = [[], [0.75, 0.25]]
     write_offline(users.astype({n: "float32" for n in USER_FEATURES}), source_path(store, USER_VIEW))
     store.materialize(t - pd.Timedelta(days=2), t + pd.Timedelta(hours=1), feature_views=[USER_VIEW])
-    online = store.get_online_features(
-        features=[f"{USER_VIEW}:{USER_FEATURES[0]}"], entity_rows=[{"user_id": 7}]
-    )
-    assert online.to_dict()[USER_FEATURES[0]] == [100.0]
+    refs = [
+        f"{USER_VIEW}:{name}" for name in (USER_FEATURES[0], USER_TOP_CATEGORIES, USER_TOP_CATEGORY_SHARES)
+    ]
+    online = store.get_online_features(features=refs, entity_rows=[{"user_id": 7}, {"user_id": 8}]).to_dict()
+    assert online[USER_FEATURES[0]] == [100.0, None]
+    assert online[USER_TOP_CATEGORIES] == [[300, 700], None]
+    assert online[USER_TOP_CATEGORY_SHARES] == [[0.75, 0.25], None]
