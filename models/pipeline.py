@@ -38,14 +38,39 @@ def _paths(settings: Settings) -> dict[str, Path]:
 
 
 def ingest(settings: Settings | None = None) -> dict[str, Any]:
-    """Raw CSV -> canonical events, every line kept."""
-    from models.events import load_events
+    """Raw CSV + the live event log (events inside the window) -> canonical events.
+
+    Every line of the CSV is kept (validation judges them); an event both in the CSV and in the log,
+    or logged twice, is kept once.
+    """
+    from feature_repo.contract import EVENT_COLUMNS
+    from models.events import SOURCE_ROW, load_events
+    from models.ingest import EventLog
 
     settings = settings or get_settings()
     events = load_events(settings.raw_events)
+    logged = EventLog(settings.event_log_dir).read(settings.window_start, settings.window_end)
+    if len(logged):
+        logged = logged[list(EVENT_COLUMNS)].astype(
+            {c: "Int64" for c in ("user_id", "item_id", "category_id")}
+        )
+        logged.insert(0, SOURCE_ROW, -np.arange(1, len(logged) + 1))  # negative: a row of the event log
+        before = len(events) + len(logged)
+        events = pd.concat([events, logged], ignore_index=True)
+        events = events[~events.duplicated(list(EVENT_COLUMNS), keep="first")].reset_index(drop=True)
+        duplicates = before - len(events)
+    else:
+        duplicates = 0
     write_offline(events, _paths(settings)["ingested"])
-    log.info("ingested %d rows from %s", len(events), settings.raw_events)
-    return {"source": str(settings.raw_events), "rows": len(events)}
+    log.info(
+        "ingested %d rows from %s and %d from the event log", len(events), settings.raw_events, len(logged)
+    )
+    return {
+        "source": str(settings.raw_events),
+        "rows": len(events),
+        "event_log_rows": len(logged),
+        "duplicates_dropped": duplicates,
+    }
 
 
 def validate(settings: Settings | None = None) -> dict[str, Any]:
