@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 UV_VERSION := 0.13.9
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test test-deps lint clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -18,7 +18,13 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 demo: venv
 	bash scripts/demo.sh
 
-test: venv
+# The tests start a real redis-server (Debian package) for the Redis online store.
+test-deps:
+	@command -v redis-server > /dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q redis-server; }
+
+test: venv test-deps
 	$(VENV)/bin/python -m pytest
 
 lint: venv

@@ -35,11 +35,19 @@ LABEL_WINDOW = timedelta(hours=6)
 # Snapshots are taken once per day; a snapshot at midnight aggregates the days before it, so a
 # training row never sees events from its own future.
 SNAPSHOT_INTERVAL = timedelta(days=1)
-WINDOWS_DAYS: dict[str, int] = {"1d": 1, "7d": 7}
+WINDOWS_DAYS: dict[str, int] = {"1d": 1, "3d": 3, "7d": 7}
 # Smoothing prior for conversion rates: (intents + PRIOR_RATE * PRIOR_WEIGHT) / (views + PRIOR_WEIGHT),
 # so an item seen once is neither 0 nor 1.
 CONVERSION_PRIOR_RATE = 0.03
 CONVERSION_PRIOR_WEIGHT = 20.0
+# Popularity trend: (views yesterday + TREND_PRIOR) / (mean daily views over 7 days + TREND_PRIOR);
+# above 1 means rising. The prior keeps rarely seen items near 1.
+TREND_PRIOR = 1.0
+# A user's affinity to categories: the TOP_CATEGORIES categories with most of the user's events in
+# the last 7 days, with their share of those events.
+TOP_CATEGORIES = 5
+# Days since an entity's last event are capped at the longest window: the cap means "none in it".
+RECENCY_CAP_DAYS = 7.0
 
 
 def count_features(prefix: str) -> list[str]:
@@ -47,17 +55,78 @@ def count_features(prefix: str) -> list[str]:
     return [f"{prefix}_{b}_{w}" for w in WINDOWS_DAYS for b in BEHAVIORS]
 
 
-USER_FEATURES: list[str] = [*count_features("user"), "user_conversion_7d"]
+USER_TOP_CATEGORIES = "user_top_categories_7d"  # Array(Int64), most events first
+USER_TOP_CATEGORY_SHARES = "user_top_category_shares_7d"  # Array(Float32), same order
+USER_FEATURES: list[str] = [
+    *count_features("user"),
+    "user_conversion_7d",
+    "user_active_days_7d",
+    "user_days_since_last_event",
+]
+USER_LIST_FEATURES: list[str] = [USER_TOP_CATEGORIES, USER_TOP_CATEGORY_SHARES]
+CATEGORY_FEATURES: list[str] = [*count_features("category"), "category_conversion_7d", "category_trend"]
+# The item view carries its category's id and the category's headline numbers, so that ranking
+# needs only (user, item) keys.
 ITEM_FEATURES: list[str] = [
     *count_features("item"),
     "item_conversion_7d",
+    "item_trend",
+    "item_days_since_last_event",
+    CATEGORY_ID,
     "category_pv_7d",
     "category_conversion_7d",
+    "category_trend",
+]
+INTEGER_FEATURES: frozenset[str] = frozenset({CATEGORY_ID})  # Int64; every other scalar is Float32
+# Computed when features are read (feature_repo/on_demand_views.py), from the user's top categories
+# and the candidate's category.
+AFFINITY_FEATURES: list[str] = ["user_category_share_7d", "user_category_rank_7d"]
+
+# --- Short-term activity (pushed by the ingest service, rebuilt by the batch job) -------------
+# Per user, the last RECENT_EVENTS events, newest last. A state row is stamped one second after its
+# newest event (RECENT_STATE_DELAY), so a training row never sees its own event or any event of the
+# same second, as a request ranked before that event would not.
+RECENT_EVENTS = 20
+RECENT_STATE_DELAY = timedelta(seconds=1)
+EVENT_ID = "event_id"
+RECENT_EVENT_IDS = "recent_event_ids"  # Array(Int64), see models/events.event_ids
+RECENT_TIMESTAMPS = "recent_timestamps"  # Array(Int64), Unix seconds
+RECENT_ITEMS = "recent_items"  # Array(Int64)
+RECENT_CATEGORIES = "recent_categories"  # Array(Int64)
+RECENT_BEHAVIORS = "recent_behaviors"  # Array(Int64): index into BEHAVIORS
+RECENT_FEATURES: list[str] = [
+    RECENT_EVENT_IDS,
+    RECENT_TIMESTAMPS,
+    RECENT_ITEMS,
+    RECENT_CATEGORIES,
+    RECENT_BEHAVIORS,
+]
+# Request-time features (feature_repo/on_demand_views.py), relative to the request's Unix time.
+REQUEST_TS = "request_ts"
+SHOP_UTC_OFFSET_HOURS = 8  # hour of day is taken in the shop's time (Asia/Shanghai, no DST)
+SHORT_WINDOWS_S: dict[str, int] = {"5m": 300, "1h": 3600}
+REALTIME_FEATURES: list[str] = [
+    "request_hour",
+    "user_seconds_since_last_event",
+    *[f"user_events_{w}" for w in SHORT_WINDOWS_S],
+    "user_intents_1h",
+    "item_seen_recently",
+    "category_seen_recently",
 ]
 
 # --- Feast object names ----------------------------------------------------------------------
 USER_VIEW = "user_behavior_stats"
 ITEM_VIEW = "item_behavior_stats"
+CATEGORY_VIEW = "category_behavior_stats"
+RECENT_VIEW = "user_recent_activity"
+RECENT_PUSH_SOURCE = "user_activity_push"
+AFFINITY_VIEW = "user_item_affinity"
+REALTIME_VIEW = "realtime_context"
 # The FeatureService a model is trained with and served through. Bump the suffix when its
 # feature list changes so that models trained on the old list keep their own service.
-RANKER_FEATURE_SERVICE = "ctr_ranker_v1"
+RANKER_FEATURE_SERVICE = "ctr_ranker_v2"
+RANKER_FEATURES: list[str] = [*USER_FEATURES, *ITEM_FEATURES, *AFFINITY_FEATURES]
+# The ranker's features plus the short-term and request-time ones; reading it needs REQUEST_TS
+# in every entity row.
+REALTIME_FEATURE_SERVICE = "ctr_ranker_realtime_v1"
+REALTIME_RANKER_FEATURES: list[str] = [*RANKER_FEATURES, *REALTIME_FEATURES]

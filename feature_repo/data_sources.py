@@ -1,11 +1,13 @@
-"""Offline sources: Parquet files written by the batch feature job (models/features.py).
+"""Sources: Parquet files written by the batch feature job (models/features.py), and the push
+source the ingest service (services/ingest.py) writes live updates through.
 
 Paths are absolute, under CTR_DATA_DIR (see models/settings.py), because Feast's offline stores
 disagree on what a relative path is relative to. The job asks these sources where to write.
 """
 
-from contract import EVENT_TIMESTAMP
-from feast import FileSource
+from contract import EVENT_TIMESTAMP, RECENT_PUSH_SOURCE, REQUEST_TS
+from feast import Field, FileSource, PushSource, RequestSource
+from feast.types import Int64
 
 from models.settings import get_settings
 
@@ -15,12 +17,37 @@ user_stats_source = FileSource(
     name="user_stats_source",
     path=str(OFFLINE_DIR / "user_stats.parquet"),
     timestamp_field=EVENT_TIMESTAMP,
-    description="Daily snapshots of per-user behaviour counts.",
+    description="Daily snapshots of per-user behaviour counts and top categories.",
 )
 
 item_stats_source = FileSource(
     name="item_stats_source",
     path=str(OFFLINE_DIR / "item_stats.parquet"),
     timestamp_field=EVENT_TIMESTAMP,
-    description="Daily snapshots of per-item and per-category behaviour counts.",
+    description="Daily snapshots of per-item counts, with the item's category and its numbers.",
+)
+
+category_stats_source = FileSource(
+    name="category_stats_source",
+    path=str(OFFLINE_DIR / "category_stats.parquet"),
+    timestamp_field=EVENT_TIMESTAMP,
+    description="Daily snapshots of per-category behaviour counts.",
+)
+
+user_activity_source = FileSource(
+    name="user_activity_source",
+    path=str(OFFLINE_DIR / "user_activity.parquet"),
+    timestamp_field=EVENT_TIMESTAMP,
+    description="Each user's last events after every event second, rebuilt by the batch job.",
+)
+
+user_activity_push = PushSource(
+    name=RECENT_PUSH_SOURCE,
+    batch_source=user_activity_source,
+    description="Live updates of each user's last events, pushed by the ingest service.",
+)
+
+request_context = RequestSource(
+    name="request_context",
+    schema=[Field(name=REQUEST_TS, dtype=Int64, description="The request's time, Unix seconds.")],
 )

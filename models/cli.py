@@ -44,12 +44,47 @@ def _airflow(args: argparse.Namespace) -> int:
     return _exec("airflow", args.args, env)
 
 
+def _feast(args: argparse.Namespace) -> int:
+    """The Feast CLI on feature_repo/, with the stores the settings choose."""
+    settings = get_settings()
+    env = {**os.environ, **settings.feast_variables()}
+    return _exec("feast", ["-c", str(settings.feast_repo), "-f", str(settings.feast_yaml), *args.args], env)
+
+
 def _serve(args: argparse.Namespace) -> int:
     return _exec(
         "bentoml",
         ["serve", "services.ranker:Ranker", "--host", args.host, "--port", str(args.port), *args.args],
         dict(os.environ),
     )
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    return _exec(
+        "bentoml",
+        ["serve", "services.ingest:Ingest", "--host", args.host, "--port", str(args.port), *args.args],
+        dict(os.environ),
+    )
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from models.replay import replay
+
+    url = args.url or get_settings().ingest_url
+    totals = replay(args.file, url, args.speedup, max_batch=args.batch, limit=args.limit)
+    print(
+        json.dumps(
+            {
+                "sent": totals.sent,
+                "accepted": totals.accepted,
+                "duplicates": totals.duplicates,
+                "requests": totals.requests,
+                "seconds": round(totals.seconds, 2),
+                "events_per_s": round(totals.sent / totals.seconds, 1) if totals.seconds else None,
+            }
+        )
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,11 +109,34 @@ def main(argv: list[str] | None = None) -> int:
     airflow.add_argument("args", nargs=argparse.REMAINDER)
     airflow.set_defaults(func=_airflow)
 
+    feast = sub.add_parser(
+        "feast",
+        help="the feast CLI on feature_repo/ with the configured stores, e.g. `ctr feast feature-views list`",
+    )
+    feast.add_argument("args", nargs=argparse.REMAINDER)
+    feast.set_defaults(func=_feast)
+
     serve = sub.add_parser("serve", help="start the ranking service (bentoml serve) on loopback")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("args", nargs=argparse.REMAINDER, help="passed on to bentoml serve")
     serve.set_defaults(func=_serve)
+
+    ingest = sub.add_parser("ingest", help="start the ingest service (POST /events) on loopback")
+    ingest.add_argument("--host", default="127.0.0.1")
+    ingest.add_argument("--port", type=int, default=3001)
+    ingest.add_argument("args", nargs=argparse.REMAINDER, help="passed on to bentoml serve")
+    ingest.set_defaults(func=_ingest)
+
+    replay = sub.add_parser("replay", help="stream a behaviour CSV into the ingest service, in time order")
+    replay.add_argument("file", help="a headerless Taobao UserBehavior CSV, e.g. userbehavior_stream_*.csv")
+    replay.add_argument(
+        "--speedup", type=float, default=60.0, help="replay clock / recorded clock; 0 = no waiting"
+    )
+    replay.add_argument("--url", help="the ingest service (default CTR_INGEST_URL, http://127.0.0.1:3001)")
+    replay.add_argument("--batch", type=int, default=500, help="most events per request")
+    replay.add_argument("--limit", type=int, help="stop after this many events")
+    replay.set_defaults(func=_replay)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

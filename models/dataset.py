@@ -8,7 +8,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from feature_repo.contract import EVENT_TIMESTAMP, ITEM_ID, LABEL, USER_ID
+from feature_repo.contract import EVENT_TIMESTAMP, ITEM_ID, LABEL, REQUEST_TS, USER_ID
 
 
 @dataclass(frozen=True)
@@ -19,10 +19,15 @@ class Split:
 
 
 def join_features(store, labelled: pd.DataFrame, service) -> pd.DataFrame:
-    """Join each labelled view with the features as they were at its timestamp."""
+    """Join each labelled view with the features as they were at its timestamp.
+
+    Request-time features are computed as if the row had been ranked at its own timestamp.
+    """
     from models.feature_store import historical_features
 
-    rows = labelled[[USER_ID, ITEM_ID, EVENT_TIMESTAMP, LABEL]]
+    rows = labelled[[USER_ID, ITEM_ID, EVENT_TIMESTAMP, LABEL]].assign(
+        **{REQUEST_TS: labelled[EVENT_TIMESTAMP].to_numpy(dtype="datetime64[s]").astype(np.int64)}
+    )
     joined = historical_features(store, rows, service)
     if len(joined) != len(rows):
         raise RuntimeError(

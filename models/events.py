@@ -8,9 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from feature_repo.contract import BEHAVIOR, EVENT_COLUMNS, EVENT_TIMESTAMP, ID_COLUMNS, RAW_COLUMNS
+from feature_repo.contract import (
+    BEHAVIOR,
+    BEHAVIORS,
+    CATEGORY_ID,
+    EVENT_COLUMNS,
+    EVENT_TIMESTAMP,
+    ID_COLUMNS,
+    ITEM_ID,
+    RAW_COLUMNS,
+    USER_ID,
+)
 
 SOURCE_ROW = "source_row"
 
@@ -45,3 +56,33 @@ def to_canonical(raw: pd.DataFrame) -> pd.DataFrame:
 
 def load_events(path: Path | str) -> pd.DataFrame:
     return to_canonical(read_raw_events(path))
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a fixed, well-spread 64-bit mix."""
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def event_ids(events: pd.DataFrame) -> np.ndarray:
+    """A deterministic 64-bit id per event, from its user, item, category, behaviour and second.
+
+    Two deliveries of the same action get the same id, which is how ingestion and the batch job
+    drop duplicates. Rows must be valid (no nulls, behaviour in BEHAVIORS).
+    """
+    behavior = pd.Categorical(events[BEHAVIOR], categories=list(BEHAVIORS)).codes.astype(np.int64)
+    if (behavior < 0).any():
+        raise ValueError("event_ids needs behaviours from " + ", ".join(BEHAVIORS))
+    seconds = events[EVENT_TIMESTAMP].to_numpy(dtype="datetime64[s]").astype(np.int64)
+    h = np.full(len(events), 0x9E3779B97F4A7C15, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in (
+            events[USER_ID].to_numpy(dtype=np.int64),
+            events[ITEM_ID].to_numpy(dtype=np.int64),
+            events[CATEGORY_ID].to_numpy(dtype=np.int64),
+            behavior,
+            seconds,
+        ):
+            h = _mix(h ^ column.astype(np.uint64))
+    return h.view(np.int64)

@@ -20,12 +20,27 @@ from models.settings import Settings
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
+    from feast.repo_config import RepoConfig
+
+
+def load_config(settings: Settings) -> RepoConfig:
+    """feature_store.yaml with its ${VARS} filled in from the settings (stores, registry, cache TTL)."""
+    import yaml
+    from feast.repo_config import FeastConfigError, RepoConfig
+    from pydantic import ValidationError
+
+    try:
+        config = RepoConfig(**yaml.safe_load(settings.feast_yaml_text()))
+    except ValidationError as exc:
+        raise FeastConfigError(exc, settings.feast_yaml) from exc
+    config.repo_path = settings.feast_repo
+    return config
 
 
 def open_store(settings: Settings) -> FeatureStore:
     from feast import FeatureStore
 
-    return FeatureStore(repo_path=str(settings.feast_repo), fs_yaml_file=settings.feast_yaml)
+    return FeatureStore(repo_path=str(settings.feast_repo), config=load_config(settings))
 
 
 @contextlib.contextmanager
@@ -50,10 +65,9 @@ def _inside_repo(repo: Path) -> Iterator[None]:
 
 def apply_repo(settings: Settings) -> list[str]:
     """`feast apply` on feature_repo/, in process; returns the feature services now registered."""
-    from feast.repo_config import load_repo_config
     from feast.repo_operations import apply_total
 
-    config = load_repo_config(settings.feast_repo, settings.feast_yaml)
+    config = load_config(settings)
     _make_local_dirs(config, settings.feast_repo)
     with _inside_repo(settings.feast_repo):
         apply_total(config, settings.feast_repo, skip_source_validation=True)
@@ -72,9 +86,14 @@ def _make_local_dirs(config, repo: Path) -> None:
 
 def source_path(store: FeatureStore, feature_view: str) -> Path:
     """Where a feature view's offline FileSource lives, as declared in feature_repo/data_sources.py."""
+    from feast.errors import FeatureViewNotFoundException
     from feast.infra.offline_stores.file_source import FileSource
 
-    source = store.get_feature_view(feature_view).batch_source
+    try:
+        view = store.get_feature_view(feature_view)
+    except FeatureViewNotFoundException:
+        view = store.get_stream_feature_view(feature_view)
+    source = view.batch_source
     return Path(FileSource.get_uri_for_file_path(store.repo_path, source.path)).resolve()
 
 
@@ -90,6 +109,19 @@ def write_offline(frame: pd.DataFrame, path: Path) -> Path:
         c: frame[c].dt.as_unit("us") for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)
     }
     frame.assign(**stamps).to_parquet(partial, index=False)
+    partial.replace(path)
+    return path
+
+
+def write_offline_batches(batches, schema, path: Path) -> Path:
+    """Like write_offline, for a source produced in Arrow record batches (bounded memory)."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with pq.ParquetWriter(partial, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
     partial.replace(path)
     return path
 

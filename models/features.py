@@ -1,4 +1,4 @@
-"""Batch feature job: daily snapshots of behaviour counts per user and per item.
+"""Batch feature job: daily snapshots per user, item and category, and the per-event short-term state.
 
 A snapshot stamped at local midnight D aggregates the complete days before D, so a point-in-time
 join never hands a training row an event from its own future. An entity gets a row at the
@@ -6,18 +6,27 @@ midnight before its first event (all zeros, which is true then), a row every mid
 has activity in its longest window, and one all-zero row when that window empties. So every
 event of an entity has a snapshot at or before it, and the offline store and the online store
 (which keeps the last row) agree on every entity.
+
+The short-term state (``recent_activity``) is the user's last RECENT_EVENTS events after each
+event, stamped RECENT_STATE_DELAY after it; the ingest service builds the same state online with
+``merge_recent``.
+
+Everything is vectorised over entities × days with NumPy; no Python loop runs per event.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from feature_repo.contract import (
     BEHAVIOR,
     BEHAVIORS,
+    CATEGORY_FEATURES,
     CATEGORY_ID,
     CONVERSION_PRIOR_RATE,
     CONVERSION_PRIOR_WEIGHT,
@@ -26,12 +35,26 @@ from feature_repo.contract import (
     ITEM_FEATURES,
     ITEM_ID,
     PAGE_VIEW,
+    RECENCY_CAP_DAYS,
+    RECENT_BEHAVIORS,
+    RECENT_CATEGORIES,
+    RECENT_EVENT_IDS,
+    RECENT_EVENTS,
+    RECENT_FEATURES,
+    RECENT_ITEMS,
+    RECENT_STATE_DELAY,
+    RECENT_TIMESTAMPS,
+    TOP_CATEGORIES,
+    TREND_PRIOR,
     USER_FEATURES,
     USER_ID,
+    USER_TOP_CATEGORIES,
+    USER_TOP_CATEGORY_SHARES,
     WINDOWS_DAYS,
 )
 
 LONGEST_WINDOW = max(WINDOWS_DAYS, key=WINDOWS_DAYS.__getitem__)
+_DAY_S = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -54,32 +77,76 @@ class DayGrid:
     def snapshot_times(self) -> pd.DatetimeIndex:
         return self.days.append(self.days[-1:] + pd.Timedelta(days=1)).tz_convert("UTC")
 
+    @property
+    def snapshot_seconds(self) -> np.ndarray:
+        return self.snapshot_times.as_unit("s").asi8.astype(np.float64)
+
 
 def _conversion(intents: np.ndarray, views: np.ndarray) -> np.ndarray:
     return (intents + CONVERSION_PRIOR_RATE * CONVERSION_PRIOR_WEIGHT) / (views + CONVERSION_PRIOR_WEIGHT)
 
 
-def window_counts(events: pd.DataFrame, key: str, grid: DayGrid) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Per entity and snapshot, the count of each behaviour in each window.
+def _trend(views_1d: np.ndarray, views_7d: np.ndarray) -> np.ndarray:
+    return (views_1d + TREND_PRIOR) / (views_7d / WINDOWS_DAYS["7d"] + TREND_PRIOR)
 
-    Returns the entity keys and a dict ``"{behavior}_{window}" -> array[entity, snapshot]``,
-    snapshot k counting the days before day k.
-    """
-    day = grid.day_index(events[EVENT_TIMESTAMP])
-    inside = day >= 0
-    keys, entity = np.unique(events.loc[inside, key].to_numpy(dtype=np.int64), return_inverse=True)
-    n_days = len(grid.days)
-    counts: dict[str, np.ndarray] = {}
-    behaviors = events.loc[inside, BEHAVIOR].to_numpy()
-    for behavior in BEHAVIORS:
-        mask = behaviors == behavior
-        daily = np.zeros((len(keys), n_days), dtype=np.float64)
-        np.add.at(daily, (entity[mask], day[inside][mask]), 1.0)
-        cumulative = np.concatenate([np.zeros((len(keys), 1)), daily.cumsum(axis=1)], axis=1)
-        for window, n in WINDOWS_DAYS.items():
-            lagged = np.concatenate([np.zeros((len(keys), n)), cumulative[:, :-n]], axis=1)[:, : n_days + 1]
-            counts[f"{behavior}_{window}"] = cumulative - lagged
-    return keys, counts
+
+def _windowed(daily: np.ndarray, n: int) -> np.ndarray:
+    """[entity, day] totals -> [entity, snapshot] totals over the n days before each snapshot."""
+    cumulative = np.concatenate([np.zeros((daily.shape[0], 1)), daily.cumsum(axis=1)], axis=1)
+    lagged = np.concatenate([np.zeros((daily.shape[0], n)), cumulative[:, :-n]], axis=1)
+    return cumulative - lagged[:, : cumulative.shape[1]]
+
+
+@dataclass(frozen=True)
+class _Entities:
+    """The events of a batch indexed by one key: which entity and which day each event is."""
+
+    keys: np.ndarray  # sorted entity keys
+    entity: np.ndarray  # per event inside the grid: index into keys
+    day: np.ndarray  # per event inside the grid: day index
+    behavior: np.ndarray  # per event inside the grid
+    seconds: np.ndarray  # per event inside the grid: Unix seconds
+    n_days: int
+
+    @classmethod
+    def of(cls, events: pd.DataFrame, key: str, grid: DayGrid) -> _Entities:
+        day = grid.day_index(events[EVENT_TIMESTAMP])
+        inside = day >= 0
+        keys, entity = np.unique(events.loc[inside, key].to_numpy(dtype=np.int64), return_inverse=True)
+        seconds = events.loc[inside, EVENT_TIMESTAMP].to_numpy(dtype="datetime64[s]").astype(np.int64)
+        behavior = events.loc[inside, BEHAVIOR].to_numpy()
+        return cls(keys, entity, day[inside], behavior, seconds, len(grid.days))
+
+    def daily(self, mask: np.ndarray | None = None) -> np.ndarray:
+        out = np.zeros((len(self.keys), self.n_days), dtype=np.float64)
+        if mask is None:
+            np.add.at(out, (self.entity, self.day), 1.0)
+        else:
+            np.add.at(out, (self.entity[mask], self.day[mask]), 1.0)
+        return out
+
+    def counts(self) -> dict[str, np.ndarray]:
+        """``"{behavior}_{window}" -> array[entity, snapshot]``, snapshot k counting the days before day k."""
+        out: dict[str, np.ndarray] = {}
+        for behavior in BEHAVIORS:
+            daily = self.daily(self.behavior == behavior)
+            for window, n in WINDOWS_DAYS.items():
+                out[f"{behavior}_{window}"] = _windowed(daily, n)
+        return out
+
+    def days_since_last_event(self, grid: DayGrid) -> np.ndarray:
+        """[entity, snapshot]: days from the entity's last event before the snapshot, capped."""
+        last = np.full((len(self.keys), self.n_days), -np.inf)
+        np.maximum.at(last, (self.entity, self.day), self.seconds.astype(np.float64))
+        never = np.full((len(self.keys), 1), -np.inf)
+        before = np.concatenate([never, np.maximum.accumulate(last, axis=1)], axis=1)
+        return np.minimum((grid.snapshot_seconds[None, :] - before) / _DAY_S, RECENCY_CAP_DAYS)
+
+
+def window_counts(events: pd.DataFrame, key: str, grid: DayGrid) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per entity and snapshot, the count of each behaviour in each window."""
+    entities = _Entities.of(events, key, grid)
+    return entities.keys, entities.counts()
 
 
 def _rows_to_keep(counts: dict[str, np.ndarray]) -> np.ndarray:
@@ -90,39 +157,207 @@ def _rows_to_keep(counts: dict[str, np.ndarray]) -> np.ndarray:
     return active | was_active | will_be_active
 
 
-def _frame(key: str, keys: np.ndarray, grid: DayGrid, columns: dict[str, np.ndarray]) -> pd.DataFrame:
-    keep = _rows_to_keep(columns["_counts"]) if "_counts" in columns else None
+def _frame(
+    key: str, keys: np.ndarray, grid: DayGrid, keep: np.ndarray, columns: dict[str, np.ndarray]
+) -> pd.DataFrame:
     entity_idx, snap_idx = np.nonzero(keep)
     data = {key: keys[entity_idx], EVENT_TIMESTAMP: grid.snapshot_times[snap_idx]}
     for name, values in columns.items():
-        if name != "_counts":
-            data[name] = values[entity_idx, snap_idx].astype(np.float32)
+        dtype = np.int64 if name == CATEGORY_ID else np.float32
+        data[name] = values[entity_idx, snap_idx].astype(dtype)
     return pd.DataFrame(data)
 
 
+def _intents(counts: dict[str, np.ndarray], window: str) -> np.ndarray:
+    return sum(counts[f"{b}_{window}"] for b in INTENT_BEHAVIORS)
+
+
+def _top_categories(
+    events: pd.DataFrame, users: _Entities, grid: DayGrid, keep: np.ndarray
+) -> tuple[pa.Array, pa.Array]:
+    """For each kept (user, snapshot) row, in row order: the user's TOP_CATEGORIES categories by
+    events in the last 7 days, most first (ties: lower id first), and their share of those events."""
+    day = grid.day_index(events[EVENT_TIMESTAMP])
+    inside = day >= 0
+    categories, category = np.unique(events.loc[inside, CATEGORY_ID].to_numpy(np.int64), return_inverse=True)
+    pair_code = users.entity.astype(np.int64) * len(categories) + category
+    pairs, pair = np.unique(pair_code, return_inverse=True)
+    daily = np.zeros((len(pairs), users.n_days))
+    np.add.at(daily, (pair, users.day), 1.0)
+    in_window = _windowed(daily, WINDOWS_DAYS["7d"])
+    pair_idx, snap = np.nonzero(in_window)
+    count = in_window[pair_idx, snap]
+    user, cat = pairs[pair_idx] // len(categories), pairs[pair_idx] % len(categories)
+    order = np.lexsort((categories[cat], -count, snap, user))
+    user, snap, cat, count = user[order], snap[order], cat[order], count[order]
+    group = user * (users.n_days + 1) + snap
+    starts = np.r_[0, np.flatnonzero(np.diff(group)) + 1]
+    sizes = np.diff(np.r_[starts, len(group)])
+    rank = np.arange(len(group)) - np.repeat(starts, sizes)
+    totals = np.repeat(np.add.reduceat(count, starts), sizes) if len(count) else count
+    top = rank < TOP_CATEGORIES
+    group, values, shares = group[top], categories[cat[top]], (count / totals)[top].astype(np.float32)
+    # Offsets into the kept rows, which np.nonzero(keep) orders by user then snapshot, as `group` is.
+    row_user, row_snap = np.nonzero(keep)
+    row_group = row_user.astype(np.int64) * (users.n_days + 1) + row_snap
+    first = np.searchsorted(group, row_group, side="left")
+    lengths = np.searchsorted(group, row_group, side="right") - first
+    list_offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
+    index = np.repeat(first - list_offsets[:-1], lengths) + np.arange(list_offsets[-1])
+    return (
+        pa.ListArray.from_arrays(pa.array(list_offsets), pa.array(values[index], pa.int64())),
+        pa.ListArray.from_arrays(pa.array(list_offsets), pa.array(shares[index], pa.float32())),
+    )
+
+
 def user_snapshots(events: pd.DataFrame, grid: DayGrid) -> pd.DataFrame:
-    keys, counts = window_counts(events, USER_ID, grid)
+    users = _Entities.of(events, USER_ID, grid)
+    counts = users.counts()
     columns = {f"user_{name}": values for name, values in counts.items()}
-    intents = sum(counts[f"{b}_7d"] for b in INTENT_BEHAVIORS)
-    columns["user_conversion_7d"] = _conversion(intents, counts[f"{PAGE_VIEW}_7d"])
-    frame = _frame(USER_ID, keys, grid, {**columns, "_counts": counts})
-    return frame[[USER_ID, EVENT_TIMESTAMP, *USER_FEATURES]]
+    columns["user_conversion_7d"] = _conversion(_intents(counts, "7d"), counts[f"{PAGE_VIEW}_7d"])
+    columns["user_active_days_7d"] = _windowed((users.daily() > 0).astype(np.float64), WINDOWS_DAYS["7d"])
+    columns["user_days_since_last_event"] = users.days_since_last_event(grid)
+    keep = _rows_to_keep(counts)
+    frame = _frame(USER_ID, users.keys, grid, keep, columns)
+    top, shares = _top_categories(events, users, grid, keep)
+    frame[USER_TOP_CATEGORIES] = pd.arrays.ArrowExtensionArray(top)
+    frame[USER_TOP_CATEGORY_SHARES] = pd.arrays.ArrowExtensionArray(shares)
+    return frame[[USER_ID, EVENT_TIMESTAMP, *USER_FEATURES, USER_TOP_CATEGORIES, USER_TOP_CATEGORY_SHARES]]
+
+
+def _category_columns(counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    columns = {f"category_{name}": values for name, values in counts.items()}
+    columns["category_conversion_7d"] = _conversion(_intents(counts, "7d"), counts[f"{PAGE_VIEW}_7d"])
+    columns["category_trend"] = _trend(counts[f"{PAGE_VIEW}_1d"], counts[f"{PAGE_VIEW}_7d"])
+    return columns
+
+
+def category_snapshots(events: pd.DataFrame, grid: DayGrid) -> pd.DataFrame:
+    categories = _Entities.of(events, CATEGORY_ID, grid)
+    counts = categories.counts()
+    frame = _frame(CATEGORY_ID, categories.keys, grid, _rows_to_keep(counts), _category_columns(counts))
+    return frame[[CATEGORY_ID, EVENT_TIMESTAMP, *CATEGORY_FEATURES]]
 
 
 def item_snapshots(events: pd.DataFrame, grid: DayGrid) -> pd.DataFrame:
-    """Item counts, with the item's category counts beside them (items are sparse, categories are not)."""
-    keys, counts = window_counts(events, ITEM_ID, grid)
+    """Item counts, with the item's category and its numbers beside them (items are sparse, categories
+    are not)."""
+    items = _Entities.of(events, ITEM_ID, grid)
+    counts = items.counts()
     columns = {f"item_{name}": values for name, values in counts.items()}
-    intents = sum(counts[f"{b}_7d"] for b in INTENT_BEHAVIORS)
-    columns["item_conversion_7d"] = _conversion(intents, counts[f"{PAGE_VIEW}_7d"])
+    columns["item_conversion_7d"] = _conversion(_intents(counts, "7d"), counts[f"{PAGE_VIEW}_7d"])
+    columns["item_trend"] = _trend(counts[f"{PAGE_VIEW}_1d"], counts[f"{PAGE_VIEW}_7d"])
+    columns["item_days_since_last_event"] = items.days_since_last_event(grid)
 
-    categories, category_counts = window_counts(events, CATEGORY_ID, grid)
+    categories = _Entities.of(events, CATEGORY_ID, grid)
+    category_columns = _category_columns(categories.counts())
     # An item's category is an attribute of the item: take the latest one seen.
     item_category = events.sort_values(EVENT_TIMESTAMP).drop_duplicates(ITEM_ID, keep="last")
-    item_category = item_category.set_index(ITEM_ID)[CATEGORY_ID]
-    row = np.searchsorted(categories, item_category.reindex(keys).to_numpy(dtype=np.int64))
-    category_intents = sum(category_counts[f"{b}_7d"] for b in INTENT_BEHAVIORS)
-    columns["category_pv_7d"] = category_counts[f"{PAGE_VIEW}_7d"][row]
-    columns["category_conversion_7d"] = _conversion(category_intents, category_counts[f"{PAGE_VIEW}_7d"])[row]
-    frame = _frame(ITEM_ID, keys, grid, {**columns, "_counts": counts})
+    item_category = item_category.set_index(ITEM_ID)[CATEGORY_ID].reindex(items.keys).to_numpy(np.int64)
+    row = np.searchsorted(categories.keys, item_category)
+    shape = counts[f"{PAGE_VIEW}_7d"].shape
+    columns[CATEGORY_ID] = np.broadcast_to(item_category[:, None], shape)
+    for name in ("category_pv_7d", "category_conversion_7d", "category_trend"):
+        columns[name] = category_columns[name][row]
+    frame = _frame(ITEM_ID, items.keys, grid, _rows_to_keep(counts), columns)
     return frame[[ITEM_ID, EVENT_TIMESTAMP, *ITEM_FEATURES]]
+
+
+# --- Short-term state ------------------------------------------------------------------------------
+
+
+def _recent_columns(events: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The per-event values the state keeps, in RECENT_FEATURES order."""
+    from models.events import event_ids
+
+    behavior = pd.Categorical(events[BEHAVIOR], categories=list(BEHAVIORS)).codes.astype(np.int64)
+    return {
+        RECENT_EVENT_IDS: event_ids(events),
+        RECENT_TIMESTAMPS: events[EVENT_TIMESTAMP].to_numpy(dtype="datetime64[s]").astype(np.int64),
+        RECENT_ITEMS: events[ITEM_ID].to_numpy(np.int64),
+        RECENT_CATEGORIES: events[CATEGORY_ID].to_numpy(np.int64),
+        RECENT_BEHAVIORS: behavior,
+    }
+
+
+def recent_activity_batches(events: pd.DataFrame, batch_events: int = 1_000_000) -> Iterator[pa.RecordBatch]:
+    """The user's state after each event second: the last RECENT_EVENTS events (oldest first),
+    stamped RECENT_STATE_DELAY after that second. Duplicate events (same id) count once.
+
+    Yields Arrow record batches of whole users, so the offline source can be written in bounded memory.
+    """
+    columns = _recent_columns(events)
+    users = events[USER_ID].to_numpy(np.int64)
+    order = np.lexsort((columns[RECENT_EVENT_IDS], columns[RECENT_TIMESTAMPS], users))
+    users, columns = users[order], {k: v[order] for k, v in columns.items()}
+    unique = ~pd.Series(columns[RECENT_EVENT_IDS]).duplicated().to_numpy()
+    users, columns = users[unique], {k: v[unique] for k, v in columns.items()}
+    n = len(users)
+    if n == 0:
+        return
+    starts = np.r_[0, np.flatnonzero(np.diff(users)) + 1]
+    user_start = np.repeat(starts, np.diff(np.r_[starts, n]))
+    seconds = columns[RECENT_TIMESTAMPS]
+    # the state after the last event of each (user, second)
+    last_of_second = np.r_[(np.diff(users) != 0) | (np.diff(seconds) != 0), True]
+    delay = int(RECENT_STATE_DELAY.total_seconds())
+    cut_points = starts[np.searchsorted(starts, np.arange(0, n, batch_events), side="right") - 1]
+    bounds = [*sorted(set(cut_points.tolist())), n]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=False):
+        rows = lo + np.flatnonzero(last_of_second[lo:hi])
+        first = np.maximum(user_start[rows], rows - RECENT_EVENTS + 1)
+        lengths = rows - first + 1
+        offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
+        index = np.repeat(first - offsets[:-1], lengths) + np.arange(offsets[-1])
+        arrays = [
+            pa.array(users[rows]),
+            pa.array((seconds[rows] + delay) * 1_000_000, pa.timestamp("us", tz="UTC")),
+        ]
+        arrays += [
+            pa.ListArray.from_arrays(pa.array(offsets), pa.array(columns[name][index], pa.int64()))
+            for name in RECENT_FEATURES
+        ]
+        yield pa.RecordBatch.from_arrays(arrays, names=[USER_ID, EVENT_TIMESTAMP, *RECENT_FEATURES])
+
+
+def recent_activity(events: pd.DataFrame) -> pd.DataFrame:
+    batches = list(recent_activity_batches(events))
+    schema = recent_activity_schema()
+    return pa.Table.from_batches(batches, schema=schema).to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def recent_activity_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            (USER_ID, pa.int64()),
+            (EVENT_TIMESTAMP, pa.timestamp("us", tz="UTC")),
+            *[(name, pa.list_(pa.int64())) for name in RECENT_FEATURES],
+        ]
+    )
+
+
+def merge_recent(state: dict[str, list[int]] | None, events: pd.DataFrame) -> dict[str, list[int]] | None:
+    """One user's state after new events: what the online store should hold, or None if unchanged.
+
+    `state` is the stored RECENT_FEATURES lists (None for a user never seen). Events already in it
+    (same id) are ignored, so delivering an event twice changes nothing.
+    """
+    new = _recent_columns(events)
+    old = {name: list(state.get(name) or []) for name in RECENT_FEATURES} if state else None
+    known = set(old[RECENT_EVENT_IDS]) if old else set()
+    fresh, seen = [], set(known)
+    for i, event_id in enumerate(new[RECENT_EVENT_IDS].tolist()):
+        if event_id not in seen:
+            seen.add(event_id)
+            fresh.append(i)
+    if not fresh:
+        return None
+    merged = {
+        name: np.r_[np.asarray(old[name] if old else [], dtype=np.int64), new[name][fresh]]
+        for name in RECENT_FEATURES
+    }
+    order = np.lexsort((merged[RECENT_EVENT_IDS], merged[RECENT_TIMESTAMPS]))[-RECENT_EVENTS:]
+    result = {name: merged[name][order].tolist() for name in RECENT_FEATURES}
+    if old and result == old:
+        return None
+    return result

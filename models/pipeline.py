@@ -13,12 +13,14 @@ import pandas as pd
 
 from feature_repo.contract import (
     CATEGORY_ID,
+    CATEGORY_VIEW,
     EVENT_TIMESTAMP,
     ITEM_ID,
     ITEM_VIEW,
     LABEL,
     LABEL_WINDOW,
     RANKER_FEATURE_SERVICE,
+    RECENT_VIEW,
     USER_ID,
     USER_VIEW,
 )
@@ -43,14 +45,39 @@ def _paths(settings: Settings) -> dict[str, Path]:
 
 
 def ingest(settings: Settings | None = None) -> dict[str, Any]:
-    """Raw CSV -> canonical events, every line kept."""
-    from models.events import load_events
+    """Raw CSV + the live event log (events inside the window) -> canonical events.
+
+    Every line of the CSV is kept (validation judges them); an event both in the CSV and in the log,
+    or logged twice, is kept once.
+    """
+    from feature_repo.contract import EVENT_COLUMNS
+    from models.events import SOURCE_ROW, load_events
+    from models.ingest import EventLog
 
     settings = settings or get_settings()
     events = load_events(settings.raw_events)
+    logged = EventLog(settings.event_log_dir).read(settings.window_start, settings.window_end)
+    if len(logged):
+        logged = logged[list(EVENT_COLUMNS)].astype(
+            {c: "Int64" for c in ("user_id", "item_id", "category_id")}
+        )
+        logged.insert(0, SOURCE_ROW, -np.arange(1, len(logged) + 1))  # negative: a row of the event log
+        before = len(events) + len(logged)
+        events = pd.concat([events, logged], ignore_index=True)
+        events = events[~events.duplicated(list(EVENT_COLUMNS), keep="first")].reset_index(drop=True)
+        duplicates = before - len(events)
+    else:
+        duplicates = 0
     write_offline(events, _paths(settings)["ingested"])
-    log.info("ingested %d rows from %s", len(events), settings.raw_events)
-    return {"source": str(settings.raw_events), "rows": len(events)}
+    log.info(
+        "ingested %d rows from %s and %d from the event log", len(events), settings.raw_events, len(logged)
+    )
+    return {
+        "source": str(settings.raw_events),
+        "rows": len(events),
+        "event_log_rows": len(logged),
+        "duplicates_dropped": duplicates,
+    }
 
 
 def validate(settings: Settings | None = None) -> dict[str, Any]:
@@ -78,18 +105,42 @@ def apply_features(settings: Settings | None = None) -> dict[str, Any]:
 
 
 def build_features(settings: Settings | None = None) -> dict[str, Any]:
-    """Daily behaviour snapshots into the offline sources the Feast repo declares."""
-    from models.feature_store import open_store, source_path
-    from models.features import DayGrid, item_snapshots, user_snapshots
+    """Daily user/item/category snapshots and the users' short-term state, into the offline sources
+    the Feast repo declares."""
+    from models.feature_store import open_store, source_path, write_offline_batches
+    from models.features import (
+        DayGrid,
+        category_snapshots,
+        item_snapshots,
+        recent_activity_batches,
+        recent_activity_schema,
+        user_snapshots,
+    )
 
     settings = settings or get_settings()
     events = pd.read_parquet(_paths(settings)["accepted"])
     grid = DayGrid.covering(settings.window_start, settings.window_end, settings.timezone)
     store = open_store(settings)
-    users, items = user_snapshots(events, grid), item_snapshots(events, grid)
-    write_offline(users, source_path(store, USER_VIEW))
-    write_offline(items, source_path(store, ITEM_VIEW))
-    return {"user_rows": len(users), "item_rows": len(items), "snapshots": len(grid.snapshot_times)}
+    rows = {}
+    for view, build in (
+        (USER_VIEW, user_snapshots),
+        (ITEM_VIEW, item_snapshots),
+        (CATEGORY_VIEW, category_snapshots),
+    ):
+        frame = build(events, grid)
+        write_offline(frame, source_path(store, view))
+        rows[view] = len(frame)
+    path = write_offline_batches(
+        recent_activity_batches(events), recent_activity_schema(), source_path(store, RECENT_VIEW)
+    )
+    rows[RECENT_VIEW] = _parquet_rows(path)
+    return {"rows": rows, "events": len(events), "snapshots": len(grid.snapshot_times)}
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def materialize(settings: Settings | None = None) -> dict[str, Any]:

@@ -6,7 +6,9 @@ is listed in `.env.example`; the embedded profile needs none of them.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -60,6 +62,13 @@ class Settings:
     max_candidates: int
     device: str
     seed: int
+    online_store: str
+    redis_connection: str
+    feast_registry: Path
+    feast_registry_ttl_s: int
+    event_log_dir: Path
+    ingest_max_events: int
+    ingest_url: str
 
     @cached_property
     def lake_dir(self) -> Path:
@@ -81,6 +90,39 @@ class Settings:
     @cached_property
     def airflow_home(self) -> Path:
         return Path(_env("AIRFLOW_HOME", str(self.data_dir / "airflow")))
+
+    @cached_property
+    def feast_online_store(self) -> str:
+        """The `online_store:` mapping of feature_store.yaml, as one line of YAML.
+
+        CTR_FEAST_ONLINE_STORE, when set, is used as it is (any store Feast supports); otherwise it
+        follows CTR_ONLINE_STORE: SQLite under the data dir, or Redis at CTR_REDIS_CONNECTION.
+        """
+        explicit = _env("CTR_FEAST_ONLINE_STORE", "")
+        if explicit:
+            return explicit
+        if self.online_store == "redis":
+            return json.dumps({"type": "redis", "connection_string": self.redis_connection})
+        return json.dumps({"type": "sqlite", "path": str(self.data_dir / "feast/online.db")})
+
+    def feast_variables(self) -> dict[str, str]:
+        """The ${VARS} feature_store.yaml refers to, with their values for these settings."""
+        return {
+            "CTR_FEAST_REGISTRY": str(self.feast_registry),
+            "CTR_FEAST_REGISTRY_TTL_S": str(self.feast_registry_ttl_s),
+            "CTR_FEAST_ONLINE_STORE": self.feast_online_store,
+        }
+
+    def feast_yaml_text(self) -> str:
+        """feature_store.yaml with its ${VARS} expanded: the variables above from these settings, any
+        other from the process environment (as Feast does); unknown ones are left as they are."""
+        values = {**os.environ, **self.feast_variables()}
+
+        def expand(match: re.Match[str]) -> str:
+            name = match.group(1) or match.group(2)
+            return values.get(name, match.group(0))
+
+        return re.sub(r"\$\{(\w+)\}|\$(\w+)", expand, self.feast_yaml.read_text())
 
 
 def default_raw_events() -> Path:
@@ -118,7 +160,16 @@ def get_settings() -> Settings:
         max_candidates=int(_env("CTR_MAX_CANDIDATES", "500")),
         device=_env("CTR_DEVICE", "auto"),
         seed=int(_env("CTR_SEED", "42")),
+        online_store=_env("CTR_ONLINE_STORE", "sqlite").lower(),
+        redis_connection=_env("CTR_REDIS_CONNECTION", "127.0.0.1:6379"),
+        feast_registry=Path(_env("CTR_FEAST_REGISTRY", str(data_dir / "feast/registry.db"))),
+        feast_registry_ttl_s=int(_env("CTR_FEAST_REGISTRY_TTL_S", "10")),
+        event_log_dir=Path(_env("CTR_EVENT_LOG", str(data_dir / "events"))).resolve(),
+        ingest_max_events=int(_env("CTR_INGEST_MAX_EVENTS", "10000")),
+        ingest_url=_env("CTR_INGEST_URL", "http://127.0.0.1:3001"),
     )
+    if settings.online_store not in ("sqlite", "redis"):
+        raise ValueError(f"CTR_ONLINE_STORE={settings.online_store!r}: expected sqlite or redis")
     if not settings.window_start < settings.valid_start < settings.test_start < settings.window_end:
         raise ValueError(
             "Expected CTR_WINDOW_START < CTR_VALID_START < CTR_TEST_START < CTR_WINDOW_END, got "

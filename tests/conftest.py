@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,22 +15,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+FEAST_STORE_VARIABLES = ("CTR_ONLINE_STORE", "CTR_REDIS_CONNECTION", "CTR_FEAST_REGISTRY_TTL_S")
 
 
-def feast_yaml_for(data_dir: Path) -> Path:
-    """The project's feature_store.yaml with its registry and online store moved under data_dir."""
-    text = (ROOT / "feature_repo/feature_store.yaml").read_text()
-    target = data_dir / "feature_store.yaml"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    target.write_text(text.replace("../var/feast", str(data_dir / "feast")))
-    return target
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def project_environment(data_dir: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         CTR_DATA_DIR=str(data_dir),
-        CTR_FEAST_YAML=str(feast_yaml_for(data_dir)),
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
         PYTHONUNBUFFERED="1",
         **extra,
@@ -68,7 +68,7 @@ def use_environment(monkeypatch: pytest.MonkeyPatch):
     """Apply a project environment to this test process (for in-process Feast/MLflow reads)."""
 
     def apply(env: dict[str, str]) -> None:
-        for key in ("CTR_DATA_DIR", "CTR_FEAST_YAML", "CTR_RAW_EVENTS"):
+        for key in ("CTR_DATA_DIR", "CTR_FEAST_YAML", "CTR_RAW_EVENTS", *FEAST_STORE_VARIABLES):
             if key in env:
                 monkeypatch.setenv(key, env[key])
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -83,3 +83,43 @@ def dag_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     env = project_environment(data_dir)
     result = run_dag(env)
     yield {"env": env, "data_dir": data_dir, "result": result, "output": result.stdout + result.stderr}
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server (Debian package; `make test` installs it) on a free loopback port.
+
+    Yields its Feast connection string, ``127.0.0.1:PORT``; the server is stopped afterwards.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail(
+            "redis-server is not installed: `make test` installs it, or `apt-get install redis-server`"
+        )
+    import redis
+
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, f"redis-server exited with {process.returncode}"
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(timeout=10)

@@ -10,6 +10,8 @@ import sys
 import pandas as pd
 import pytest
 
+from feature_repo.contract import ITEM_ID, RANKER_FEATURE_SERVICE, RANKER_FEATURES, USER_ID
+from models.pipeline import CATEGORICAL_COLUMNS
 from models.settings import airflow_environment, get_settings
 from tests.conftest import ROOT, VENV_BIN, migrate_airflow, project_environment, run_dag
 
@@ -76,7 +78,8 @@ def test_dag_runs_green_and_produces_validation_features_and_a_champion(dag_run,
     settings = get_settings()
     store = open_store(settings)
     online = store.get_online_features(
-        features=store.get_feature_service("ctr_ranker_v1"), entity_rows=[{"user_id": 1, "item_id": 283}]
+        features=store.get_feature_service(RANKER_FEATURE_SERVICE),
+        entity_rows=[{"user_id": 1, "item_id": 283}],
     ).to_dict()
     # user 1 viewed 48 items in the last 7 days of the data: the materialized snapshot says so
     assert online["user_pv_7d"] == [48.0]
@@ -86,7 +89,7 @@ def test_dag_runs_green_and_produces_validation_features_and_a_champion(dag_run,
     for name, kind in (("ctr-xgboost", "xgboost"), ("ctr-wide-deep", "wide_deep")):
         champion = load_by_alias(settings, name=name)
         assert champion.version == "1" and champion.kind == kind
-        assert champion.feature_service == "ctr_ranker_v1"
+        assert champion.feature_service == RANKER_FEATURE_SERVICE
 
     evaluation = json.loads((data_dir / "models/candidates/evaluation.json").read_text())
     assert set(evaluation) == {"xgboost", "wide_deep", "popularity", "logistic_regression"}
@@ -94,6 +97,26 @@ def test_dag_runs_green_and_produces_validation_features_and_a_champion(dag_run,
         assert evaluation[model]["auc"] > evaluation["popularity"]["auc"] + 0.05
         assert evaluation[model]["logloss"] < evaluation["popularity"]["logloss"]
         assert evaluation[model]["ece"] < 0.02
+
+
+def test_the_model_was_trained_on_exactly_the_feature_service(dag_run, use_environment):
+    assert dag_run["result"].returncode == 0, dag_run["output"][-5000:]
+    use_environment(dag_run["env"])
+    from models.feature_store import feature_names, open_store
+    from models.registry import load_by_alias
+
+    settings = get_settings()
+    service = open_store(settings).get_feature_service(RANKER_FEATURE_SERVICE)
+    assert feature_names(service) == RANKER_FEATURES
+    # XGBoost reads the service's numeric features in its order; Wide&Deep reads every feature of
+    # the service (ids as categorical inputs) plus the entity keys.
+    xgboost = load_by_alias(settings, name="ctr-xgboost")
+    assert xgboost.features == [f for f in RANKER_FEATURES if f not in CATEGORICAL_COLUMNS]
+    wide_deep = load_by_alias(settings, name="ctr-wide-deep")
+    assert set(wide_deep.scorer.spec.inputs) == {*RANKER_FEATURES, USER_ID, ITEM_ID}
+    training_set = pd.read_parquet(dag_run["data_dir"] / "datasets/training_set.parquet")
+    assert set(RANKER_FEATURES) <= set(training_set.columns)
+    assert training_set[RANKER_FEATURES].notna().all().all()  # every entity had a snapshot at its row
 
 
 def test_a_broken_batch_stops_the_run_at_validation(tmp_path):

@@ -1,49 +1,97 @@
-"""Point-in-time joins through the real Feast repo and FeatureService, on constructed snapshots."""
+"""Point-in-time joins through the real Feast repo and FeatureServices, on constructed sources."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from feature_repo.contract import ITEM_FEATURES, ITEM_VIEW, RANKER_FEATURE_SERVICE, USER_FEATURES, USER_VIEW
+from feature_repo.contract import (
+    CATEGORY_ID,
+    CATEGORY_VIEW,
+    ITEM_FEATURES,
+    ITEM_VIEW,
+    RANKER_FEATURE_SERVICE,
+    RANKER_FEATURES,
+    REALTIME_FEATURE_SERVICE,
+    REALTIME_RANKER_FEATURES,
+    RECENT_FEATURES,
+    RECENT_VIEW,
+    REQUEST_TS,
+    USER_FEATURES,
+    USER_TOP_CATEGORIES,
+    USER_TOP_CATEGORY_SHARES,
+    USER_VIEW,
+)
 from tests.conftest import project_environment
 
 pytestmark = pytest.mark.integration
 
 T = pd.Timestamp("2017-11-28 16:00", tz="UTC")  # a snapshot midnight (Beijing)
+DAY, HOUR, SECOND = pd.Timedelta(days=1), pd.Timedelta(hours=1), pd.Timedelta(seconds=1)
 
 
-def _snapshots(key: str, names: list[str], rows: list[tuple[int, pd.Timestamp, float]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=[key, "event_timestamp", names[0]])
-    for name in names[1:]:
-        frame[name] = 0.0
-    return frame.astype({n: "float32" for n in names})
+def _snapshots(key: str, names: list[str], rows: list[tuple]) -> pd.DataFrame:
+    """Rows of (key, time, first feature, [more named values]); every other feature is 0."""
+    frame = pd.DataFrame({key: [r[0] for r in rows], "event_timestamp": [r[1] for r in rows]})
+    for name in names:
+        frame[name] = [r[3].get(name, 0.0) if len(r) > 3 else 0.0 for r in rows]
+    frame[names[0]] = [r[2] for r in rows]
+    return frame.astype({n: "int64" if n == CATEGORY_ID else "float32" for n in names})
 
 
-def test_a_value_written_after_the_row_time_never_leaks(tmp_path, use_environment):
+def _seconds(t: pd.Timestamp) -> int:
+    return int(t.timestamp())
+
+
+@pytest.fixture
+def store(tmp_path, use_environment):
     use_environment(project_environment(tmp_path))
-    from models.dataset import join_features
-    from models.feature_store import apply_repo, feature_names, open_store, source_path, write_offline
+    from models.feature_store import apply_repo, open_store, source_path, write_offline
     from models.settings import get_settings
 
     settings = get_settings()
-    assert apply_repo(settings) == [RANKER_FEATURE_SERVICE]
+    assert apply_repo(settings) == sorted([RANKER_FEATURE_SERVICE, REALTIME_FEATURE_SERVICE])
     store = open_store(settings)
-    day = pd.Timedelta(days=1)
-    users = _snapshots("user_id", USER_FEATURES, [(7, T - day, 5.0), (7, T, 9.0), (7, T + day, 99.0)])
-    items = _snapshots("item_id", ITEM_FEATURES, [(70, T - day, 1.0), (70, T + day, 50.0)])
-    write_offline(users, source_path(store, USER_VIEW))
-    write_offline(items, source_path(store, ITEM_VIEW))
+    users = _snapshots("user_id", USER_FEATURES, [(7, T - DAY, 5.0), (7, T, 9.0), (7, T + DAY, 99.0)])
+    users[USER_TOP_CATEGORIES] = [[300], [300, 700], [700]]
+    users[USER_TOP_CATEGORY_SHARES] = [[1.0], [0.6, 0.4], [1.0]]
+    item = {CATEGORY_ID: 700}
+    items = _snapshots("item_id", ITEM_FEATURES, [(70, T - DAY, 1.0, item), (70, T + DAY, 50.0, item)])
+    categories = pd.DataFrame({CATEGORY_ID: [700], "event_timestamp": [T - DAY]})
+    for name in store.get_feature_view(CATEGORY_VIEW).features:
+        categories[name.name] = pd.Series([1.0], dtype="float32")
+    # user 7 viewed item 70 (category 700) at T+2h, then carted item 71 (category 300) at T+3h
+    first, second = T + 2 * HOUR, T + 3 * HOUR
+    recent = pd.DataFrame(
+        {
+            "user_id": [7, 7],
+            "event_timestamp": [first + SECOND, second + SECOND],
+            RECENT_FEATURES[0]: [[1], [1, 2]],
+            RECENT_FEATURES[1]: [[_seconds(first)], [_seconds(first), _seconds(second)]],
+            RECENT_FEATURES[2]: [[70], [70, 71]],
+            RECENT_FEATURES[3]: [[700], [700, 300]],
+            RECENT_FEATURES[4]: [[0], [0, 1]],
+        }
+    )
+    for view, frame in (
+        (USER_VIEW, users),
+        (ITEM_VIEW, items),
+        (CATEGORY_VIEW, categories),
+        (RECENT_VIEW, recent),
+    ):
+        write_offline(frame, source_path(store, view))
+    return store
+
+
+def test_a_value_written_after_the_row_time_never_leaks(store):
+    from models.dataset import join_features
+    from models.feature_store import feature_names
 
     rows = pd.DataFrame(
         {
             "user_id": [7, 7, 7],
             "item_id": [70, 70, 70],
-            "event_timestamp": [
-                T - pd.Timedelta(hours=1),
-                T + pd.Timedelta(hours=5),
-                T + day + pd.Timedelta(hours=1),
-            ],
+            "event_timestamp": [T - HOUR, T + 5 * HOUR, T + DAY + HOUR],
             "label": [0, 1, 0],
         }
     )
@@ -54,5 +102,38 @@ def test_a_value_written_after_the_row_time_never_leaks(tmp_path, use_environmen
     assert joined.loc[second, USER_FEATURES[0]] == 9.0  # the one written before it appears
     assert joined.loc[second, ITEM_FEATURES[0]] == 1.0  # the item's next value is a day later: not yet
     assert joined.loc[third, [USER_FEATURES[0], ITEM_FEATURES[0]]].tolist() == [99.0, 50.0]
-    # the contract: the service serves exactly the features the snapshots carry, in training order
-    assert feature_names(service) == USER_FEATURES + ITEM_FEATURES
+    assert joined.loc[first, CATEGORY_ID] == 700
+    # affinity to the item's category follows the user's top categories as they were at each row
+    assert joined["user_category_share_7d"].round(3).tolist() == [0.0, 0.4, 1.0]
+    assert joined["user_category_rank_7d"].tolist() == [6.0, 2.0, 1.0]
+    # the contract: the service serves exactly the features the training set carries, in order
+    assert feature_names(service) == RANKER_FEATURES
+    assert set(RANKER_FEATURES) <= set(joined.columns)
+
+
+def test_short_term_activity_only_counts_events_before_the_row(store):
+    from models.dataset import join_features
+    from models.feature_store import feature_names
+
+    view, cart = T + 2 * HOUR, T + 3 * HOUR
+    times = [view - SECOND, view, view + 10 * SECOND, cart, cart + 30 * 60 * SECOND, cart + 2 * HOUR]
+    rows = pd.DataFrame(
+        {
+            "user_id": 7,
+            "item_id": 70,
+            "event_timestamp": times,
+            "label": 0,
+            REQUEST_TS: [_seconds(t) for t in times],
+        }
+    )
+    service = store.get_feature_service(REALTIME_FEATURE_SERVICE)
+    joined = join_features(store, rows, service).set_index("event_timestamp")
+    assert feature_names(service) == REALTIME_RANKER_FEATURES
+    events_1h = joined["user_events_1h"].tolist()
+    # the view itself is not known at its own second, nor the cart at its own
+    assert events_1h == [0.0, 0.0, 1.0, 0.0, 1.0, 0.0]  # a window of one hour excludes its start
+    assert joined["user_intents_1h"].tolist() == [0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert joined["item_seen_recently"].tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    assert joined.loc[view + 10 * SECOND, "user_seconds_since_last_event"] == 10.0
+    assert joined.loc[cart + 30 * 60 * SECOND, "user_events_5m"] == 0.0
+    assert joined.loc[view, "request_hour"] == 2.0  # 18:00 UTC is 02:00 in Beijing

@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
+from feature_repo.contract import RANKER_FEATURE_SERVICE
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -63,7 +64,7 @@ def test_rank_scores_equal_the_registered_model_on_online_features(server, dag_r
     assert sorted(i["item_id"] for i in body["items"]) == sorted(items)
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
-    assert body["model"] == {"name": model_name, "version": "1", "feature_service": "ctr_ranker_v1"}
+    assert body["model"] == {"name": model_name, "version": "1", "feature_service": RANKER_FEATURE_SERVICE}
 
     use_environment(dag_run["env"])
     import pandas as pd

@@ -1,0 +1,115 @@
+"""On-demand features, computed when features are read: by the same function for a training set
+(get_historical_features) and for a live request (get_online_features).
+
+The functions get and return columns as lists (Feast's "python" mode). They are stored in the
+registry by value, so they import nothing from this repo: constants come in as default arguments.
+"""
+
+from contract import (
+    AFFINITY_FEATURES,
+    AFFINITY_VIEW,
+    BEHAVIORS,
+    CATEGORY_ID,
+    INTENT_BEHAVIORS,
+    ITEM_ID,
+    REALTIME_FEATURES,
+    REALTIME_VIEW,
+    RECENCY_CAP_DAYS,
+    RECENT_BEHAVIORS,
+    RECENT_CATEGORIES,
+    RECENT_ITEMS,
+    RECENT_TIMESTAMPS,
+    REQUEST_TS,
+    SHOP_UTC_OFFSET_HOURS,
+    SHORT_WINDOWS_S,
+    TOP_CATEGORIES,
+    USER_TOP_CATEGORIES,
+    USER_TOP_CATEGORY_SHARES,
+)
+from data_sources import request_context
+from feast import Field
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float64
+from feature_views import item_behavior_stats, user_behavior_stats, user_recent_activity
+
+# Sliced views are made inside the decorators: Feast would take a module-level slice for a second
+# view of the same name.
+_WINDOWS_S = tuple(SHORT_WINDOWS_S.values())
+_INTENT_CODES = tuple(BEHAVIORS.index(b) for b in INTENT_BEHAVIORS)
+
+
+@on_demand_feature_view(
+    name=AFFINITY_VIEW,
+    sources=[
+        user_behavior_stats[[USER_TOP_CATEGORIES, USER_TOP_CATEGORY_SHARES]],
+        item_behavior_stats[[CATEGORY_ID]],
+    ],
+    schema=[Field(name=n, dtype=Float64) for n in AFFINITY_FEATURES],
+    mode="python",
+    description="How much of the user's last 7 days went to the candidate's category (share and rank; "
+    "rank TOP_CATEGORIES + 1 when it is not among the user's top categories).",
+)
+def user_item_affinity(
+    inputs: dict,
+    _names=(USER_TOP_CATEGORIES, USER_TOP_CATEGORY_SHARES, CATEGORY_ID),
+    _outputs=tuple(AFFINITY_FEATURES),
+    _top=TOP_CATEGORIES,
+) -> dict:
+    tops, shares, categories = (inputs[name] for name in _names)
+    share_out, rank_out = [], []
+    for top, share, category in zip(tops, shares, categories, strict=True):
+        top = list(top) if top is not None else []
+        if category is not None and category in top:
+            position = top.index(category)
+            share_out.append(float(share[position]))
+            rank_out.append(float(position + 1))
+        else:
+            share_out.append(0.0)
+            rank_out.append(float(_top + 1))
+    return {_outputs[0]: share_out, _outputs[1]: rank_out}
+
+
+@on_demand_feature_view(
+    name=REALTIME_VIEW,
+    sources=[user_recent_activity, item_behavior_stats[[CATEGORY_ID]], request_context],
+    schema=[Field(name=n, dtype=Float64) for n in REALTIME_FEATURES],
+    mode="python",
+    description="Request-time features from the user's last events: hour of day, time since the last "
+    "event, events in the last minutes, and whether the candidate or its category was seen lately.",
+)
+def realtime_context(
+    inputs: dict,
+    _keys=(RECENT_TIMESTAMPS, RECENT_ITEMS, RECENT_CATEGORIES, RECENT_BEHAVIORS, ITEM_ID, CATEGORY_ID),
+    _request_ts=REQUEST_TS,
+    _outputs=tuple(REALTIME_FEATURES),
+    _windows=_WINDOWS_S,
+    _hour=SHORT_WINDOWS_S["1h"],
+    _intents=_INTENT_CODES,
+    _offset_s=SHOP_UTC_OFFSET_HOURS * 3600,
+    _cap_s=RECENCY_CAP_DAYS * 86400.0,
+) -> dict:
+    now = inputs[_request_ts]
+    stamps, items, categories, behaviors, candidates, candidate_categories = (
+        inputs.get(key) or [None] * len(now) for key in _keys
+    )
+    out: dict[str, list[float]] = {name: [] for name in _outputs}
+    for i, t in enumerate(now):
+        ts = list(stamps[i]) if stamps[i] is not None else []
+        known = [j for j, s in enumerate(ts) if s <= t]  # events after the request are not known at it
+        ages = [t - ts[j] for j in known]
+        values = [
+            float(((t + _offset_s) // 3600) % 24),
+            float(min(min(ages), _cap_s)) if ages else _cap_s,
+            *[float(sum(1 for a in ages if a < w)) for w in _windows],
+            float(
+                sum(1 for j, a in zip(known, ages, strict=True) if a < _hour and behaviors[i][j] in _intents)
+            ),
+            float(candidates[i] is not None and any(items[i][j] == candidates[i] for j in known)),
+            float(
+                candidate_categories[i] is not None
+                and any(categories[i][j] == candidate_categories[i] for j in known)
+            ),
+        ]
+        for name, value in zip(_outputs, values, strict=True):
+            out[name].append(value)
+    return out

@@ -1,0 +1,208 @@
+"""Live events in: each batch is appended to the offline event log, then the users' short-term state
+is merged and pushed to the online store through the Feast push source.
+
+Duplicate deliveries do not double-count: an event's id is derived from its content
+(models/events.event_ids); events already in a user's state are neither pushed nor logged again.
+An event older than everything a full state keeps ("late") cannot be told from a redelivery of an
+evicted one: it is logged, not pushed, and the batch job drops any id it reads twice.
+
+One writer per user at a time: the service runs one worker and serialises batches with a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from feature_repo.contract import (
+    BEHAVIOR,
+    BEHAVIORS,
+    EVENT_COLUMNS,
+    EVENT_ID,
+    EVENT_TIMESTAMP,
+    ID_COLUMNS,
+    RECENT_EVENT_IDS,
+    RECENT_EVENTS,
+    RECENT_FEATURES,
+    RECENT_PUSH_SOURCE,
+    RECENT_STATE_DELAY,
+    RECENT_TIMESTAMPS,
+    RECENT_VIEW,
+    USER_ID,
+)
+from models.settings import Settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+INGESTED_AT = "ingested_at"
+_LOG_COLUMNS = [*EVENT_COLUMNS, EVENT_ID, INGESTED_AT]
+
+
+def canonical(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Events as dicts (user_id, item_id, category_id, behavior, event_timestamp) to the canonical
+    frame; raises ValueError naming the first bad field."""
+    frame = pd.DataFrame(list(events), columns=list(EVENT_COLUMNS))
+    for column in ID_COLUMNS:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if values.isna().any() or (values < 0).any() or (values % 1 != 0).any():
+            raise ValueError(f"{column} must be a non-negative integer")
+        frame[column] = values.astype("int64")
+    if not frame[BEHAVIOR].isin(BEHAVIORS).all():
+        raise ValueError(f"{BEHAVIOR} must be one of {', '.join(BEHAVIORS)}")
+    stamps = frame[EVENT_TIMESTAMP]
+    if pd.api.types.is_numeric_dtype(stamps):
+        frame[EVENT_TIMESTAMP] = pd.to_datetime(stamps, unit="s", utc=True)
+    else:
+        frame[EVENT_TIMESTAMP] = pd.to_datetime(stamps, utc=True, format="ISO8601")
+    return frame
+
+
+class EventLog:
+    """Append-only Parquet files under `root`, partitioned by the events' UTC date (``date=YYYY-MM-DD``).
+
+    Each append writes whole new files and makes them visible with an atomic rename after fsync, so a
+    reader never sees half a batch and an acknowledged batch survives a crash.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def append(self, events: pd.DataFrame) -> list[Path]:
+        if events.empty:
+            return []
+        written = []
+        stamp = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        frame = events.assign(**{EVENT_TIMESTAMP: events[EVENT_TIMESTAMP].dt.as_unit("us")})
+        for day, part in frame.groupby(frame[EVENT_TIMESTAMP].dt.strftime("%Y-%m-%d"), sort=True):
+            folder = self.root / f"date={day}"
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"part-{stamp}.parquet"
+            partial = folder / f".{target.name}.partial"
+            part[_LOG_COLUMNS].to_parquet(partial, index=False)
+            with open(partial, "rb") as handle:
+                os.fsync(handle.fileno())
+            partial.replace(target)
+            directory = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            written.append(target)
+        return written
+
+    def read(self, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
+        """Logged events with start <= time < end (whole partitions outside are not opened),
+        each id once."""
+        files = []
+        for folder in sorted(self.root.glob("date=*")):
+            day = pd.Timestamp(folder.name.removeprefix("date="), tz="UTC")
+            if (start is not None and day + pd.Timedelta(days=1) <= start) or (
+                end is not None and day >= end
+            ):
+                continue
+            files += sorted(folder.glob("part-*.parquet"))
+        if not files:
+            return pd.DataFrame({c: pd.Series(dtype="int64") for c in _LOG_COLUMNS})
+        frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        inside = pd.Series(True, index=frame.index)
+        if start is not None:
+            inside &= frame[EVENT_TIMESTAMP] >= start
+        if end is not None:
+            inside &= frame[EVENT_TIMESTAMP] < end
+        return frame[inside].drop_duplicates(EVENT_ID).reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    received: int
+    accepted: int  # new events: logged and applied to the online state
+    duplicates: int  # already in the user's state, or repeated in the batch: ignored
+    late: int  # older than all RECENT_EVENTS events the state keeps: logged only
+    users_updated: int
+
+    def as_dict(self) -> dict[str, int]:
+        return self.__dict__.copy()
+
+
+class Ingestor:
+    """Event log + online push for one store; thread-safe."""
+
+    def __init__(self, settings: Settings, store: FeatureStore | None = None) -> None:
+        from models.feature_store import open_store
+
+        self.store = store or open_store(settings)
+        self.log = EventLog(settings.event_log_dir)
+        self._lock = threading.Lock()
+        self._refs = [f"{RECENT_VIEW}:{name}" for name in RECENT_FEATURES]
+
+    def current_state(self, users: list[int]) -> dict[int, tuple[dict[str, list[int]] | None, int]]:
+        """Per user: the stored lists (None for a user not seen yet) and the state's stamp (Unix s)."""
+        response = self.store.get_online_features(
+            features=self._refs, entity_rows=[{USER_ID: u} for u in users]
+        ).to_dict(include_event_timestamps=True)
+        states = {}
+        for i, user in enumerate(users):
+            ids = response[RECENT_EVENT_IDS][i]
+            if ids is None:
+                states[user] = (None, 0)
+            else:
+                lists = {name: list(response[name][i] or []) for name in RECENT_FEATURES}
+                states[user] = (lists, int(response[f"{RECENT_EVENT_IDS}__ts"][i] or 0))
+        return states
+
+    def ingest(self, events: pd.DataFrame) -> IngestResult:
+        from feast.data_source import PushMode
+
+        from models.events import event_ids
+        from models.features import merge_recent
+
+        events = events.assign(**{EVENT_ID: event_ids(events)})
+        unique = events.drop_duplicates(EVENT_ID)
+        with self._lock:
+            users = sorted(unique[USER_ID].unique().tolist())
+            states = self.current_state(users) if users else {}
+            rows, fresh, late = [], [], []
+            delay = int(RECENT_STATE_DELAY.total_seconds())
+            for user, group in unique.groupby(USER_ID, sort=True):
+                state, stamped = states[user]
+                known = set(state[RECENT_EVENT_IDS]) if state else set()
+                new = group[~group[EVENT_ID].isin(known)]
+                if state and len(state[RECENT_EVENT_IDS]) >= RECENT_EVENTS:
+                    oldest = pd.Timestamp(min(state[RECENT_TIMESTAMPS]), unit="s", tz="UTC")
+                    is_late = new[EVENT_TIMESTAMP] < oldest
+                    late.append(new[is_late])
+                    new = new[~is_late]
+                if new.empty:
+                    continue
+                fresh.append(new)
+                merged = merge_recent(state, new)
+                if merged is None:
+                    continue
+                # Later than the stored stamp, so that every store keeps the newer state.
+                stamp = max(max(merged[RECENT_TIMESTAMPS]) + delay, stamped + 1)
+                rows.append(
+                    {USER_ID: user, EVENT_TIMESTAMP: pd.Timestamp(stamp, unit="s", tz="UTC"), **merged}
+                )
+            new_events = pd.concat(fresh, ignore_index=True) if fresh else unique.iloc[:0]
+            late_events = pd.concat(late, ignore_index=True) if late else unique.iloc[:0]
+            to_log = pd.concat([new_events, late_events], ignore_index=True)
+            self.log.append(to_log.assign(**{INGESTED_AT: pd.Timestamp.now(tz="UTC")}))
+            if rows:
+                self.store.push(RECENT_PUSH_SOURCE, pd.DataFrame(rows), to=PushMode.ONLINE)
+        return IngestResult(
+            received=len(events),
+            accepted=len(new_events),
+            duplicates=len(events) - len(new_events) - len(late_events),
+            late=len(late_events),
+            users_updated=len(rows),
+        )

@@ -1,0 +1,62 @@
+"""BentoML ingest service: `bentoml serve services.ingest:Ingest` (or `ctr ingest-serve`).
+
+POST /events with a batch of behaviour events. Each event is validated, logged durably to the
+offline event log under CTR_DATA_DIR (read by the next batch run) and merged into the user's
+short-term state in the online store, through the Feast push source. Redelivered events are
+recognised by their content and counted once.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import bentoml
+from pydantic import AwareDatetime, BaseModel, Field
+
+from feature_repo.contract import BEHAVIORS
+from models.settings import get_settings
+
+SETTINGS = get_settings()
+Behavior = Literal[BEHAVIORS]  # type: ignore[valid-type]
+
+
+class Event(BaseModel):
+    """One shopper action, in the canonical schema of feature_repo/contract.py."""
+
+    user_id: Annotated[int, Field(ge=0)]
+    item_id: Annotated[int, Field(ge=0)]
+    category_id: Annotated[int, Field(ge=0)]
+    behavior: Behavior = Field(description="pv (view), cart, fav or buy.")
+    event_timestamp: AwareDatetime = Field(
+        description="When it happened: Unix seconds, or ISO-8601 with a UTC offset."
+    )
+
+
+class IngestResponse(BaseModel):
+    received: int
+    accepted: int = Field(description="New events: logged and applied to the online features.")
+    duplicates: int = Field(description="Events already ingested (same content), or repeated in the batch.")
+    late: int = Field(description="Older than the user's kept recent events: logged for the batch job only.")
+    users_updated: int
+
+
+@bentoml.service(traffic={"timeout": 30}, workers=1)
+class Ingest:
+    def __init__(self) -> None:
+        from models.ingest import Ingestor
+
+        self.ingestor = Ingestor(SETTINGS)
+
+    @bentoml.api(route="/events")
+    def events(
+        self,
+        events: Annotated[
+            list[Event],
+            Field(min_length=1, max_length=SETTINGS.ingest_max_events, description="The events, any order."),
+        ],
+    ) -> IngestResponse:
+        """Ingest a batch of behaviour events; safe to retry."""
+        from models.ingest import canonical
+
+        frame = canonical(event.model_dump() for event in events)
+        return IngestResponse(**self.ingestor.ingest(frame).as_dict())

@@ -1,0 +1,208 @@
+"""Live ingestion on real Feast stores (SQLite and Redis) and through a real `bentoml serve`."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import httpx
+import pandas as pd
+import pytest
+
+from feature_repo.contract import (
+    REALTIME_FEATURE_SERVICE,
+    RECENT_FEATURES,
+    RECENT_ITEMS,
+    RECENT_VIEW,
+    REQUEST_TS,
+)
+from tests.conftest import ROOT, free_port, project_environment
+
+pytestmark = pytest.mark.integration
+
+T = pd.Timestamp("2017-11-26 01:00:00", tz="UTC")
+
+
+def _events(rows) -> pd.DataFrame:
+    from models.ingest import canonical
+
+    return canonical(
+        {
+            "user_id": u,
+            "item_id": i,
+            "category_id": c,
+            "behavior": b,
+            "event_timestamp": T + pd.Timedelta(seconds=s),
+        }
+        for u, i, c, b, s in rows
+    )
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def ingestor(request, tmp_path, use_environment):
+    extra = {"CTR_ONLINE_STORE": request.param}
+    if request.param == "redis":
+        extra["CTR_REDIS_CONNECTION"] = request.getfixturevalue("redis_server")
+        import redis
+
+        host, port = extra["CTR_REDIS_CONNECTION"].split(":")
+        redis.Redis(host=host, port=int(port)).flushall()  # the server is shared by the session
+    use_environment(project_environment(tmp_path, **extra))
+    from models.feature_store import apply_repo
+    from models.ingest import Ingestor
+    from models.settings import get_settings
+
+    settings = get_settings()
+    apply_repo(settings)
+    return Ingestor(settings)
+
+
+def _realtime(ingestor, user: int, item: int, at: pd.Timestamp) -> dict:
+    store = ingestor.store
+    return store.get_online_features(
+        features=store.get_feature_service(REALTIME_FEATURE_SERVICE),
+        entity_rows=[{"user_id": user, "item_id": item, REQUEST_TS: int(at.timestamp())}],
+    ).to_dict()
+
+
+def _state(ingestor, user: int) -> dict:
+    refs = [f"{RECENT_VIEW}:{name}" for name in RECENT_FEATURES]
+    return ingestor.store.get_online_features(features=refs, entity_rows=[{"user_id": user}]).to_dict()
+
+
+def test_a_pushed_event_is_read_back_right_after_the_push(ingestor):
+    before = _realtime(ingestor, 1, 10, T + pd.Timedelta(seconds=30))
+    assert before["user_events_5m"] == [0.0] and before["item_seen_recently"] == [0.0]
+
+    result = ingestor.ingest(_events([(1, 10, 100, "pv", 0), (1, 11, 100, "cart", 20)]))
+    assert (result.accepted, result.duplicates, result.users_updated) == (2, 0, 1)
+    after = _realtime(ingestor, 1, 10, T + pd.Timedelta(seconds=30))
+    assert after["user_events_5m"] == [2.0]
+    assert after["user_intents_1h"] == [1.0]
+    assert after["item_seen_recently"] == [1.0]
+    assert after["user_seconds_since_last_event"] == [10.0]
+
+
+def test_delivering_the_same_events_twice_leaves_the_same_values(ingestor):
+    events = _events([(2, 20 + k, 200 + k % 2, "pv", 5 * k) for k in range(30)])
+    first = ingestor.ingest(events)
+    state = _state(ingestor, 2)
+    again = ingestor.ingest(events.sample(frac=1.0, random_state=1))  # redelivered, shuffled
+    partly = ingestor.ingest(pd.concat([events.iloc[:5], events.iloc[:5]]))  # and repeated in a batch
+    assert (first.accepted, again.accepted, partly.accepted) == (30, 0, 0)
+    # the state keeps the last 20: the 10 older ones come back as "late", logged but not applied
+    assert (again.duplicates, again.late, partly.duplicates, partly.late) == (20, 10, 5, 5)
+    assert _state(ingestor, 2) == state
+    assert state[RECENT_ITEMS][0] == list(range(30, 50))  # the last 20 of items 20..49, oldest first
+    assert len(ingestor.log.read()) == 30  # each id once, as the batch job reads the log
+
+
+def test_logged_events_reach_the_next_batch_run(ingestor, tmp_path):
+    from models import pipeline
+    from models.settings import get_settings
+
+    ingestor.ingest(_events([(3, 30, 300, "pv", 0), (3, 31, 300, "buy", 60)]))
+    raw = tmp_path / "raw.csv"
+    start = int(T.timestamp())
+    raw.write_text(f"3,30,300,pv,{start}\n4,40,400,pv,{start + 5}\n")  # the first is in the log too
+    settings = get_settings()
+    summary = pipeline.ingest(type(settings)(**{**settings.__dict__, "raw_events": raw}))
+    assert summary["rows"] == 3 and summary["event_log_rows"] == 2 and summary["duplicates_dropped"] == 1
+
+
+@pytest.fixture(scope="module")
+def ingest_server(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("ingest")
+    env = project_environment(data_dir)
+    apply = subprocess.run(
+        ["ctr", "run", "--stage", "apply_features"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert apply.returncode == 0, apply.stderr[-3000:]
+    port = free_port()
+    log = data_dir / "ingest.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["ctr", "ingest", "--port", str(port)], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("bentoml serve did not become ready:\n" + log.read_text()[-3000:])
+        yield {"url": url, "env": env, "data_dir": data_dir}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _replay(server, limit: int) -> dict:
+    import json
+
+    from models.settings import default_raw_events
+
+    stream = default_raw_events().parent / "userbehavior_stream_20171126T0100Z_0200Z.csv"
+    if not stream.exists():
+        pytest.skip(f"{stream} is not here")
+    result = subprocess.run(
+        ["ctr", "replay", str(stream), "--speedup", "0", "--limit", str(limit), "--url", server["url"]],
+        env=server["env"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{limit:,}/{limit:,} events" in result.stderr  # the progress line reached the end
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_replaying_the_stream_twice_through_the_service_counts_each_event_once(
+    ingest_server, use_environment
+):
+    first = _replay(ingest_server, 3000)
+    assert first["sent"] == first["accepted"] == 3000
+    use_environment(ingest_server["env"])
+    from models.feature_store import open_store
+    from models.ingest import EventLog
+    from models.settings import get_settings
+
+    settings = get_settings()
+    store = open_store(settings)
+    refs = [f"{RECENT_VIEW}:{name}" for name in RECENT_FEATURES]
+    users = [{"user_id": u} for u in (543462, 662867, 561558, 894923)]  # the stream's first users
+    state = store.get_online_features(features=refs, entity_rows=users).to_dict()
+    assert all(items for items in state[RECENT_ITEMS])
+
+    second = _replay(ingest_server, 3000)
+    assert second["accepted"] == 0 and second["duplicates"] == 3000
+    assert store.get_online_features(features=refs, entity_rows=users).to_dict() == state
+    assert len(EventLog(settings.event_log_dir).read()) == 3000
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        ({"behavior": "click"}, "behavior"),
+        ({"user_id": -1}, "user_id"),
+        ({"event_timestamp": "2017-11-26T09:00:00"}, "timezone"),
+        ({"item_id": "abc"}, "item_id"),
+    ],
+)
+def test_bad_events_get_a_400_that_names_the_field(ingest_server, event, expected):
+    good = {"user_id": 1, "item_id": 2, "category_id": 3, "behavior": "pv", "event_timestamp": 1511658000}
+    response = httpx.post(f"{ingest_server['url']}/events", json={"events": [{**good, **event}]}, timeout=30)
+    assert response.status_code == 400
+    assert expected in response.text
