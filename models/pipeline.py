@@ -19,7 +19,7 @@ from feature_repo.contract import (
     ITEM_VIEW,
     LABEL,
     LABEL_WINDOW,
-    RANKER_FEATURE_SERVICE,
+    MODEL_FEATURE_SERVICE,
     RECENT_VIEW,
     USER_ID,
     USER_VIEW,
@@ -155,7 +155,8 @@ def materialize(settings: Settings | None = None) -> dict[str, Any]:
 
 
 def build_training_set(settings: Settings | None = None) -> dict[str, Any]:
-    """Label page views and join their features point-in-time through the FeatureService."""
+    """Label page views and join their features point-in-time through the models' FeatureService
+    (request-time features computed as if each view had been ranked at its own time)."""
     from models.dataset import join_features
     from models.feature_store import open_store
     from models.labels import label_page_views
@@ -164,7 +165,7 @@ def build_training_set(settings: Settings | None = None) -> dict[str, Any]:
     events = pd.read_parquet(_paths(settings)["accepted"])
     labelled = label_page_views(events, LABEL_WINDOW, settings.window_end)
     store = open_store(settings)
-    frame = join_features(store, labelled, store.get_feature_service(RANKER_FEATURE_SERVICE))
+    frame = join_features(store, labelled, store.get_feature_service(MODEL_FEATURE_SERVICE))
     write_offline(frame, _paths(settings)["training"])
     return {
         "rows": len(frame),
@@ -181,10 +182,10 @@ def _split(settings: Settings):
 
 
 def _service_binding(settings: Settings) -> tuple[list[str], str]:
-    """The ranker FeatureService's numeric features and its fingerprint, from the Feast registry."""
+    """The models' FeatureService: its numeric features and fingerprint, from the Feast registry."""
     from models.feature_store import feature_names, fingerprint, open_store
 
-    service = open_store(settings).get_feature_service(RANKER_FEATURE_SERVICE)
+    service = open_store(settings).get_feature_service(MODEL_FEATURE_SERVICE)
     numeric = [name for name in feature_names(service) if name not in CATEGORICAL_COLUMNS]
     return numeric, fingerprint(service)
 
@@ -356,7 +357,7 @@ def _lineage(settings: Settings, meta: dict[str, Any], training: str) -> dict[st
         "test_start": settings.test_start.isoformat(),
         "rows": meta["rows"],
         "label": f"pv followed by cart/fav/buy of the same item by the same user within {LABEL_WINDOW}",
-        "feature_service": RANKER_FEATURE_SERVICE,
+        "feature_service": MODEL_FEATURE_SERVICE,
         "device": meta["device"],
         "training": training,
     }
@@ -380,7 +381,7 @@ def register(settings: Settings | None = None) -> dict[str, Any]:
     for kind, model in _trained_candidates(settings).items():
         if model.features != features:
             raise RuntimeError(
-                f"The {kind} candidate was trained on {model.features} but {RANKER_FEATURE_SERVICE} now "
+                f"The {kind} candidate was trained on {model.features} but {MODEL_FEATURE_SERVICE} now "
                 f"serves {features}; retrain before registering"
             )
         metrics = {f"test_{k}": v for k, v in _numeric(table[kind]).items()} | {"auc": table[kind]["auc"]}
@@ -392,7 +393,7 @@ def register(settings: Settings | None = None) -> dict[str, Any]:
             y,
             metrics,
             _lineage(settings, model.meta, "full"),
-            RANKER_FEATURE_SERVICE,
+            MODEL_FEATURE_SERVICE,
             fingerprint,
         )
         decisions[kind] = promote_if_better(
@@ -485,7 +486,7 @@ def warm_start(settings: Settings | None = None) -> dict[str, Any]:
             y,
             {f"test_{k}": v for k, v in _numeric(metrics).items()} | {"auc": metrics["auc"]},
             _lineage(settings, meta, "warm_start"),
-            RANKER_FEATURE_SERVICE,
+            MODEL_FEATURE_SERVICE,
             fingerprint,
             training="warm_start",
         )

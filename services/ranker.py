@@ -7,6 +7,7 @@ was trained with, and scores candidates with the MLflow `champion` of CTR_SERVED
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Annotated
 
@@ -15,8 +16,9 @@ import pandas as pd
 from bentoml.exceptions import InvalidArgument
 from pydantic import Field
 
+from feature_repo.contract import ITEM_ID, REQUEST_TS, USER_ID
 from models.settings import get_settings
-from services.schemas import ModelRef, RankResponse, ScoredItem
+from services.schemas import ModelRef, RankContext, RankResponse, ScoredItem
 
 SETTINGS = get_settings()
 
@@ -42,9 +44,10 @@ class Ranker:
                 f"registry now has fingerprint {registered}; retrain or re-apply the matching feature repo"
             )
 
-    def score(self, user_id: int, item_ids: list[int]) -> list[float]:
-        """Online features for each (user, item) pair, then the model: the path /rank serves."""
-        rows = [{"user_id": user_id, "item_id": item_id} for item_id in item_ids]
+    def score(self, user_id: int, item_ids: list[int], request_ts: int) -> list[float]:
+        """Online features for each (user, item) pair at the request's time, then the model: the
+        path /rank serves."""
+        rows = [{USER_ID: user_id, ITEM_ID: item_id, REQUEST_TS: request_ts} for item_id in item_ids]
         features = self.store.get_online_features(features=self.feature_service, entity_rows=rows).to_dict()
         return self.served.predict(pd.DataFrame(features)).tolist()
 
@@ -58,12 +61,14 @@ class Ranker:
                 min_length=1, max_length=SETTINGS.max_candidates, description="Candidate item ids, unique."
             ),
         ],
+        context: RankContext | None = None,
     ) -> RankResponse:
         """Rank candidate items for a user, highest predicted purchase intent first."""
         if len(set(item_ids)) != len(item_ids):
             repeated = sorted(i for i, n in Counter(item_ids).items() if n > 1)
             raise InvalidArgument(f"item_ids must be unique; repeated: {repeated[:10]}")
-        scores = self.score(user_id, item_ids)
+        request_ts = context.request_ts if context and context.request_ts is not None else int(time.time())
+        scores = self.score(user_id, item_ids, request_ts)
         ranked = sorted(zip(item_ids, scores, strict=True), key=lambda pair: -pair[1])
         return RankResponse(
             user_id=user_id,

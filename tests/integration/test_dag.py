@@ -10,7 +10,13 @@ import sys
 import pandas as pd
 import pytest
 
-from feature_repo.contract import ITEM_ID, RANKER_FEATURE_SERVICE, RANKER_FEATURES, USER_ID
+from feature_repo.contract import (
+    ITEM_ID,
+    MODEL_FEATURE_SERVICE,
+    MODEL_FEATURES,
+    RANKER_FEATURE_SERVICE,
+    USER_ID,
+)
 from models.pipeline import CATEGORICAL_COLUMNS
 from models.settings import airflow_environment, get_settings
 from tests.conftest import ROOT, VENV_BIN, migrate_airflow, project_environment, run_dag
@@ -89,7 +95,7 @@ def test_dag_runs_green_and_produces_validation_features_and_a_champion(dag_run,
     for name, kind in (("ctr-xgboost", "xgboost"), ("ctr-wide-deep", "wide_deep")):
         champion = load_by_alias(settings, name=name)
         assert champion.version == "1" and champion.kind == kind
-        assert champion.feature_service == RANKER_FEATURE_SERVICE
+        assert champion.feature_service == MODEL_FEATURE_SERVICE
 
     evaluation = json.loads((data_dir / "models/candidates/evaluation.json").read_text())
     assert set(evaluation) == {"xgboost", "wide_deep", "popularity", "logistic_regression"}
@@ -106,17 +112,17 @@ def test_the_model_was_trained_on_exactly_the_feature_service(dag_run, use_envir
     from models.registry import load_by_alias
 
     settings = get_settings()
-    service = open_store(settings).get_feature_service(RANKER_FEATURE_SERVICE)
-    assert feature_names(service) == RANKER_FEATURES
+    service = open_store(settings).get_feature_service(MODEL_FEATURE_SERVICE)
+    assert feature_names(service) == MODEL_FEATURES
     # XGBoost reads the service's numeric features in its order; Wide&Deep reads every feature of
     # the service (ids as categorical inputs) plus the entity keys.
     xgboost = load_by_alias(settings, name="ctr-xgboost")
-    assert xgboost.features == [f for f in RANKER_FEATURES if f not in CATEGORICAL_COLUMNS]
+    assert xgboost.features == [f for f in MODEL_FEATURES if f not in CATEGORICAL_COLUMNS]
     wide_deep = load_by_alias(settings, name="ctr-wide-deep")
-    assert set(wide_deep.scorer.spec.inputs) == {*RANKER_FEATURES, USER_ID, ITEM_ID}
+    assert set(wide_deep.scorer.spec.inputs) == {*MODEL_FEATURES, USER_ID, ITEM_ID}
     training_set = pd.read_parquet(dag_run["data_dir"] / "datasets/training_set.parquet")
-    assert set(RANKER_FEATURES) <= set(training_set.columns)
-    assert training_set[RANKER_FEATURES].notna().all().all()  # every entity had a snapshot at its row
+    assert set(MODEL_FEATURES) <= set(training_set.columns)
+    assert training_set[MODEL_FEATURES].notna().all().all()  # every entity had a snapshot at its row
 
 
 def test_a_broken_batch_stops_the_run_at_validation(tmp_path):
