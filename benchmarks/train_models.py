@@ -30,16 +30,26 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from feature_repo.contract import EVENT_TIMESTAMP, ITEM_ID, LABEL, USER_ID  # noqa: E402
+from feature_repo.contract import (  # noqa: E402
+    CATEGORY_ID,
+    EVENT_TIMESTAMP,
+    ID_COLUMNS,
+    ITEM_ID,
+    LABEL,
+    REQUEST_TS,
+    USER_ID,
+)
 
-NON_FEATURES = {USER_ID, ITEM_ID, EVENT_TIMESTAMP, LABEL}
+NON_FEATURES = {USER_ID, ITEM_ID, CATEGORY_ID, EVENT_TIMESTAMP, REQUEST_TS, LABEL}
 
 
 def fit_generator(real: pd.DataFrame, seed: int):
     """Return make(rows, seed) -> DataFrame of synthetic rows shaped like `real`."""
     from models.evaluate import LogisticBaseline
 
-    features = [c for c in real.columns if c not in NON_FEATURES]
+    # Scalar numeric features; list-valued ones (top categories) feed on-demand features only.
+    features = [c for c in real.select_dtypes("number").columns if c not in NON_FEATURES]
+    categories = real[CATEGORY_ID].to_numpy() if CATEGORY_ID in real else np.zeros(len(real), np.int64)
     teacher = LogisticBaseline(features, seed=seed).fit(real, real[LABEL].to_numpy())
     matrix = real[features].to_numpy(dtype=np.float32, na_value=np.nan)
     base_logit = np.log(teacher.predict(real) / (1 - teacher.predict(real))).astype(np.float32)
@@ -58,6 +68,7 @@ def fit_generator(real: pd.DataFrame, seed: int):
         frame = pd.DataFrame(matrix[pick], columns=features)
         frame[USER_ID] = user * 7 + 1  # sparse, Taobao-like id values
         frame[ITEM_ID] = item * 5 + 3
+        frame[CATEGORY_ID] = categories[pick]
         frame[LABEL] = label
         return frame
 
@@ -106,9 +117,9 @@ def bench_wide_deep(train, valid, test, features, device: str, seed: int, epochs
     import keras
     from sklearn.metrics import roc_auc_score
 
-    from models.wide_deep import WideDeepSpec, predict_wide_deep, train_wide_deep
+    from models.wide_deep import DEFAULT_CROSSES, WideDeepSpec, predict_wide_deep, train_wide_deep
 
-    spec = WideDeepSpec.for_columns(features, [USER_ID, ITEM_ID], [(USER_ID, ITEM_ID)])
+    spec = WideDeepSpec.for_columns(features, ID_COLUMNS, DEFAULT_CROSSES)  # as in the pipeline
     gpu = device == "cuda"
     started = time.perf_counter()
     trained = train_wide_deep(

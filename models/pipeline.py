@@ -12,10 +12,9 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.contract import (
-    CATEGORY_ID,
     CATEGORY_VIEW,
     EVENT_TIMESTAMP,
-    ITEM_ID,
+    ID_COLUMNS,
     ITEM_VIEW,
     LABEL,
     LABEL_WINDOW,
@@ -31,8 +30,7 @@ log = logging.getLogger(__name__)
 
 # Id columns: Wide&Deep hashes them into embeddings and crosses; XGBoost reads only the numeric
 # features of the FeatureService.
-CATEGORICAL_COLUMNS: tuple[str, ...] = (USER_ID, ITEM_ID, CATEGORY_ID)
-WIDE_DEEP_CROSSES: tuple[tuple[str, str], ...] = ((USER_ID, ITEM_ID), (USER_ID, CATEGORY_ID))
+CATEGORICAL_COLUMNS: tuple[str, ...] = ID_COLUMNS
 
 
 def _paths(settings: Settings) -> dict[str, Path]:
@@ -191,10 +189,10 @@ def _service_binding(settings: Settings) -> tuple[list[str], str]:
 
 
 def _wide_deep_spec(features: list[str], frame: pd.DataFrame):
-    from models.wide_deep import WideDeepSpec
+    from models.wide_deep import DEFAULT_CROSSES, WideDeepSpec
 
     categorical = [c for c in CATEGORICAL_COLUMNS if c in frame.columns]
-    return WideDeepSpec.for_columns(features, categorical, WIDE_DEEP_CROSSES)
+    return WideDeepSpec.for_columns(features, categorical, DEFAULT_CROSSES)
 
 
 def _candidate_dir(settings: Settings, kind: str) -> Path:

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 SERIALIZATION_PACKAGE = "realtime_ctr"
+# Wide crosses: the user's taste for this very item and for its category (memorisation).
+DEFAULT_CROSSES: tuple[tuple[str, str], ...] = (("user_id", "item_id"), ("user_id", "category_id"))
 # Ids are reduced modulo this prime before a cross, so that a*P + b stays inside int32 on every
 # backend (JAX runs without 64-bit integers by default).
 CROSS_PRIME = 46_337
