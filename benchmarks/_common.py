@@ -10,6 +10,7 @@ import platform
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -109,7 +110,8 @@ def write_results(name: str, title: str, rows: list[dict], notes: list[str]) -> 
         )
     )
     columns = list(rows[0]) if rows else []
-    lines = [f"\n## {title}\n", f"{stamp} · {machine()} · `python benchmarks/{name}.py`\n"]
+    script = Path(sys.argv[0]).name
+    lines = [f"\n## {title}\n", f"{stamp} · {machine()} · `python benchmarks/{script}`\n"]
     if rows:
         lines.append("| " + " | ".join(columns) + " |")
         lines.append("|" + "---|" * len(columns))

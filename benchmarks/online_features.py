@@ -175,7 +175,10 @@ def freshness(store_name: str, data_dir: Path, n: int, env: dict) -> list[dict]:
         from models.events import event_ids
         from models.replay import load_stream, payload
 
+        # The hour of real traffic, moved after the batch data so that every event is the user's newest
+        # (an event older than a user's kept last events is logged but not applied, and would never show).
         events = load_stream(stream).iloc[: n + 20]
+        events["event_timestamp"] += pd.Timestamp("2017-12-04", tz="UTC") - events["event_timestamp"].min()
         ids = event_ids(events)
         visible, call, end_to_end, polls = [], [], [], []
         with httpx.Client(base_url=url, timeout=30) as client:
@@ -189,6 +192,8 @@ def freshness(store_name: str, data_dir: Path, n: int, env: dict) -> list[dict]:
                 tries = 0
                 while True:
                     tries += 1
+                    if time.perf_counter() - returned > 10:
+                        raise RuntimeError(f"event {k} not readable 10 s after its ingest call returned")
                     got = store.get_online_features(features=refs, entity_rows=[{"user_id": user}]).to_dict()
                     if int(ids[k]) in (got[RECENT_EVENT_IDS][0] or []):
                         break

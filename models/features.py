@@ -143,12 +143,6 @@ class _Entities:
         return np.minimum((grid.snapshot_seconds[None, :] - before) / _DAY_S, RECENCY_CAP_DAYS)
 
 
-def window_counts(events: pd.DataFrame, key: str, grid: DayGrid) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Per entity and snapshot, the count of each behaviour in each window."""
-    entities = _Entities.of(events, key, grid)
-    return entities.keys, entities.counts()
-
-
 def _rows_to_keep(counts: dict[str, np.ndarray]) -> np.ndarray:
     active = sum(counts[f"{b}_{LONGEST_WINDOW}"] for b in BEHAVIORS) > 0
     none = np.zeros((active.shape[0], 1), bool)
