@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,7 @@ from feature_repo.contract import (
     RECENT_VIEW,
     REQUEST_TS,
 )
-from tests.conftest import ROOT, free_port, project_environment
+from tests.conftest import ROOT, bentoml_serve, project_environment
 
 pytestmark = pytest.mark.integration
 
@@ -124,29 +123,8 @@ def ingest_server(tmp_path_factory):
         timeout=300,
     )
     assert apply.returncode == 0, apply.stderr[-3000:]
-    port = free_port()
-    log = data_dir / "ingest.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            ["ctr", "ingest", "--port", str(port)], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("bentoml serve did not become ready:\n" + log.read_text()[-3000:])
+    with bentoml_serve(["ctr", "ingest"], env, data_dir / "ingest.log") as url:
         yield {"url": url, "env": env, "data_dir": data_dir}
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _stream() -> Path:
