@@ -52,13 +52,15 @@ def batches(
 
 
 def payload(events: pd.DataFrame) -> dict:
+    from models.events import unix_seconds
+
     frame = pd.DataFrame(
         {
             USER_ID: events[USER_ID].astype("int64"),
             ITEM_ID: events[ITEM_ID].astype("int64"),
             CATEGORY_ID: events[CATEGORY_ID].astype("int64"),
             BEHAVIOR: events[BEHAVIOR].astype(str),
-            EVENT_TIMESTAMP: events[EVENT_TIMESTAMP].to_numpy(dtype="datetime64[s]").astype(np.int64),
+            EVENT_TIMESTAMP: unix_seconds(events[EVENT_TIMESTAMP]),
         }
     )
     return {"events": frame.to_dict(orient="records")}
