@@ -78,6 +78,7 @@ def _replay(args: argparse.Namespace) -> int:
                 "sent": totals.sent,
                 "accepted": totals.accepted,
                 "duplicates": totals.duplicates,
+                "late": totals.late,
                 "requests": totals.requests,
                 "seconds": round(totals.seconds, 2),
                 "events_per_s": round(totals.sent / totals.seconds, 1) if totals.seconds else None,

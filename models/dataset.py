@@ -23,10 +23,11 @@ def join_features(store, labelled: pd.DataFrame, service) -> pd.DataFrame:
 
     Request-time features are computed as if the row had been ranked at its own timestamp.
     """
+    from models.events import unix_seconds
     from models.feature_store import historical_features
 
     rows = labelled[[USER_ID, ITEM_ID, EVENT_TIMESTAMP, LABEL]].assign(
-        **{REQUEST_TS: labelled[EVENT_TIMESTAMP].to_numpy(dtype="datetime64[s]").astype(np.int64)}
+        **{REQUEST_TS: unix_seconds(labelled[EVENT_TIMESTAMP])}
     )
     joined = historical_features(store, rows, service)
     if len(joined) != len(rows):

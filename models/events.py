@@ -58,6 +58,11 @@ def load_events(path: Path | str) -> pd.DataFrame:
     return to_canonical(read_raw_events(path))
 
 
+def unix_seconds(timestamps: pd.Series) -> np.ndarray:
+    """Timezone-aware timestamps as whole Unix seconds (int64), the unit of the raw logs."""
+    return timestamps.to_numpy(dtype="datetime64[s]").astype(np.int64)
+
+
 def _mix(h: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser: a fixed, well-spread 64-bit mix."""
     h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -74,7 +79,7 @@ def event_ids(events: pd.DataFrame) -> np.ndarray:
     behavior = pd.Categorical(events[BEHAVIOR], categories=list(BEHAVIORS)).codes.astype(np.int64)
     if (behavior < 0).any():
         raise ValueError("event_ids needs behaviours from " + ", ".join(BEHAVIORS))
-    seconds = events[EVENT_TIMESTAMP].to_numpy(dtype="datetime64[s]").astype(np.int64)
+    seconds = unix_seconds(events[EVENT_TIMESTAMP])
     h = np.full(len(events), 0x9E3779B97F4A7C15, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for column in (

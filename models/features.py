@@ -52,6 +52,7 @@ from feature_repo.contract import (
     USER_TOP_CATEGORY_SHARES,
     WINDOWS_DAYS,
 )
+from models.events import event_ids, unix_seconds
 
 LONGEST_WINDOW = max(WINDOWS_DAYS, key=WINDOWS_DAYS.__getitem__)
 _DAY_S = 86_400.0
@@ -113,7 +114,7 @@ class _Entities:
         day = grid.day_index(events[EVENT_TIMESTAMP])
         inside = day >= 0
         keys, entity = np.unique(events.loc[inside, key].to_numpy(dtype=np.int64), return_inverse=True)
-        seconds = events.loc[inside, EVENT_TIMESTAMP].to_numpy(dtype="datetime64[s]").astype(np.int64)
+        seconds = unix_seconds(events.loc[inside, EVENT_TIMESTAMP])
         behavior = events.loc[inside, BEHAVIOR].to_numpy()
         return cls(keys, entity, day[inside], behavior, seconds, len(grid.days))
 
@@ -141,12 +142,6 @@ class _Entities:
         never = np.full((len(self.keys), 1), -np.inf)
         before = np.concatenate([never, np.maximum.accumulate(last, axis=1)], axis=1)
         return np.minimum((grid.snapshot_seconds[None, :] - before) / _DAY_S, RECENCY_CAP_DAYS)
-
-
-def window_counts(events: pd.DataFrame, key: str, grid: DayGrid) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Per entity and snapshot, the count of each behaviour in each window."""
-    entities = _Entities.of(events, key, grid)
-    return entities.keys, entities.counts()
 
 
 def _rows_to_keep(counts: dict[str, np.ndarray]) -> np.ndarray:
@@ -268,12 +263,10 @@ def item_snapshots(events: pd.DataFrame, grid: DayGrid) -> pd.DataFrame:
 
 def _recent_columns(events: pd.DataFrame) -> dict[str, np.ndarray]:
     """The per-event values the state keeps, in RECENT_FEATURES order."""
-    from models.events import event_ids
-
     behavior = pd.Categorical(events[BEHAVIOR], categories=list(BEHAVIORS)).codes.astype(np.int64)
     return {
         RECENT_EVENT_IDS: event_ids(events),
-        RECENT_TIMESTAMPS: events[EVENT_TIMESTAMP].to_numpy(dtype="datetime64[s]").astype(np.int64),
+        RECENT_TIMESTAMPS: unix_seconds(events[EVENT_TIMESTAMP]),
         RECENT_ITEMS: events[ITEM_ID].to_numpy(np.int64),
         RECENT_CATEGORIES: events[CATEGORY_ID].to_numpy(np.int64),
         RECENT_BEHAVIORS: behavior,

@@ -24,6 +24,7 @@ class ReplayTotals:
     sent: int = 0
     accepted: int = 0
     duplicates: int = 0
+    late: int = 0
     requests: int = 0
     seconds: float = 0.0
 
@@ -51,13 +52,15 @@ def batches(
 
 
 def payload(events: pd.DataFrame) -> dict:
+    from models.events import unix_seconds
+
     frame = pd.DataFrame(
         {
             USER_ID: events[USER_ID].astype("int64"),
             ITEM_ID: events[ITEM_ID].astype("int64"),
             CATEGORY_ID: events[CATEGORY_ID].astype("int64"),
             BEHAVIOR: events[BEHAVIOR].astype(str),
-            EVENT_TIMESTAMP: events[EVENT_TIMESTAMP].to_numpy(dtype="datetime64[s]").astype(np.int64),
+            EVENT_TIMESTAMP: unix_seconds(events[EVENT_TIMESTAMP]),
         }
     )
     return {"events": frame.to_dict(orient="records")}
@@ -94,6 +97,7 @@ def replay(
             totals.sent += len(batch)
             totals.accepted += body["accepted"]
             totals.duplicates += body["duplicates"]
+            totals.late += body["late"]
             totals.requests += 1
             elapsed = time.perf_counter() - started
             if elapsed - last_shown >= 0.5 or totals.sent == len(events):
@@ -104,7 +108,7 @@ def replay(
                     f"\r{totals.sent:>9,}/{len(events):,} events ({totals.sent / len(events):6.1%}) "
                     f"| {totals.sent / elapsed:8,.0f} ev/s | replay clock {clock:%Y-%m-%d %H:%M:%S}Z "
                     f"(+{(clock - first).total_seconds():,.0f} s) | behind {lag:5.2f} s "
-                    f"| new {totals.accepted:,} dup {totals.duplicates:,}"
+                    f"| new {totals.accepted:,} dup {totals.duplicates:,} late {totals.late:,}"
                 )
                 out.flush()
     totals.seconds = time.perf_counter() - started

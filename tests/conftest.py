@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -83,6 +84,34 @@ def dag_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     env = project_environment(data_dir)
     result = run_dag(env)
     yield {"env": env, "data_dir": data_dir, "result": result, "output": result.stdout + result.stderr}
+
+
+@contextlib.contextmanager
+def bentoml_serve(command: list[str], env: dict[str, str], log: Path, timeout: float = 120) -> Iterator[str]:
+    """Run `command --port PORT` (a `bentoml serve` through the ctr CLI) until /readyz answers 200;
+    yields its URL and stops it afterwards."""
+    import httpx
+
+    port = free_port()
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()[-3000:]
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail("bentoml serve did not become ready:\n" + log.read_text()[-3000:])
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
