@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="xgboost,wide_deep")
     parser.add_argument("--epochs", type=int, default=2, help="Wide&Deep epochs (the first compiles)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/train_models.json"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/train_models.json"))
     args = parser.parse_args(argv)
 
     from models.device import cuda_available
