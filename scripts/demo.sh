@@ -19,11 +19,12 @@ python - <<'PY'
 import json
 from pathlib import Path
 report = json.loads(Path("var/quarantine/report.json").read_text())
-evaluation = json.loads(Path("var/models/xgb_candidate_evaluation.json").read_text())
+evaluation = json.loads(Path("var/models/candidates/evaluation.json").read_text())
 print(f"   validation: {report['input_rows']} rows in, {report['accepted_rows']} accepted, "
       f"{report['quarantined_rows']} quarantined (var/quarantine/)")
-print(f"   test window: XGBoost AUC {evaluation['test_auc']:.4f} logloss {evaluation['test_logloss']:.4f} | "
-      f"popularity AUC {evaluation['popularity_auc']:.4f} logloss {evaluation['popularity_logloss']:.4f}")
+print("   test window (later days):")
+for name, m in evaluation.items():
+    print(f"     {name:<20} AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}  NDCG@10 {m['ndcg_at_10']:.4f}")
 PY
 
 echo "== bentoml serve services.ranker:Ranker on 127.0.0.1:$port (log: var/demo-serve.log)"
@@ -42,7 +43,9 @@ import pandas as pd
 events = pd.read_parquet("var/lake/accepted_events.parquet")
 user = int(events["user_id"].value_counts().index[0])
 items = events.loc[events["behavior"] == "pv", "item_id"].drop_duplicates().tail(10).astype(int).tolist()
-print(json.dumps({"user_id": user, "item_ids": items}))
+# Rank as of a minute after the user's last event, so the request-time features are live.
+last = events.loc[events["user_id"] == user, "event_timestamp"].max()
+print(json.dumps({"user_id": user, "item_ids": items, "context": {"request_ts": int(last.timestamp()) + 60}}))
 PY
 )
 echo
