@@ -209,11 +209,7 @@ def build_wide_deep(
     # float32 output even under a mixed-precision policy: probabilities need the precision.
     output = keras.layers.Activation("sigmoid", dtype="float32", name="ctr")(logit)
     model = keras.Model(inputs=inputs, outputs=output, name="wide_deep_ctr")
-    model.compile(
-        optimizer=keras.optimizers.Adam(params["learning_rate"]),
-        loss="binary_crossentropy",
-        metrics=[keras.metrics.AUC(name="auc")],
-    )
+    _compile(model, params["learning_rate"])
     return model
 
 
@@ -225,12 +221,12 @@ class TrainedWideDeep:
     best_epoch: int
     history: dict[str, list[float]] = field(default_factory=dict)
     train_seconds: float = 0.0
-    examples_per_second: float = 0.0
     rows: int = 0
 
     @property
-    def features(self) -> list[str]:
-        return list(self.spec.numeric)
+    def examples_per_second(self) -> float:
+        """Training rows per second over all epochs, compilation and validation included."""
+        return self.rows * len(self.history.get("loss", [])) / self.train_seconds
 
     @property
     def steady_examples_per_second(self) -> float:
@@ -239,9 +235,19 @@ class TrainedWideDeep:
         return self.rows / min(seconds[1:] or seconds)
 
 
+def _compile(model, learning_rate: float) -> None:
+    keras = _keras()
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc")],
+    )
+
+
 def _fit(
-    model, x_train, y_train, x_valid, y_valid, params: dict[str, Any], verbose: int
-) -> tuple[dict, float]:
+    model, spec: WideDeepSpec, x_train, y_train, x_valid, y_valid, params: dict[str, Any], verbose: int
+) -> TrainedWideDeep:
+    """Fit with early stopping on the validation rows, best weights restored."""
     keras = _keras()
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=params["patience"], restore_best_weights=True
@@ -266,8 +272,18 @@ def _fit(
         verbose=verbose,
         shuffle=True,
     )
+    seconds = time.perf_counter() - started
     # Epoch times include the validation pass; the first also includes compilation.
-    return {**history.history, "epoch_seconds": epoch_seconds}, time.perf_counter() - started
+    curves = {k: [float(v) for v in values] for k, values in history.history.items()}
+    return TrainedWideDeep(
+        model=model,
+        spec=spec,
+        params=params,
+        best_epoch=int(np.argmin(curves["val_loss"])),
+        history={**curves, "epoch_seconds": epoch_seconds},
+        train_seconds=seconds,
+        rows=len(y_train),
+    )
 
 
 def _set_precision(mixed: bool) -> None:
@@ -291,21 +307,9 @@ def train_wide_deep(
     try:
         x_train, x_valid = model_inputs(train, spec), model_inputs(valid, spec)
         model = build_wide_deep(spec, x_train, params, seed)
-        history, seconds = _fit(model, x_train, y_train, x_valid, y_valid, params, verbose)
+        return _fit(model, spec, x_train, y_train, x_valid, y_valid, params, verbose)
     finally:
         _set_precision(False)
-    epochs = len(history["loss"])
-    best = int(np.argmin(history["val_loss"]))
-    return TrainedWideDeep(
-        model=model,
-        spec=spec,
-        params=params,
-        best_epoch=best,
-        history={k: [float(v) for v in values] for k, values in history.items()},
-        train_seconds=seconds,
-        examples_per_second=len(train) * epochs / seconds,
-        rows=len(train),
-    )
 
 
 def continue_training(
@@ -319,13 +323,7 @@ def continue_training(
     verbose: int = 0,
 ) -> TrainedWideDeep:
     """Warm start: fine-tune a trained model on newer rows, keeping its adapted preprocessing."""
-    keras = _keras()
-    model = trained.model
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="binary_crossentropy",
-        metrics=[keras.metrics.AUC(name="auc")],
-    )
+    _compile(trained.model, learning_rate)
     params = {
         **DEFAULT_PARAMS,
         **trained.params,
@@ -334,17 +332,7 @@ def continue_training(
         "patience": 2,
     }
     x_train, x_valid = model_inputs(train, trained.spec), model_inputs(valid, trained.spec)
-    history, seconds = _fit(model, x_train, y_train, x_valid, y_valid, params, verbose)
-    return TrainedWideDeep(
-        model=model,
-        spec=trained.spec,
-        params=params,
-        best_epoch=int(np.argmin(history["val_loss"])),
-        history={k: [float(v) for v in values] for k, values in history.items()},
-        train_seconds=seconds,
-        examples_per_second=len(train) * len(history["loss"]) / seconds,
-        rows=len(train),
-    )
+    return _fit(trained.model, trained.spec, x_train, y_train, x_valid, y_valid, params, verbose)
 
 
 def predict_wide_deep(

@@ -2,57 +2,23 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
-
 import httpx
 import numpy as np
 import pytest
 
 from feature_repo.contract import MODEL_FEATURE_SERVICE
-from tests.conftest import ROOT
+from tests.conftest import bentoml_serve
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module", params=["ctr-xgboost", "ctr-wide-deep"])
 def server(dag_run, request):
     """The service scoring with the champion of each registered model (CTR_SERVED_MODEL)."""
     assert dag_run["result"].returncode == 0, dag_run["output"][-3000:]
-    port = _free_port()
-    log = dag_run["data_dir"] / f"serve-{request.param}.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            ["ctr", "serve", "--port", str(port)],
-            env={**dag_run["env"], "CTR_SERVED_MODEL": request.param},
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("bentoml serve did not become ready:\n" + log.read_text()[-3000:])
+    env = {**dag_run["env"], "CTR_SERVED_MODEL": request.param}
+    with bentoml_serve(["ctr", "serve"], env, dag_run["data_dir"] / f"serve-{request.param}.log") as url:
         yield url, request.param
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_rank_scores_equal_the_registered_model_on_online_features(server, dag_run, use_environment):
