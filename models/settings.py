@@ -60,6 +60,13 @@ class Settings:
     max_prediction_bias: float
     scoring_budget_ms: float
     max_candidates: int
+    max_recommendations: int
+    challenger_share: float
+    model_reload_s: float
+    feature_timeout_ms: float
+    item_cache_ttl_s: float
+    serving_log_dir: Path
+    candidates_dir: Path
     device: str
     seed: int
     online_store: str
@@ -158,6 +165,15 @@ def get_settings() -> Settings:
         max_prediction_bias=float(_env("CTR_MAX_PREDICTION_BIAS", "1.5")),
         scoring_budget_ms=float(_env("CTR_SCORING_BUDGET_MS", "50")),
         max_candidates=int(_env("CTR_MAX_CANDIDATES", "500")),
+        max_recommendations=int(_env("CTR_MAX_RECOMMENDATIONS", "100")),
+        # Share of users (stable hash of the user id) scored by the `challenger` alias, when one exists.
+        challenger_share=float(_env("CTR_CHALLENGER_SHARE", "0.1")),
+        model_reload_s=float(_env("CTR_MODEL_RELOAD_S", "15")),
+        feature_timeout_ms=float(_env("CTR_FEATURE_TIMEOUT_MS", "200")),
+        # Item features change only when a batch is materialized; the ranker caches them this long.
+        item_cache_ttl_s=float(_env("CTR_ITEM_CACHE_TTL_S", "30")),
+        serving_log_dir=Path(_env("CTR_SERVING_LOG", str(data_dir / "serving_log"))).resolve(),
+        candidates_dir=Path(_env("CTR_CANDIDATES_DIR", str(data_dir / "candidates"))).resolve(),
         device=_env("CTR_DEVICE", "auto"),
         seed=int(_env("CTR_SEED", "42")),
         online_store=_env("CTR_ONLINE_STORE", "sqlite").lower(),
@@ -170,6 +186,8 @@ def get_settings() -> Settings:
     )
     if settings.online_store not in ("sqlite", "redis"):
         raise ValueError(f"CTR_ONLINE_STORE={settings.online_store!r}: expected sqlite or redis")
+    if not 0.0 <= settings.challenger_share <= 1.0:
+        raise ValueError(f"CTR_CHALLENGER_SHARE={settings.challenger_share}: expected a share in [0, 1]")
     if not settings.window_start < settings.valid_start < settings.test_start < settings.window_end:
         raise ValueError(
             "Expected CTR_WINDOW_START < CTR_VALID_START < CTR_TEST_START < CTR_WINDOW_END, got "
