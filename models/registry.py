@@ -383,5 +383,9 @@ def promote_if_better(
     if decision["promoted"]:
         tracking.set_registered_model_alias(name, CHAMPION, version)
         tracking.delete_registered_model_alias(name, CHALLENGER)
+    elif failures:
+        # A sane challenger serves a share of users (services/champion_challenger.py); this one
+        # must reach none.
+        tracking.delete_registered_model_alias(name, CHALLENGER)
     tracking.set_model_version_tag(name, version, "promotion", decision["reason"][:5000])
     return decision

@@ -93,12 +93,18 @@ def test_first_model_is_promoted_and_a_worse_or_equal_one_never_is(registry):
 
 def test_a_model_with_good_auc_but_inflated_probabilities_is_not_promoted(registry):
     settings = registry()
+    _submit(settings, _model(FEATURES))
     # Up-weighting positives 30x ranks as well but predicts rates far above the observed ones.
     decision = _submit(settings, _model(FEATURES, scale_pos_weight=30.0))
     assert decision["candidate_auc"] > 0.7
     assert not decision["promoted"]
     assert "calibration error" in decision["reason"]
     assert "mean prediction / positive rate" in decision["reason"]
+    # It serves no user either: the challenger alias is taken away.
+    from models.registry import CHALLENGER, client
+
+    aliases = client(settings).get_registered_model("ctr-xgboost").aliases
+    assert CHALLENGER not in aliases
 
 
 def test_a_model_over_the_latency_budget_is_not_promoted(registry, monkeypatch):
