@@ -258,6 +258,18 @@ def item_snapshots(events: pd.DataFrame, grid: DayGrid) -> pd.DataFrame:
     return frame[[ITEM_ID, EVENT_TIMESTAMP, *ITEM_FEATURES]]
 
 
+def new_item_features() -> dict[str, float]:
+    """The item view's values for an item with no events yet, by the same formulas as the job: zero
+    counts, the prior conversion rate, a flat trend, last event beyond the cap. Its category and the
+    category's numbers stay unknown. The ranker gives these to candidates the store does not know."""
+    zero = np.zeros(1)
+    values = {f"item_{b}_{w}": 0.0 for w in WINDOWS_DAYS for b in BEHAVIORS}
+    values["item_conversion_7d"] = float(_conversion(zero, zero)[0])
+    values["item_trend"] = float(_trend(zero, zero)[0])
+    values["item_days_since_last_event"] = RECENCY_CAP_DAYS
+    return values
+
+
 # --- Short-term state ------------------------------------------------------------------------------
 
 

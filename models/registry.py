@@ -85,16 +85,11 @@ def _importance(model: ScoringModel, test: pd.DataFrame, y: np.ndarray, p: np.nd
     from sklearn.metrics import roc_auc_score
 
     if model.kind == XGBOOST:
-        import xgboost as xgb
-
         from models.dataset import feature_matrix
+        from models.xgb import shap_contributions
 
-        booster = model.model.get_booster()
-        gain = booster.get_score(importance_type="gain")
-        contribs = booster.predict(
-            xgb.DMatrix(feature_matrix(test, model.features), feature_names=model.features),
-            pred_contribs=True,
-        )
+        gain = model.model.get_booster().get_score(importance_type="gain")
+        contribs = shap_contributions(model.model, feature_matrix(test, model.features), model.features)
         shap = np.abs(contribs[:, :-1]).mean(axis=0)
         return {
             "total gain": {f: float(gain.get(f, 0.0)) for f in model.features},

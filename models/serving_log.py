@@ -159,7 +159,9 @@ def served_rows(
     return frame
 
 
-def read_serving_log(folder: Path, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
+def read_serving_log(
+    folder: Path, start: datetime | None = None, end: datetime | None = None
+) -> pd.DataFrame:
     """Every served row under `folder` (optionally served in [start, end)); files of model versions
     with other features are unioned, missing features are NaN."""
     files = sorted(folder.glob("date=*/part-*.parquet"))
@@ -174,13 +176,17 @@ def read_serving_log(folder: Path, start: datetime | None = None, end: datetime 
     return frame.reset_index(drop=True)
 
 
-def join_outcomes(served: pd.DataFrame, events: pd.DataFrame, horizon: timedelta = LABEL_WINDOW) -> pd.DataFrame:
+def join_outcomes(
+    served: pd.DataFrame, events: pd.DataFrame, horizon: timedelta = LABEL_WINDOW
+) -> pd.DataFrame:
     """Label each served row with what the user did with that item within `horizon` after it was
     served: `clicked` (viewed it) and `converted` (cart, fav or buy), the model's own label."""
     served = served.reset_index(drop=True)
     key = np.arange(len(served))
-    later = served[[USER_ID, ITEM_ID, SERVED_AT]].assign(_row=key).merge(
-        events[[USER_ID, ITEM_ID, BEHAVIOR, EVENT_TIMESTAMP]], on=[USER_ID, ITEM_ID]
+    later = (
+        served[[USER_ID, ITEM_ID, SERVED_AT]]
+        .assign(_row=key)
+        .merge(events[[USER_ID, ITEM_ID, BEHAVIOR, EVENT_TIMESTAMP]], on=[USER_ID, ITEM_ID])
     )
     ts = pd.to_datetime(later[EVENT_TIMESTAMP], utc=True)
     inside = (ts >= later[SERVED_AT]) & (ts < later[SERVED_AT] + horizon)

@@ -87,3 +87,17 @@ def continue_xgb(
 def predict_ctr(model: Any, x: np.ndarray) -> np.ndarray:
     """Probability of purchase intent for each row."""
     return model.predict_proba(x)[:, 1]
+
+
+def shap_contributions(model: Any, x: np.ndarray, features: list[str]) -> np.ndarray:
+    """TreeSHAP value per row and feature, bias last, in log-odds: over the same trees as
+    `predict_ctr` (with early stopping, up to the best iteration), so a row's values add up to its
+    predicted logit."""
+    import xgboost as xgb
+
+    best = getattr(model, "best_iteration", None)
+    return model.get_booster().predict(
+        xgb.DMatrix(x, feature_names=features),
+        pred_contribs=True,
+        iteration_range=(0, best + 1) if best is not None else (0, 0),
+    )

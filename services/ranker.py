@@ -1,60 +1,247 @@
-"""BentoML ranking service: `bentoml serve services.ranker:Ranker`.
+"""BentoML ranking service: `bentoml serve services.ranker:Ranker` (or `ctr serve`).
 
-Reads user and item features from the Feast online store through the FeatureService the model
-was trained with, and scores candidates with the MLflow `champion` of CTR_SERVED_MODEL
-(`ctr-xgboost` by default, or `ctr-wide-deep`).
+POST /rank scores a user's candidate items; POST /recommend generates candidates (co-visitation,
+the user's categories, popularity) and ranks them. Features come from the Feast online store
+through the FeatureService each model version was trained with. Most users are scored by the
+MLflow `champion` of CTR_SERVED_MODEL, a stable CTR_CHALLENGER_SHARE of them by its `challenger`;
+both follow their aliases while the service runs. When the store fails or is slow, responses are
+ranked by popularity and flagged. Every response is logged for the online A/B readout.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Annotated
 
 import bentoml
+import numpy as np
 import pandas as pd
-from bentoml.exceptions import InvalidArgument
+from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from pydantic import Field
 
-from feature_repo.contract import ITEM_ID, REQUEST_TS, USER_ID
+from feature_repo.contract import (
+    ITEM_FEATURES,
+    ITEM_ID,
+    RECENT_CATEGORIES,
+    RECENT_ITEMS,
+    RECENT_TIMESTAMPS,
+    RECENT_VIEW,
+    REQUEST_TS,
+    SHOP_UTC_OFFSET_HOURS,
+    USER_ID,
+    USER_TOP_CATEGORIES,
+    USER_VIEW,
+)
 from models.settings import get_settings
-from services.schemas import ModelRef, RankContext, RankResponse, ScoredItem
+from services import metrics
+from services.schemas import Contribution, ModelRef, RankContext, RankResponse, ScoredItem
 
 SETTINGS = get_settings()
+log = logging.getLogger(__name__)
+
+UserId = Annotated[int, Field(ge=0, description="The shopper's id.")]
+Explain = Annotated[bool, Field(description="Add each item's top feature contributions to its score.")]
 
 
 class FeatureBindingError(RuntimeError):
     """The model was trained on other features than the Feast registry now serves."""
 
 
+def _hour(request_ts: int) -> int:
+    return ((request_ts + SHOP_UTC_OFFSET_HOURS * 3600) // 3600) % 24
+
+
 @bentoml.service(traffic={"timeout": 10}, workers=1)
 class Ranker:
     def __init__(self) -> None:
-        from models.feature_store import fingerprint, open_store
-        from models.registry import load_by_alias
+        from models.candidates import CandidateIndex
 
-        self.served = load_by_alias(SETTINGS)
+        from models.feature_store import open_store
+        from models.features import new_item_features
+        from models.serving_log import ServingLog
+        from services.champion_challenger import ModelPool
+        from services.degradation import StoreGuard
+
         self.store = open_store(SETTINGS)
-        self.feature_service = self.store.get_feature_service(self.served.feature_service)
-        registered = fingerprint(self.feature_service)
-        if registered != self.served.fingerprint:
+        self.pool = ModelPool(SETTINGS, self._check_binding, on_reload=self._count_reload)
+        self.pool.start()
+        self.guard = StoreGuard(SETTINGS.feature_timeout_ms / 1000)
+        self.serving_log = ServingLog(SETTINGS.serving_log_dir)
+        self.new_item = new_item_features()
+        self.candidates = (
+            CandidateIndex.load(SETTINGS.candidates_dir) if SETTINGS.candidates_dir.exists() else None
+        )
+
+    def _check_binding(self, served) -> None:
+        """Refuse a model whose FeatureService is missing or has other features than it was trained on."""
+        from models.feature_store import fingerprint
+
+        try:
+            service = self.store.get_feature_service(served.feature_service)
+        except Exception as exc:
             raise FeatureBindingError(
-                f"{self.served.name} v{self.served.version} was trained with FeatureService "
-                f"'{self.served.feature_service}' fingerprint {self.served.fingerprint}, but the Feast "
+                f"{served.name} v{served.version} was trained with FeatureService "
+                f"'{served.feature_service}', which the Feast registry does not have ({exc}); "
+                "apply the matching feature repo"
+            ) from exc
+        registered = fingerprint(service)
+        if registered != served.fingerprint:
+            raise FeatureBindingError(
+                f"{served.name} v{served.version} was trained with FeatureService "
+                f"'{served.feature_service}' fingerprint {served.fingerprint}, but the Feast "
                 f"registry now has fingerprint {registered}; retrain or re-apply the matching feature repo"
             )
 
-    def score(self, user_id: int, item_ids: list[int], request_ts: int) -> list[float]:
-        """Online features for each (user, item) pair at the request's time, then the model: the
-        path /rank serves."""
+    @staticmethod
+    def _count_reload(result: str) -> None:
+        metrics.MODEL_RELOADS.labels(result=result).inc()
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self.pool.stop()
+        self.serving_log.close()
+        self.guard.close()
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    def _features(
+        self, feature_service: str, user_id: int, item_ids: list[int], request_ts: int
+    ) -> pd.DataFrame:
         rows = [{USER_ID: user_id, ITEM_ID: item_id, REQUEST_TS: request_ts} for item_id in item_ids]
-        features = self.store.get_online_features(features=self.feature_service, entity_rows=rows).to_dict()
-        return self.served.predict(pd.DataFrame(features)).tolist()
+        service = self.store.get_feature_service(feature_service)
+        return pd.DataFrame(self.store.get_online_features(features=service, entity_rows=rows).to_dict())
+
+    def _user_history(self, user_id: int, request_ts: int) -> tuple[list[int], list[int]]:
+        """The user's recent items (newest first) and categories: recent ones, then top 7-day ones."""
+        refs = [f"{RECENT_VIEW}:{name}" for name in (RECENT_ITEMS, RECENT_CATEGORIES, RECENT_TIMESTAMPS)]
+        row = self.store.get_online_features(
+            features=[*refs, f"{USER_VIEW}:{USER_TOP_CATEGORIES}"], entity_rows=[{USER_ID: user_id}]
+        ).to_dict()
+        stamps = row[RECENT_TIMESTAMPS][0] or []
+        known = [i for i, ts in enumerate(stamps) if ts <= request_ts]
+        items = [row[RECENT_ITEMS][0][i] for i in reversed(known)]
+        categories = [row[RECENT_CATEGORIES][0][i] for i in reversed(known)]
+        categories += list(row[USER_TOP_CATEGORIES][0] or [])
+        return items, list(dict.fromkeys(categories))
+
+    def _popularity(self, item_ids: list[int]) -> np.ndarray:
+        if self.candidates is None:
+            return np.zeros(len(item_ids))
+        return self.candidates.popularity_scores(item_ids)
+
+    def _score(
+        self,
+        endpoint: str,
+        user_id: int,
+        item_ids: list[int],
+        request_ts: int,
+        explain: bool,
+        sources: list[str] | None = None,
+    ) -> RankResponse:
+        """Features, model, sort, log: the path both endpoints share."""
+        from services.degradation import StoreUnavailable
+
+        variant, served = self.pool.pick(user_id)
+        request_id = uuid.uuid4().hex
+        frame, unknown, explanations, reason = None, np.zeros(len(item_ids), bool), None, None
+        started = time.perf_counter()
+        try:
+            frame = self.guard.call(self._features, served.feature_service, user_id, item_ids, request_ts)
+        except StoreUnavailable as exc:
+            reason = exc.reason
+            metrics.STORE_ERRORS.labels(kind="timeout" if "longer than" in reason else "error").inc()
+        metrics.STAGE_SECONDS.labels(stage="features").observe(time.perf_counter() - started)
+        if frame is not None:
+            unknown = frame[ITEM_FEATURES].isna().all(axis=1).to_numpy()
+            if unknown.any():
+                frame.loc[unknown, list(self.new_item)] = list(self.new_item.values())
+                metrics.UNKNOWN_ITEMS.inc(int(unknown.sum()))
+            started = time.perf_counter()
+            scores = served.predict(frame)
+            metrics.STAGE_SECONDS.labels(stage="model").observe(time.perf_counter() - started)
+            if explain:
+                from models.explain import top_contributions
+
+                explanations = top_contributions(served.scorer, frame)
+        else:
+            popularity = self._popularity(item_ids)
+            scores = popularity
+            metrics.FALLBACKS.labels(endpoint=endpoint, reason="store").inc()
+        order = np.argsort(-np.asarray(scores), kind="stable")
+        items = [
+            ScoredItem(
+                item_id=item_ids[i],
+                score=float(scores[i]),
+                unknown=bool(unknown[i]),
+                source=sources[i] if sources else None,
+                explanation=[Contribution(**c) for c in explanations[i]] if explanations else None,
+            )
+            for i in order
+        ]
+        metrics.SERVED.labels(
+            endpoint=endpoint,
+            variant=variant,
+            model_version=served.version,
+            mode="fallback" if reason else "model",
+        ).inc()
+        features = frame.iloc[order] if frame is not None else None
+        self._log(request_id, endpoint, user_id, served, variant, items, reason is not None, features)
+        return RankResponse(
+            request_id=request_id,
+            user_id=user_id,
+            items=items,
+            model=ModelRef(
+                name=served.name,
+                version=served.version,
+                feature_service=served.feature_service,
+                variant=variant,
+            ),
+            fallback=reason is not None,
+            fallback_reason=reason,
+        )
+
+    def _log(
+        self,
+        request_id: str,
+        endpoint: str,
+        user_id: int,
+        served,
+        variant: str,
+        items: list[ScoredItem],
+        fallback: bool,
+        features: pd.DataFrame | None,
+    ) -> None:
+        from models.serving_log import served_rows
+
+        self.serving_log.append(
+            served_rows(
+                request_id=request_id,
+                endpoint=endpoint,
+                user_id=user_id,
+                item_ids=[i.item_id for i in items],
+                scores=[i.score for i in items],
+                variant=variant,
+                model_name=served.name,
+                model_version=served.version,
+                feature_service=served.feature_service,
+                fallback=fallback,
+                unknown=(i.unknown for i in items),
+                sources=[i.source or "" for i in items],
+                features=features,
+                served_at=datetime.now(UTC),
+            )
+        )
+
+    # --- API -----------------------------------------------------------------------------------
 
     @bentoml.api
     def rank(
         self,
-        user_id: Annotated[int, Field(ge=0, description="The shopper's id.")],
+        user_id: UserId,
         item_ids: Annotated[
             list[Annotated[int, Field(ge=0)]],
             Field(
@@ -62,20 +249,90 @@ class Ranker:
             ),
         ],
         context: RankContext | None = None,
+        explain: Explain = False,
     ) -> RankResponse:
         """Rank candidate items for a user, highest predicted purchase intent first."""
         if len(set(item_ids)) != len(item_ids):
             repeated = sorted(i for i, n in Counter(item_ids).items() if n > 1)
             raise InvalidArgument(f"item_ids must be unique; repeated: {repeated[:10]}")
         request_ts = context.request_ts if context and context.request_ts is not None else int(time.time())
-        scores = self.score(user_id, item_ids, request_ts)
-        ranked = sorted(zip(item_ids, scores, strict=True), key=lambda pair: -pair[1])
+        return self._score("rank", user_id, item_ids, request_ts, explain)
+
+    @bentoml.api
+    def recommend(
+        self,
+        user_id: UserId,
+        k: Annotated[int, Field(ge=1, le=SETTINGS.max_recommendations, description="How many items.")] = 10,
+        context: RankContext | None = None,
+        explain: Explain = False,
+    ) -> RankResponse:
+        """Top-k items for a user: candidates from co-visitation, the user's categories and
+        popularity, ranked by the CTR model. A user without history gets popularity by hour."""
+        from services.degradation import StoreUnavailable
+
+        if self.candidates is None:
+            raise ServiceUnavailable(
+                f"no candidate lists under {SETTINGS.candidates_dir}; run the pipeline "
+                "(ctr run, or the ctr_pipeline DAG) to build them"
+            )
+        request_ts = context.request_ts if context and context.request_ts is not None else int(time.time())
+        hour = _hour(request_ts)
+        try:
+            items, categories = self.guard.call(self._user_history, user_id, request_ts)
+        except StoreUnavailable as exc:
+            metrics.FALLBACKS.labels(endpoint="recommend", reason="store").inc()
+            return self._popular("recommend", user_id, k, hour, fallback_reason=exc.reason)
+        if not items and not categories:
+            return self._popular("recommend", user_id, k, hour)
+        pool = min(SETTINGS.max_candidates, max(100, 4 * k))
+        candidates, sources = self.candidates.recommend_candidates(items, categories, pool, hour)
+        response = self._score("recommend", user_id, candidates, request_ts, explain, sources)
+        response.items = response.items[:k]
+        return response
+
+    def _popular(
+        self, endpoint: str, user_id: int, k: int, hour: int, fallback_reason: str | None = None
+    ) -> RankResponse:
+        """Cold start (no history) or fallback (store down): the most popular items at this hour."""
+        variant, served = self.pool.pick(user_id)
+        items = self.candidates.cold_start(k, hour)
+        scores = self._popularity(items)
+        scored = [
+            ScoredItem(item_id=i, score=float(s), source="popular")
+            for i, s in zip(items, scores, strict=True)
+        ]
+        request_id = uuid.uuid4().hex
+        metrics.SERVED.labels(
+            endpoint=endpoint,
+            variant=variant,
+            model_version=served.version,
+            mode="fallback" if fallback_reason else "cold_start",
+        ).inc()
+        self._log(request_id, endpoint, user_id, served, variant, scored, fallback_reason is not None, None)
         return RankResponse(
+            request_id=request_id,
             user_id=user_id,
-            items=[ScoredItem(item_id=i, score=s) for i, s in ranked],
+            items=scored,
             model=ModelRef(
-                name=self.served.name,
-                version=self.served.version,
-                feature_service=self.served.feature_service,
+                name=served.name,
+                version=served.version,
+                feature_service=served.feature_service,
+                variant=variant,
             ),
+            fallback=fallback_reason is not None,
+            fallback_reason=fallback_reason,
+            cold_start=fallback_reason is None,
         )
+
+    @bentoml.api(route="/reload")
+    def reload(self) -> dict:
+        """Check the MLflow aliases now instead of at the next CTR_MODEL_RELOAD_S tick."""
+        changed = self.pool.refresh()
+        variants = self.pool.variants
+        return {
+            "changed": changed,
+            "champion": variants.champion.version,
+            "challenger": variants.challenger.version if variants.challenger else None,
+            "reload_failures": self.pool.reload_failures,
+            "last_error": self.pool.last_error,
+        }

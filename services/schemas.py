@@ -14,18 +14,49 @@ class RankContext(BaseModel):
     )
 
 
+class Contribution(BaseModel):
+    feature: str
+    value: float | None = Field(description="The feature's value for this item (null: missing).")
+    contribution: float = Field(description="Its contribution to the item's score, in log-odds.")
+
+
 class ScoredItem(BaseModel):
     item_id: int
-    score: float = Field(description="Predicted probability of purchase intent (cart/fav/buy) after a view.")
+    score: float = Field(
+        description="Predicted probability of purchase intent (cart/fav/buy) after a view; in a "
+        "fallback response, the item's popularity share instead."
+    )
+    unknown: bool = Field(
+        default=False,
+        description="The online store has no features for this item: it was scored as a new item.",
+    )
+    source: str | None = Field(
+        default=None, description="/recommend: where the candidate came from (covisit, category, popular)."
+    )
+    explanation: list[Contribution] | None = Field(
+        default=None, description="With explain=true: the features that moved the score most."
+    )
 
 
 class ModelRef(BaseModel):
     name: str
     version: str
     feature_service: str
+    variant: str = Field(
+        description="champion or challenger (a stable share of users, CTR_CHALLENGER_SHARE)."
+    )
 
 
 class RankResponse(BaseModel):
+    request_id: str = Field(description="Key of this response's rows in the serving log.")
     user_id: int
-    items: list[ScoredItem] = Field(description="The candidates, highest score first.")
+    items: list[ScoredItem] = Field(description="Highest score first.")
     model: ModelRef
+    fallback: bool = Field(
+        default=False,
+        description="True when the online store failed or was slow: items are ranked by popularity.",
+    )
+    fallback_reason: str | None = None
+    cold_start: bool = Field(
+        default=False, description="/recommend: the user has no history; the list is popularity by hour."
+    )

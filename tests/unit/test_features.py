@@ -161,3 +161,14 @@ def test_online_merge_equals_the_offline_state_and_ignores_redeliveries():
     assert {k: list(offline[k]) for k in RECENT_FEATURES} == state
     assert merge_recent(state, events.iloc[-10:]) is None  # redelivered: nothing changes
     assert merge_recent(state, events.iloc[:3]) is None  # older than the kept ones: nothing changes
+
+
+def test_new_item_defaults_equal_the_jobs_row_for_an_item_before_its_first_event(grid):
+    from models.features import new_item_features
+
+    events = _events([(1, 10, 100, "pv", T0 + pd.Timedelta(days=3, hours=5))])
+    items = item_snapshots(events, grid).set_index("event_timestamp")
+    before = items.loc[T0 + pd.Timedelta(days=3)]  # the midnight before the item's first view
+    defaults = new_item_features()
+    assert defaults == {name: pytest.approx(float(before[name])) for name in defaults}
+    assert defaults["item_conversion_7d"] == pytest.approx(0.03)

@@ -120,3 +120,21 @@ def load_wide_deep_copy(trained):
         path = Path(folder) / "copy.keras"
         trained.model.save(path)
         return load_wide_deep(str(path))
+
+
+def test_explanations_credit_what_differs_between_candidates(trained):
+    from models.explain import top_contributions
+    from models.scoring import wrap
+
+    model = wrap("wide_deep", trained.model, {})
+    # One user, three candidates that differ only in their views.
+    frame = pd.DataFrame(
+        {"user_id": 7919 * 1001, "item_id": [1, 2, 3], "item_pv_7d": [400.0, 20.0, 0.0], "user_cart_7d": 2.0}
+    )
+    top = {
+        i: {c["feature"]: c["contribution"] for c in row}
+        for i, row in enumerate(top_contributions(model, frame))
+    }
+    assert top[0]["item_pv_7d"] > 0.1 and top[2]["item_pv_7d"] < -0.1
+    # The same for every candidate: no credit (up to float noise between batch sizes).
+    assert all(abs(row.get("user_cart_7d", 0.0)) < 1e-4 for row in top.values())
