@@ -9,7 +9,8 @@ Raw Taobao behaviour events to a served CTR ranker, every stage real:
 ranker FeatureService) → `train_xgboost` ‖ `train_wide_deep` (in parallel, queue `gpu`) →
 `evaluate` (both models, popularity and logistic-regression baselines, later days) → `register`
 (MLflow `ctr-xgboost` / `ctr-wide-deep`; `challenger`, promoted to `champion` only if it passes
-the sanity checks and beats that model's champion).
+the sanity checks and beats that model's champion). Beside training, `build_candidates` writes
+the co-visitation and popularity lists `/recommend` draws candidates from.
 
 Each task calls one function of `models.pipeline`; configuration comes from the environment
 (see `models/settings.py` and `.env.example`).
@@ -71,6 +72,12 @@ def ctr_pipeline():
         return pipeline.materialize()
 
     @task
+    def build_candidates() -> dict:
+        from models import pipeline
+
+        return pipeline.build_candidates()
+
+    @task
     def build_training_set() -> dict:
         from models import pipeline
 
@@ -101,17 +108,21 @@ def ctr_pipeline():
 
         return pipeline.register()
 
+    validated = validate()
+    registered = register()
     chain(
         ingest(),
-        validate(),
+        validated,
         apply_features(),
         build_features(),
         materialize(),
         build_training_set(),
         [train_xgboost(), train_wide_deep()],
         evaluate(),
-        register(),
+        registered,
     )
+    # Candidate lists for /recommend need only the accepted events: built beside training.
+    chain(validated, build_candidates(), registered)
 
 
 ctr_pipeline()

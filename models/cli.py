@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         metavar="NAME",
         help="run only this stage (repeatable): ingest, validate, apply_features, build_features, "
-        "materialize, build_training_set, train_xgboost, train_wide_deep, evaluate, register; or "
+        "materialize, build_candidates, build_training_set, train_xgboost, train_wide_deep, evaluate, "
+        "register; or "
         "warm_start (continue each champion on the newest day, then gate it like a full retrain)",
     )
     run.set_defaults(func=_run)

@@ -152,6 +152,14 @@ def materialize(settings: Settings | None = None) -> dict[str, Any]:
     return {"start": settings.window_start.isoformat(), "end": settings.window_end.isoformat()}
 
 
+def build_candidates(settings: Settings | None = None) -> dict[str, Any]:
+    """Co-visitation, per-category and per-hour popularity lists for /recommend, from all accepted
+    events; the ranker loads them at start."""
+    from models.candidates import build_candidates_stage
+
+    return build_candidates_stage(settings or get_settings())
+
+
 def build_training_set(settings: Settings | None = None) -> dict[str, Any]:
     """Label page views and join their features point-in-time through the models' FeatureService
     (request-time features computed as if each view had been ranked at its own time)."""
@@ -509,6 +517,7 @@ STAGES = [
     apply_features,
     build_features,
     materialize,
+    build_candidates,
     build_training_set,
     train_xgboost,
     train_wide_deep,

@@ -114,41 +114,92 @@ def bentoml_serve(command: list[str], env: dict[str, str], log: Path, timeout: f
         process.wait(timeout=30)
 
 
+class RedisProcess:
+    """A real redis-server (Debian package; `make test` installs it) on a free loopback port, that a
+    test can stop and start again on the same port. `stop()` saves the data first and `start()`
+    loads it, as a production Redis with persistence would come back."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            pytest.fail(
+                "redis-server is not installed: `make test` installs it, or `apt-get install redis-server`"
+            )
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def connection(self) -> str:
+        """Feast's connection string, ``127.0.0.1:PORT``."""
+        return f"127.0.0.1:{self.port}"
+
+    def _client(self):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+
+    def start(self) -> None:
+        import redis
+
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            cwd=self.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        client = self._client()
+        deadline = time.monotonic() + 20
+        try:
+            while True:
+                assert self.process.poll() is None, f"redis-server exited with {self.process.returncode}"
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """Save to dump.rdb in the work dir, then stop the server."""
+        import redis
+
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(redis.ConnectionError):
+            self._client().shutdown(save=True)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def redis_process(workdir: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server (Debian package; `make test` installs it) on a free loopback port.
-
-    Yields its Feast connection string, ``127.0.0.1:PORT``; the server is stopped afterwards.
-    """
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail(
-            "redis-server is not installed: `make test` installs it, or `apt-get install redis-server`"
-        )
-    import redis
-
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, f"redis-server exited with {process.returncode}"
-            try:
-                if client.ping():
-                    break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        client.close()
-        process.terminate()
-        process.wait(timeout=10)
+    """A real redis-server for the whole session; yields its Feast connection string."""
+    with redis_process(tmp_path_factory.mktemp("redis")) as server:
+        yield server.connection

@@ -62,6 +62,8 @@ def test_dagbag_has_no_import_errors_and_tasks_are_configured(tmp_path):
     for name in ("train_xgboost", "train_wide_deep"):
         assert tasks[name]["queue"] == "gpu"
         assert tasks[name]["upstream"] == ["build_training_set"]
+    assert tasks["build_candidates"]["upstream"] == ["validate"]
+    assert "build_candidates" in tasks["register"]["upstream"]
     assert tasks["evaluate"]["upstream"] == ["train_wide_deep", "train_xgboost"]
     assert tasks["validate"]["retries"] == 0
     assert all(t["retries"] >= 1 for name, t in tasks.items() if name != "validate")

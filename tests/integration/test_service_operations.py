@@ -1,0 +1,153 @@
+"""The ranker in operation, on a Redis online store: champion/challenger split, hot reload when
+an MLflow alias moves, and fallback while Redis is stopped or hung, with recovery after."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, bentoml_serve, redis_process
+
+pytestmark = pytest.mark.integration
+
+AT = 1512273600
+ITEMS = [283, 2268318, 2333346, 4365585]
+
+
+@pytest.fixture(scope="module")
+def deployment(dag_run, tmp_path_factory):
+    """The DAG's registry and features, served from a Redis this module can stop and restart."""
+    assert dag_run["result"].returncode == 0, dag_run["output"][-3000:]
+    data_dir = tmp_path_factory.mktemp("operations")
+    for part in ("mlflow", "offline", "lake", "candidates"):
+        shutil.copytree(dag_run["data_dir"] / part, data_dir / part)
+    with redis_process(tmp_path_factory.mktemp("redis-ops")) as redis:
+        env = {
+            **dag_run["env"],
+            "CTR_DATA_DIR": str(data_dir),
+            "CTR_ONLINE_STORE": "redis",
+            "CTR_REDIS_CONNECTION": redis.connection,
+            "CTR_MODEL_RELOAD_S": "1",
+            "CTR_CHALLENGER_SHARE": "0.3",
+            "CTR_FEATURE_TIMEOUT_MS": "300",
+        }
+        stages = ["ctr", "run", "--stage", "apply_features", "--stage", "materialize"]
+        done = subprocess.run(stages, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        with bentoml_serve(["ctr", "serve"], env, data_dir / "serve.log") as url:
+            yield {"url": url, "env": env, "redis": redis, "data_dir": data_dir}
+
+
+def _rank(url: str, user: int, timeout: float = 30) -> httpx.Response:
+    payload = {"user_id": user, "item_ids": ITEMS, "context": {"request_ts": AT}}
+    return httpx.post(f"{url}/rank", json=payload, timeout=timeout)
+
+
+def _tracking(env: dict):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{env['CTR_DATA_DIR']}/mlflow/mlflow.db")
+
+
+def test_a_challenger_scores_a_stable_share_of_users(deployment):
+    url, env = deployment["url"], deployment["env"]
+    tracking = _tracking(env)
+    first = tracking.get_model_version("ctr-xgboost", "1")
+    second = tracking.create_model_version("ctr-xgboost", first.source, first.run_id, tags=first.tags)
+    tracking.set_registered_model_alias("ctr-xgboost", "challenger", second.version)
+    reloaded = httpx.post(f"{url}/reload", json={}, timeout=60).json()
+    assert reloaded["challenger"] == second.version, reloaded
+
+    variants = {}
+    for user in range(300):
+        model = _rank(url, user).json()["model"]
+        variants[user] = (model["variant"], model["version"])
+    challenged = [u for u, (variant, _) in variants.items() if variant == "challenger"]
+    assert 0.2 < len(challenged) / len(variants) < 0.4
+    assert all(variants[u][1] == second.version for u in challenged)
+    for user in list(variants)[:30]:  # the same user, the same variant
+        assert _rank(url, user).json()["model"]["variant"] == variants[user][0]
+
+
+def test_moving_the_champion_alias_switches_the_service_without_dropping_requests(deployment):
+    url, env = deployment["url"], deployment["env"]
+    tracking = _tracking(env)
+    newest = max(int(v.version) for v in tracking.search_model_versions("name='ctr-xgboost'"))
+    statuses, versions, stop = [], [], threading.Event()
+
+    def traffic() -> None:
+        user = 0
+        while not stop.is_set():
+            response = _rank(url, 10_000 + user % 50)
+            statuses.append(response.status_code)
+            if response.status_code == 200:
+                versions.append(response.json()["model"]["version"])
+            user += 1
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        time.sleep(1)
+        tracking.set_registered_model_alias("ctr-xgboost", "champion", str(newest))
+        tracking.delete_registered_model_alias("ctr-xgboost", "challenger")
+        moved = time.monotonic()
+        while time.monotonic() - moved < 20 and (not versions or versions[-1] != str(newest)):
+            time.sleep(0.2)
+        switch_s = time.monotonic() - moved
+        time.sleep(1)
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert set(statuses) == {200}, statuses
+    assert versions[-1] == str(newest) and switch_s < 5, switch_s  # CTR_MODEL_RELOAD_S=1
+    assert "1" in versions  # the old champion served until the switch
+
+
+def test_a_stopped_or_hung_store_gives_flagged_popularity_and_service_comes_back(deployment):
+    url, redis = deployment["url"], deployment["redis"]
+    before = _rank(url, 1).json()
+    assert before["fallback"] is False
+
+    redis.stop()
+    try:
+        down = _rank(url, 1)
+        assert down.status_code == 200, down.text
+        body = down.json()
+        assert body["fallback"] is True and "online store" in body["fallback_reason"]
+        assert sorted(i["item_id"] for i in body["items"]) == sorted(ITEMS)
+        recommended = httpx.post(f"{url}/recommend", json={"user_id": 1, "k": 5}, timeout=30).json()
+        assert recommended["fallback"] is True and len(recommended["items"]) == 5
+    finally:
+        redis.start()
+    _wait_for_model_ranking(url, before)
+
+    os.kill(redis.process.pid, signal.SIGSTOP)  # hung, not refused: reads must time out
+    try:
+        started = time.perf_counter()
+        hung = _rank(url, 1).json()
+        assert hung["fallback"] is True and "longer than 300 ms" in hung["fallback_reason"]
+        assert time.perf_counter() - started < 2
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
+    _wait_for_model_ranking(url, before)
+
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    assert 'ctr_fallback_responses_total{endpoint="rank",reason="store"}' in metrics
+
+
+def _wait_for_model_ranking(url: str, expected: dict) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        body = _rank(url, 1).json()
+        if not body["fallback"]:
+            assert body["items"] == expected["items"]  # the same features, the same scores
+            return
+        time.sleep(0.5)
+    pytest.fail("the ranker did not return to model ranking after the store came back")
