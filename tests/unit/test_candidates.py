@@ -1,0 +1,211 @@
+"""Candidate generation on constructed logs (UTC, shop time is UTC+8), and recall on the real slice."""
+
+import time
+
+import pandas as pd
+import pytest
+
+from models.candidates import (
+    CATEGORY,
+    COVISIT,
+    POPULAR,
+    CandidateConfig,
+    CandidateIndex,
+    build_candidates,
+    build_candidates_stage,
+    recall_at_k,
+    shop_hour,
+)
+
+T0 = pd.Timestamp("2017-11-27", tz="UTC")  # 08:00 in shop time
+UNTIL = T0 + pd.Timedelta(days=3)
+MIN = pd.Timedelta(minutes=1)
+
+
+def _events(rows):
+    """rows: (user, item, category, behaviour, minutes after T0)."""
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "category_id", "behavior", "minutes"])
+    frame["event_timestamp"] = T0 + frame.pop("minutes") * MIN
+    return frame.astype({"user_id": "Int64", "item_id": "Int64", "category_id": "Int64"})
+
+
+def test_items_viewed_together_by_more_users_come_first():
+    events = _events(
+        [
+            (1, 10, 1, "pv", 0),
+            (1, 11, 1, "pv", 1),
+            (1, 12, 1, "pv", 2),
+            (2, 10, 1, "pv", 0),
+            (2, 11, 1, "pv", 5),
+            (3, 11, 1, "pv", 0),
+            (3, 13, 1, "pv", 3),
+        ]
+    )
+    index = build_candidates(events, UNTIL)
+    assert index.neighbours(10) == [11, 12]  # 11 with two users, 12 with one
+    assert index.neighbours(11) == [10, 13, 12]  # 10 twice; 12 and 13 once, 13 more recently
+    assert index.neighbours(13) == [11]
+    assert index.neighbours(99) == []
+
+
+def test_pairs_beyond_the_lag_or_the_gap_are_not_neighbours():
+    config = CandidateConfig(max_lag=2, max_gap_s=3600)
+    events = _events(
+        [
+            (1, 10, 1, "pv", 0),
+            (1, 11, 1, "pv", 1),
+            (1, 12, 1, "pv", 2),
+            (1, 13, 1, "pv", 3),  # three events after 10
+            (1, 14, 1, "pv", 3 + 61),  # 61 minutes after 13
+            (2, 20, 1, "pv", 0),
+            (3, 21, 1, "pv", 1),  # another user: never a neighbour of 20
+        ]
+    )
+    index = build_candidates(events, UNTIL, config=config)
+    assert sorted(index.neighbours(10)) == [11, 12]
+    assert 14 not in index.neighbours(13)
+    assert index.neighbours(20) == []
+
+
+def test_intent_behaviour_outweighs_views():
+    events = _events(
+        [
+            (1, 10, 1, "pv", 0),
+            (1, 11, 1, "pv", 1),  # viewed after 10
+            (2, 10, 1, "pv", 0),
+            (2, 12, 1, "cart", 1),  # carted after 10
+            (3, 11, 1, "pv", 0),
+            (4, 12, 1, "fav", 0),
+        ]
+    )
+    index = build_candidates(events, UNTIL)
+    assert index.neighbours(10) == [12, 11]
+    # category 1's most popular item is the carted and favourited one
+    assert index.recommend_with_sources([], [1], 1, None) == ([12], [CATEGORY])
+
+
+def test_events_at_or_after_until_are_ignored():
+    events = _events(
+        [
+            (1, 10, 1, "pv", 0),
+            (1, 11, 1, "pv", 1),
+            (1, 12, 2, "buy", 3 * 24 * 60),  # exactly at UNTIL
+            (2, 13, 3, "buy", 3 * 24 * 60 + 5),
+        ]
+    )
+    index = build_candidates(events, UNTIL)
+    assert index.summary()["events"] == 2
+    assert index.neighbours(11) == [10]
+    assert index.cold_start(10, None) == [11, 10]  # the catalogue: what was seen before UNTIL, newest first
+    assert index.recommend_candidates([11], [2, 3], 10, 8) == [10, 11]
+
+
+def test_cold_start_follows_the_hour_of_day_in_shop_time():
+    morning, evening = 60, 13 * 60  # 09:00 and 21:00 shop time
+    events = _events(
+        [(u, 10, 1, "pv", morning) for u in range(3)]
+        + [(u, 20, 1, "pv", evening) for u in range(4)]
+        + [(9, 30, 1, "pv", evening + 10)]
+    )
+    index = build_candidates(events, UNTIL, config=CandidateConfig(half_life_s=1e12))
+    assert shop_hour(T0 + morning * MIN) == 9
+    assert index.cold_start(2, 9) == [10, 20]
+    assert index.cold_start(2, 21) == [20, 30]
+    assert index.cold_start(3, 3) == [20, 10, 30]  # no event at 03:00: the overall ranking
+    assert index.cold_start(3, None) == [20, 10, 30]
+    with pytest.raises(ValueError, match="hour"):
+        index.cold_start(3, 24)
+
+
+@pytest.fixture
+def shop():
+    """Items 1..3 co-visited with 0; category 7 holds 0..3 and 40..41; 50..59 only popular."""
+    rows = []
+    for u in range(5):  # 0 -> 1 five times, 0 -> 2 three times, 0 -> 3 once
+        rows += [(u, 0, 7, "pv", 10 * u), (u, 1, 7, "pv", 10 * u + 1)]
+        if u < 3:
+            rows.append((u, 2, 7, "pv", 10 * u + 2))
+        if u < 1:
+            rows.append((u, 3, 7, "pv", 10 * u + 3))
+    rows += [(100 + u, 40, 7, "cart", 500 + u) for u in range(3)] + [(110, 41, 7, "pv", 600)]
+    rows += [(200 + i, 50 + i, 9, "pv", 2000 + 90 * i) for i in range(10)]
+    return build_candidates(_events(rows), UNTIL)
+
+
+def test_recent_items_then_their_categories_then_popular_items(shop):
+    items, sources = shop.recommend_with_sources([0], [7], 8, 12)
+    assert items[:3] == [1, 2, 3]
+    assert sources == [COVISIT] * 3 + [CATEGORY] * 3 + [POPULAR] * 2
+    assert items[3:6] == [40, 0, 41]  # the category's own ranking; items already listed skipped
+    assert len(set(items)) == 8
+
+
+def test_exclude_dedupe_and_exact_length(shop):
+    catalogue = set(shop.cold_start(1000, None))
+    assert len(catalogue) == 16
+    for k in (1, 5, 13, 14):
+        items = shop.recommend_candidates([0, 1, 0], [7, 7, 7], k, 12, exclude={1, 50})
+        assert len(items) == k and len(set(items)) == k
+        assert not {1, 50} & set(items)
+    assert len(shop.recommend_candidates([0], [7], 100, 12, exclude={1, 50})) == 14  # all there is
+    assert shop.recommend_candidates([0], [7], 0, 12) == []
+    assert shop.recommend_candidates([999], [999], 3, None) == shop.cold_start(3, None)  # unknown ids
+
+
+def test_the_most_recent_item_weighs_most():
+    events = _events([(1, 10, 1, "pv", 0), (1, 11, 1, "pv", 1), (2, 20, 2, "pv", 0), (2, 21, 2, "pv", 1)])
+    index = build_candidates(events, UNTIL)
+    assert index.recommend_candidates([10, 20], [], 2, None) == [21, 11]
+    assert index.recommend_candidates([20, 10], [], 2, None) == [11, 21]
+
+
+def test_save_and_load_give_identical_candidates(shop, tmp_path):
+    folder = shop.save(tmp_path / "candidates")
+    shop.save(folder)  # replacing an existing index
+    loaded = CandidateIndex.load(folder)
+    assert loaded.meta == shop.meta and loaded.config == shop.config
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["candidates"]
+    assert not any(p.suffix == ".pkl" for p in folder.iterdir())
+    for recent, categories, hour in (([0], [7], 12), ([3, 2], [7, 9], 0), ([], [], 5), ([1], [], None)):
+        assert loaded.recommend_with_sources(
+            recent, categories, 12, hour, {2}
+        ) == shop.recommend_with_sources(recent, categories, 12, hour, {2})
+
+
+def test_stage_builds_from_accepted_events_up_to_the_last_one(shop, tmp_path, monkeypatch):
+    from models.settings import get_settings
+
+    monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
+    settings = get_settings()
+    events = _events([(1, 10, 1, "pv", 0), (1, 11, 1, "buy", 5)])
+    settings.lake_dir.mkdir(parents=True)
+    events.to_parquet(settings.lake_dir / "accepted_events.parquet")
+    summary = build_candidates_stage(settings)
+    assert summary["events"] == 2 and summary["items"] == 2 and summary["pairs"] == 2
+    assert summary["seconds"] >= 0
+    index = CandidateIndex.load(settings.candidates_dir)
+    assert index.until == T0 + 5 * MIN + pd.Timedelta(seconds=1)
+    assert index.neighbours(10) == [11]
+
+
+@pytest.fixture(scope="module")
+def real_events():
+    from models.events import load_events
+    from models.settings import default_raw_events
+
+    return load_events(default_raw_events())
+
+
+def test_covisitation_recalls_more_of_the_test_days_than_popularity(real_events):
+    from models.settings import get_settings
+
+    started = time.perf_counter()
+    settings = get_settings()
+    index = build_candidates(real_events, settings.test_start)
+    recall = recall_at_k(index, real_events, settings.test_start, settings.window_end, ks=(50,))
+    # On the 814-user slice about 0.10 against 0.004: users come back to items and categories
+    # they have seen, and a popularity list built from 814 users barely generalises.
+    assert recall["covisit_category"][50] > 5 * recall["popular_overall"][50]
+    assert recall["covisit_category"][50] > 5 * recall["popular_by_hour"][50]
+    assert recall["popular_overall"][50] > 0
+    assert time.perf_counter() - started < 20
