@@ -29,7 +29,7 @@ import numbers
 import os
 import shutil
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -365,6 +365,10 @@ class CandidateIndex:
         items = popular[ITEM_ID].to_numpy(np.int64)
         self._overall = items[hours == _OVERALL]
         self._by_hour = [items[hours == h].tolist() for h in range(HOURS)]
+        overall_scores = popular[SCORE].to_numpy(np.float64)[hours == _OVERALL]
+        order = np.argsort(self._overall, kind="stable")
+        top = overall_scores.max() if len(overall_scores) else 1.0
+        self._popular_keys, self._popular_scores = self._overall[order], overall_scores[order] / top
 
     # -- summary and storage --
 
@@ -465,6 +469,15 @@ class CandidateIndex:
     ) -> list[int]:
         """`recommend_with_sources` without the sources."""
         return self.recommend_with_sources(recent_items, recent_categories, k, hour, exclude)[0]
+
+    def popularity(self, item_ids: Sequence[int]) -> np.ndarray:
+        """Each item's overall popularity score (the top item's is 1; 0 for an item never seen):
+        what the ranker orders candidates by when it cannot read features."""
+        ids = np.asarray(item_ids, np.int64)
+        pos = np.searchsorted(self._popular_keys, ids).clip(0, max(len(self._popular_keys) - 1, 0))
+        if not len(self._popular_keys):
+            return np.zeros(len(ids))
+        return np.where(self._popular_keys[pos] == ids, self._popular_scores[pos], 0.0)
 
     def cold_start(self, k: int, hour: int | None, exclude: Collection[int] = ()) -> list[int]:
         """The list of a user without history: popular items of the hour, then overall."""

@@ -59,7 +59,6 @@ def _hour(request_ts: int) -> int:
 class Ranker:
     def __init__(self) -> None:
         from models.candidates import CandidateIndex
-
         from models.feature_store import open_store
         from models.features import new_item_features
         from models.serving_log import ServingLog
@@ -116,22 +115,22 @@ class Ranker:
         return pd.DataFrame(self.store.get_online_features(features=service, entity_rows=rows).to_dict())
 
     def _user_history(self, user_id: int, request_ts: int) -> tuple[list[int], list[int]]:
-        """The user's recent items (newest first) and categories: recent ones, then top 7-day ones."""
+        """The user's recent items and categories, newest last (as the candidate index weighs
+        them); the user's top 7-day categories go before the recent ones, heaviest nearest."""
         refs = [f"{RECENT_VIEW}:{name}" for name in (RECENT_ITEMS, RECENT_CATEGORIES, RECENT_TIMESTAMPS)]
         row = self.store.get_online_features(
             features=[*refs, f"{USER_VIEW}:{USER_TOP_CATEGORIES}"], entity_rows=[{USER_ID: user_id}]
         ).to_dict()
         stamps = row[RECENT_TIMESTAMPS][0] or []
-        known = [i for i, ts in enumerate(stamps) if ts <= request_ts]
-        items = [row[RECENT_ITEMS][0][i] for i in reversed(known)]
-        categories = [row[RECENT_CATEGORIES][0][i] for i in reversed(known)]
-        categories += list(row[USER_TOP_CATEGORIES][0] or [])
-        return items, list(dict.fromkeys(categories))
+        known = [i for i, ts in enumerate(stamps) if ts <= request_ts]  # events after it are not known
+        items = [row[RECENT_ITEMS][0][i] for i in known]
+        top = list(row[USER_TOP_CATEGORIES][0] or [])
+        return items, [*reversed(top), *(row[RECENT_CATEGORIES][0][i] for i in known)]
 
     def _popularity(self, item_ids: list[int]) -> np.ndarray:
         if self.candidates is None:
             return np.zeros(len(item_ids))
-        return self.candidates.popularity_scores(item_ids)
+        return self.candidates.popularity(item_ids)
 
     def _score(
         self,
@@ -285,7 +284,7 @@ class Ranker:
         if not items and not categories:
             return self._popular("recommend", user_id, k, hour)
         pool = min(SETTINGS.max_candidates, max(100, 4 * k))
-        candidates, sources = self.candidates.recommend_candidates(items, categories, pool, hour)
+        candidates, sources = self.candidates.recommend_with_sources(items, categories, pool, hour)
         response = self._score("recommend", user_id, candidates, request_ts, explain, sources)
         response.items = response.items[:k]
         return response

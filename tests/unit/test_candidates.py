@@ -1,7 +1,5 @@
 """Candidate generation on constructed logs (UTC, shop time is UTC+8), and recall on the real slice."""
 
-import time
-
 import pandas as pd
 import pytest
 
@@ -199,7 +197,6 @@ def real_events():
 def test_covisitation_recalls_more_of_the_test_days_than_popularity(real_events):
     from models.settings import get_settings
 
-    started = time.perf_counter()
     settings = get_settings()
     index = build_candidates(real_events, settings.test_start)
     recall = recall_at_k(index, real_events, settings.test_start, settings.window_end, ks=(50,))
@@ -208,4 +205,12 @@ def test_covisitation_recalls_more_of_the_test_days_than_popularity(real_events)
     assert recall["covisit_category"][50] > 5 * recall["popular_overall"][50]
     assert recall["covisit_category"][50] > 5 * recall["popular_by_hour"][50]
     assert recall["popular_overall"][50] > 0
-    assert time.perf_counter() - started < 20
+
+
+def test_popularity_scores_known_items_and_gives_unseen_ones_zero():
+    events = _events(
+        [(1, 10, 100, "pv", 0), (2, 10, 100, "pv", 60), (3, 10, 100, "buy", 120), (1, 11, 100, "pv", 180)]
+    )
+    index = build_candidates(events, T0 + pd.Timedelta(hours=4))
+    scores = index.popularity([11, 10, 999])
+    assert scores[1] == 1.0 and 0 < scores[0] < 1 and scores[2] == 0.0
