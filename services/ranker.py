@@ -24,13 +24,10 @@ from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from pydantic import Field
 
 from feature_repo.contract import (
-    ITEM_FEATURES,
-    ITEM_ID,
     RECENT_CATEGORIES,
     RECENT_ITEMS,
     RECENT_TIMESTAMPS,
     RECENT_VIEW,
-    REQUEST_TS,
     SHOP_UTC_OFFSET_HOURS,
     USER_ID,
     USER_TOP_CATEGORIES,
@@ -60,17 +57,17 @@ class Ranker:
     def __init__(self) -> None:
         from models.candidates import CandidateIndex
         from models.feature_store import open_store
-        from models.features import new_item_features
         from models.serving_log import ServingLog
         from services.champion_challenger import ModelPool
         from services.degradation import StoreGuard
+        from services.features import RankerFeatures
 
         self.store = open_store(SETTINGS)
         self.pool = ModelPool(SETTINGS, self._check_binding, on_reload=self._count_reload)
         self.pool.start()
         self.guard = StoreGuard(SETTINGS.feature_timeout_ms / 1000)
         self.serving_log = ServingLog(SETTINGS.serving_log_dir)
-        self.new_item = new_item_features()
+        self.features = RankerFeatures(self.store, SETTINGS)
         self.candidates = (
             CandidateIndex.load(SETTINGS.candidates_dir) if SETTINGS.candidates_dir.exists() else None
         )
@@ -107,13 +104,6 @@ class Ranker:
 
     # --- steps ---------------------------------------------------------------------------------
 
-    def _features(
-        self, feature_service: str, user_id: int, item_ids: list[int], request_ts: int
-    ) -> pd.DataFrame:
-        rows = [{USER_ID: user_id, ITEM_ID: item_id, REQUEST_TS: request_ts} for item_id in item_ids]
-        service = self.store.get_feature_service(feature_service)
-        return pd.DataFrame(self.store.get_online_features(features=service, entity_rows=rows).to_dict())
-
     def _user_history(self, user_id: int, request_ts: int) -> tuple[list[int], list[int]]:
         """The user's recent items and categories, newest last (as the candidate index weighs
         them); the user's top 7-day categories go before the recent ones, heaviest nearest."""
@@ -149,15 +139,15 @@ class Ranker:
         frame, unknown, explanations, reason = None, np.zeros(len(item_ids), bool), None, None
         started = time.perf_counter()
         try:
-            frame = self.guard.call(self._features, served.feature_service, user_id, item_ids, request_ts)
+            frame, unknown = self.guard.call(
+                self.features.read, served.feature_service, user_id, item_ids, request_ts
+            )
         except StoreUnavailable as exc:
             reason = exc.reason
             metrics.STORE_ERRORS.labels(kind="timeout" if "longer than" in reason else "error").inc()
         metrics.STAGE_SECONDS.labels(stage="features").observe(time.perf_counter() - started)
         if frame is not None:
-            unknown = frame[ITEM_FEATURES].isna().all(axis=1).to_numpy()
             if unknown.any():
-                frame.loc[unknown, list(self.new_item)] = list(self.new_item.values())
                 metrics.UNKNOWN_ITEMS.inc(int(unknown.sum()))
             started = time.perf_counter()
             scores = served.predict(frame)

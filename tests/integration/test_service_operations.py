@@ -61,9 +61,10 @@ def test_a_challenger_scores_a_stable_share_of_users(deployment):
     tracking = _tracking(env)
     first = tracking.get_model_version("ctr-xgboost", "1")
     second = tracking.create_model_version("ctr-xgboost", first.source, first.run_id, tags=first.tags)
-    tracking.set_registered_model_alias("ctr-xgboost", "challenger", second.version)
+    version = str(second.version)
+    tracking.set_registered_model_alias("ctr-xgboost", "challenger", version)
     reloaded = httpx.post(f"{url}/reload", json={}, timeout=60).json()
-    assert reloaded["challenger"] == second.version, reloaded
+    assert reloaded["challenger"] == version, reloaded
 
     variants = {}
     for user in range(300):
@@ -71,7 +72,7 @@ def test_a_challenger_scores_a_stable_share_of_users(deployment):
         variants[user] = (model["variant"], model["version"])
     challenged = [u for u, (variant, _) in variants.items() if variant == "challenger"]
     assert 0.2 < len(challenged) / len(variants) < 0.4
-    assert all(variants[u][1] == second.version for u in challenged)
+    assert all(variants[u][1] == version for u in challenged)
     for user in list(variants)[:30]:  # the same user, the same variant
         assert _rank(url, user).json()["model"]["variant"] == variants[user][0]
 
