@@ -50,15 +50,19 @@ def _rank(url: str, user: int, timeout: float = 30) -> httpx.Response:
     return httpx.post(f"{url}/rank", json=payload, timeout=timeout)
 
 
-def _tracking(env: dict):
-    from mlflow import MlflowClient
+def _tracking(env: dict, use_environment):
+    """The project's MLflow client on the deployment's registry (it also sets MLflow's global
+    tracking URI, which resolving a `models:/` source needs)."""
+    use_environment(env)
+    from models.registry import client
+    from models.settings import get_settings
 
-    return MlflowClient(f"sqlite:///{env['CTR_DATA_DIR']}/mlflow/mlflow.db")
+    return client(get_settings())
 
 
-def test_a_challenger_scores_a_stable_share_of_users(deployment):
+def test_a_challenger_scores_a_stable_share_of_users(deployment, use_environment):
     url, env = deployment["url"], deployment["env"]
-    tracking = _tracking(env)
+    tracking = _tracking(env, use_environment)
     first = tracking.get_model_version("ctr-xgboost", "1")
     second = tracking.create_model_version("ctr-xgboost", first.source, first.run_id, tags=first.tags)
     version = str(second.version)
@@ -77,9 +81,11 @@ def test_a_challenger_scores_a_stable_share_of_users(deployment):
         assert _rank(url, user).json()["model"]["variant"] == variants[user][0]
 
 
-def test_moving_the_champion_alias_switches_the_service_without_dropping_requests(deployment):
+def test_moving_the_champion_alias_switches_the_service_without_dropping_requests(
+    deployment, use_environment
+):
     url, env = deployment["url"], deployment["env"]
-    tracking = _tracking(env)
+    tracking = _tracking(env, use_environment)
     newest = max(int(v.version) for v in tracking.search_model_versions("name='ctr-xgboost'"))
     statuses, versions, stop = [], [], threading.Event()
 
