@@ -2,11 +2,13 @@
 
 * freshness: an event POSTed to the ingest service (a real `bentoml serve`), then read back by
   another process through Feast; p50/p99 of (readable - ingest call returned), and of the call itself;
-* read latency of the ranker's FeatureService for 1 user + 100 candidate items, next to the floor:
-  the same Redis hashes read with redis-py in one pipeline.
+* read latency of the rankers' FeatureServices for 1 user + 100 candidate items, through Feast's
+  get_online_features and through models.online_features.OnlineFeatureReader (item cache warm, a
+  realistic candidate mix, cache off), next to the floor: the same Redis hashes read with redis-py
+  in one pipeline.
 
 Data: the Taobao user slice, through the project's own stages (ingest .. materialize).
-Usage: python benchmarks/online_features.py [--reads 300] [--events 300]
+Usage: python benchmarks/online_features.py [--reads 300] [--events 300] [--no-freshness]
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -27,14 +32,20 @@ from benchmarks._common import environment, free_port, percentiles, print_table,
 from feature_repo.contract import (  # noqa: E402
     ITEM_FEATURES,
     ITEM_VIEW,
+    MODEL_FEATURE_SERVICE,
     RANKER_FEATURE_SERVICE,
     RECENT_EVENT_IDS,
+    RECENT_FEATURES,
     RECENT_VIEW,
+    REQUEST_TS,
     USER_FEATURES,
+    USER_LIST_FEATURES,
     USER_VIEW,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+POPULAR_ITEMS = 5000  # the realistic mix draws candidates from this many most-viewed items
+ITEM_CACHE_TTL_S = 30.0  # models/settings.py's default
 
 
 def build(data_dir: Path) -> None:
@@ -56,15 +67,29 @@ def materialize() -> None:
     pipeline.materialize(settings)
 
 
-def candidates(data_dir: Path) -> tuple[int, list[int]]:
+@dataclass
+class Candidates:
+    user: int
+    items: list[int]  # the last 100 distinct viewed items
+    request_ts: int  # a minute after the user's last event
+    popular: list[int]  # the most-viewed items, and their views as draw weights
+    weights: list[int]
+
+
+def candidates(data_dir: Path) -> Candidates:
     events = pd.read_parquet(data_dir / "lake/accepted_events.parquet")
     user = int(events["user_id"].value_counts().index[0])
-    items = events.loc[events["behavior"] == "pv", "item_id"].drop_duplicates().tail(100).astype(int).tolist()
-    return user, items
+    views = events.loc[events["behavior"] == "pv", "item_id"]
+    items = views.drop_duplicates().tail(100).astype(int).tolist()
+    last = events.loc[events["user_id"] == user, "event_timestamp"].max()
+    popular = views.value_counts().head(POPULAR_ITEMS)
+    return Candidates(
+        user, items, int(last.timestamp()) + 60, popular.index.astype(int).tolist(), popular.tolist()
+    )
 
 
-def time_reads(fn, n: int) -> list[float]:
-    for _ in range(20):
+def time_reads(fn: Callable[[], object], n: int, warmup: int = 20) -> list[float]:
+    for _ in range(warmup):
         fn()
     samples = []
     for _ in range(n):
@@ -74,46 +99,82 @@ def time_reads(fn, n: int) -> list[float]:
     return samples
 
 
-def read_latency(store_name: str, user: int, items: list[int], n: int, redis_url: str | None) -> list[dict]:
+def read_latency(store_name: str, c: Candidates, n: int, redis_url: str | None) -> list[dict]:
     from models.feature_store import open_store
+    from models.online_features import OnlineFeatureReader
     from models.settings import get_settings
 
     settings = get_settings()
     store = open_store(settings)
     service = store.get_feature_service(RANKER_FEATURE_SERVICE)
-    rows = [{"user_id": user, "item_id": i} for i in items]
+    realtime = store.get_feature_service(MODEL_FEATURE_SERVICE)
+    rows = [{"user_id": c.user, "item_id": i} for i in c.items]
+    realtime_rows = [{**row, REQUEST_TS: c.request_ts} for row in rows]
     plain = [f"{USER_VIEW}:{f}" for f in USER_FEATURES] + [f"{ITEM_VIEW}:{f}" for f in ITEM_FEATURES]
     check = store.get_online_features(features=service, entity_rows=rows).to_dict()
     assert check["user_pv_7d"][0] is not None and sum(v is not None for v in check["item_pv_7d"]) > 0
-    out = [
-        {
-            "store": store_name,
-            "read": f"{RANKER_FEATURE_SERVICE} (views + on-demand affinity)",
-            "rows": len(rows),
-            **percentiles(
-                time_reads(lambda: store.get_online_features(features=service, entity_rows=rows), n)
-            ),
-        },
-        {
-            "store": store_name,
-            "read": "user + item views only (Feast)",
-            "rows": len(rows),
-            **percentiles(time_reads(lambda: store.get_online_features(features=plain, entity_rows=rows), n)),
-        },
+
+    warm = OnlineFeatureReader(store, realtime, ITEM_CACHE_TTL_S)
+    cold = OnlineFeatureReader(store, realtime, 0)
+    mixed = OnlineFeatureReader(store, realtime, ITEM_CACHE_TTL_S)
+    # Drawn before timing: 100 distinct candidates per request, by view count among the popular items.
+    rng = np.random.default_rng(0)
+    weights = np.asarray(c.weights, dtype=float) / sum(c.weights)
+    mix_warmup = 100  # requests before the samples, as a running service would have served
+    draws = [
+        rng.choice(c.popular, size=len(rows), replace=False, p=weights).tolist()
+        for _ in range(mix_warmup + n)
     ]
+    upcoming = iter(draws)
+    hits: dict[str, list[float]] = {}
+
+    def reader(name: str, source: OnlineFeatureReader, items: Callable[[], list[int]]):
+        """A timed read that also records the share of candidates served from the cache."""
+        hits[name] = []
+
+        def read() -> None:
+            candidates = items()
+            result = source.read(c.user, candidates, c.request_ts)
+            hits[name].append(result.cached_items / len(set(candidates)))
+
+        return read
+
+    mix = f"OnlineFeatureReader, candidates drawn from the {POPULAR_ITEMS:,} most-viewed items"
+    warm_name = "OnlineFeatureReader, same 100 candidates (cache warm)"
+    cold_name = "OnlineFeatureReader, cache off (TTL 0)"
+    reads: dict[str, Callable[[], object]] = {
+        f"{RANKER_FEATURE_SERVICE} (views + on-demand affinity)": lambda: store.get_online_features(
+            features=service, entity_rows=rows
+        ),
+        "user + item views only (Feast)": lambda: store.get_online_features(features=plain, entity_rows=rows),
+        f"{MODEL_FEATURE_SERVICE}: get_online_features -> DataFrame": lambda: pd.DataFrame(
+            store.get_online_features(features=realtime, entity_rows=realtime_rows).to_dict()
+        ),
+        warm_name: reader(warm_name, warm, lambda: c.items),
+        mix: reader(mix, mixed, lambda: next(upcoming)),
+        cold_name: reader(cold_name, cold, lambda: c.items),
+    }
     if redis_url:
-        out.append(
-            {
-                "store": store_name,
-                "read": "floor: same hashes, redis-py pipelined HMGET",
-                "rows": len(rows),
-                **percentiles(time_reads(redis_floor(store, redis_url, user, items), n)),
-            }
+        reads["floor: same hashes, redis-py pipelined HMGET"] = redis_floor(store, redis_url, c.user, c.items)
+        reads[f"floor: {MODEL_FEATURE_SERVICE} hashes (+ recent activity), redis-py pipelined HMGET"] = (
+            redis_floor(store, redis_url, c.user, c.items, realtime=True)
         )
-    return out
+    # one read after the other; the mix warms up on its first draws, right before its samples
+    samples = {name: time_reads(fn, n, mix_warmup if name == mix else 20) for name, fn in reads.items()}
+    hit_rates = {name: sum(shares[-n:]) / n for name, shares in hits.items()}  # warm-up reads excluded
+    return [
+        {
+            "store": store_name,
+            "read": name,
+            "rows": len(rows),
+            **percentiles(values),
+            "item_hit_rate": hit_rates.get(name, ""),
+        }
+        for name, values in samples.items()
+    ]
 
 
-def redis_floor(store, redis_url: str, user: int, items: list[int]):
+def redis_floor(store, redis_url: str, user: int, items: list[int], realtime: bool = False):
     import redis
     from feast.infra.key_encoding_utils import serialize_entity_key  # noqa: F401  (same key encoding)
     from feast.infra.online_stores.helpers import _mmh3, _redis_key
@@ -130,6 +191,9 @@ def redis_floor(store, redis_url: str, user: int, items: list[int]):
         )
 
     user_fields = [_mmh3(f"{USER_VIEW}:{f}") for f in USER_FEATURES] + [f"_ts:{USER_VIEW}"]
+    if realtime:  # the affinity's inputs and the user's recent activity live in the same hash
+        user_fields += [_mmh3(f"{USER_VIEW}:{f}") for f in USER_LIST_FEATURES]
+        user_fields += [_mmh3(f"{RECENT_VIEW}:{f}") for f in RECENT_FEATURES] + [f"_ts:{RECENT_VIEW}"]
     item_fields = [_mmh3(f"{ITEM_VIEW}:{f}") for f in ITEM_FEATURES] + [f"_ts:{ITEM_VIEW}"]
     keys = [(key("user_id", user), user_fields)] + [(key("item_id", i), item_fields) for i in items]
 
@@ -232,6 +296,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reads", type=int, default=300)
     parser.add_argument("--events", type=int, default=300)
+    parser.add_argument("--no-freshness", action="store_true", help="measure online reads only")
     args = parser.parse_args()
     import os
 
@@ -241,25 +306,36 @@ def main() -> None:
         base = {"CTR_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
         with environment(**base, CTR_ONLINE_STORE="sqlite"):
             build(data_dir)
-        user, items = candidates(data_dir)
+        picked = candidates(data_dir)
         for name, extra in (("sqlite", {}), ("redis", {"CTR_REDIS_CONNECTION": redis_url})):
             with environment(**base, CTR_ONLINE_STORE=name, **extra):
                 materialize()
-                reads += read_latency(name, user, items, args.reads, redis_url if name == "redis" else None)
-                fresh += freshness(name, data_dir, args.events, dict(os.environ))
+                reads += read_latency(name, picked, args.reads, redis_url if name == "redis" else None)
+                if not args.no_freshness:
+                    fresh += freshness(name, data_dir, args.events, dict(os.environ))
     print_table("Online read, 1 user + 100 items", reads)
-    print_table("Event-to-online freshness", fresh)
+    if fresh:
+        print_table("Event-to-online freshness", fresh)
     notes = [
-        "Taobao user slice (84,252 accepted events); the 100 candidates are the last 100 distinct "
-        "viewed items.",
+        "Taobao user slice (84,252 accepted events); the user is the most active one, the 100 "
+        "candidates are the last 100 distinct viewed items, request_ts a minute after the user's last "
+        "event.",
         "Read: in-process FeatureStore.get_online_features, registry cache warm "
-        "(CTR_FEAST_REGISTRY_TTL_S=10); 20 warm-up reads, then the samples.",
+        "(CTR_FEAST_REGISTRY_TTL_S=10); 20 warm-up reads (100 requests for the drawn mix), then the "
+        "samples.",
+        f"OnlineFeatureReader (models/online_features.py) returns the same frame as "
+        f"`pd.DataFrame(get_online_features(service, rows).to_dict())` for {MODEL_FEATURE_SERVICE}: the "
+        f"user's rows read once through Feast, item rows through a {ITEM_CACHE_TTL_S:.0f} s cache (misses "
+        f"in one Feast read), the on-demand views run in process by their own transformation. Drawn mix: "
+        f"100 distinct candidates per request, drawn by view count from the {POPULAR_ITEMS:,} most-viewed "
+        f"items; item_hit_rate is the mean share of candidates served from the cache.",
         "Freshness: one event per POST to `bentoml serve services.ingest:Ingest`; the benchmark process "
         "polls Feast until the event's id is in the user's recent_event_ids. The push happens inside "
         "the request, so reads_needed_max = 1 means the first read after the call already saw it.",
     ]
-    write_results("online_read", "Online read latency: 1 user + 100 items", reads, notes[:2])
-    write_results("freshness", "Event-to-online freshness", fresh, [notes[2]])
+    write_results("online_read", "Online read latency: 1 user + 100 items", reads, notes[:3])
+    if fresh:
+        write_results("freshness", "Event-to-online freshness", fresh, [notes[3]])
 
 
 if __name__ == "__main__":

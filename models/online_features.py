@@ -2,8 +2,8 @@
 
 `store.get_online_features(features=service, entity_rows=[{user, item, request_ts}] * N)` converts
 every row to protobuf, reads the same user N times and runs the on-demand views over the whole
-response: ~20 ms for N = 100 on this machine. `OnlineFeatureReader` asks Feast for the same values
-as the request is shaped, and returns the same frame:
+response: 20-50 ms for N = 100 on this machine (benchmarks/RESULTS.md). `OnlineFeatureReader` asks
+Feast for the same values as the request is shaped, and returns the same frame:
 
 * the user's rows once (one entity row), never cached: the pushed recent activity must be fresh;
 * the items' rows through a short-lived, bounded cache, because batch item features only change
@@ -42,10 +42,12 @@ class OnlineFeatures:
     """One request's features.
 
     `frame` has one row per candidate, in request order, with the columns and values of
-    `pd.DataFrame(store.get_online_features(features=service, entity_rows=...).to_dict())`.
-    `unknown_items` are the candidates (each once, in request order) that no item view has a row
-    for: their item features are None/NaN, exactly as Feast returns them, and the caller may flag
-    them. `cached_items` counts the distinct candidates served from the cache.
+    `pd.DataFrame(store.get_online_features(features=service, entity_rows=...).to_dict())`; its
+    columns come in the service's order (join keys first), where Feast orders a view's features by
+    a set, which changes with PYTHONHASHSEED. `unknown_items` are the candidates (each once, in
+    request order) Feast has no item feature value for: their item features are None/NaN, exactly as
+    Feast returns them, and the caller may flag them. `cached_items` counts the distinct candidates
+    served from the cache.
     """
 
     frame: pd.DataFrame
