@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import environment, free_port, percentiles, print_table, redis_server, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+CTR = str(Path(sys.executable).parent / "ctr")  # the project's CLI in the same environment
 MODELS = ("ctr-xgboost", "ctr-wide-deep")
 
 
@@ -53,7 +54,7 @@ def serve(env: dict, log: Path):
     port = free_port()
     out = log.open("w")
     process = subprocess.Popen(
-        ["ctr", "serve", "--port", str(port)], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        [CTR, "serve", "--port", str(port)], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -185,15 +186,20 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, redis_server() as redis_url:
         folder = Path(tmp)
+        # A registry of its own: applying to Redis must not change what the run's SQLite store uses.
+        shutil.copy(data_dir / "feast/registry.db", folder / "registry.db")
         store_env = {
+            "CTR_FEAST_REGISTRY": str(folder / "registry.db"),
             "CTR_DATA_DIR": str(data_dir),
             "CTR_ONLINE_STORE": "redis",
             "CTR_REDIS_CONNECTION": redis_url,
             "PYTHONPATH": str(ROOT),
         }
         env = {**os.environ, **store_env}
-        stages = ["ctr", "run", "--stage", "apply_features", "--stage", "materialize"]
-        subprocess.run(stages, env=env, cwd=ROOT, check=True, capture_output=True)
+        stages = [CTR, "run", "--stage", "apply_features", "--stage", "materialize"]
+        done = subprocess.run(stages, env=env, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"materializing into Redis failed:\n{done.stderr[-3000:]}")
         for model in MODELS:
             model_env = {
                 **env,

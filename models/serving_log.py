@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import is_numeric_dtype
 
 from feature_repo.contract import (
     BEHAVIOR,
@@ -66,7 +67,7 @@ class ServingLog:
         self.folder = folder
         self.flush_rows = flush_rows
         self.flush_s = flush_s
-        self._frames: list[pd.DataFrame] = []
+        self._pending: list[dict[str, Any]] = []
         self._rows = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -74,11 +75,12 @@ class ServingLog:
         self._thread = threading.Thread(target=self._run, name="serving-log", daemon=True)
         self._thread.start()
 
-    def append(self, rows: pd.DataFrame) -> None:
-        """Queue the rows of one served request (columns: COLUMNS plus f_<feature>)."""
+    def append(self, **response: Any) -> None:
+        """Queue one served response (the arguments of `served_rows`). The rows are built in the
+        writer thread: the request pays only for a list append."""
         with self._lock:
-            self._frames.append(rows)
-            self._rows += len(rows)
+            self._pending.append(response)
+            self._rows += len(response["item_ids"])
             full = self._rows >= self.flush_rows
         if full:
             self._wake.set()
@@ -86,10 +88,10 @@ class ServingLog:
     def flush(self) -> Path | None:
         """Write what is buffered now; returns the file written, if any."""
         with self._lock:
-            frames, self._frames, self._rows = self._frames, [], 0
-        if not frames:
+            pending, self._pending, self._rows = self._pending, [], 0
+        if not pending:
             return None
-        frame = pd.concat(frames, ignore_index=True)
+        frame = pd.concat([served_rows(**response) for response in pending], ignore_index=True)
         day = pd.Timestamp(frame[SERVED_AT].iloc[0]).strftime("%Y-%m-%d")
         folder = self.folder / f"date={day}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -130,9 +132,11 @@ def served_rows(
     unknown: Iterable[bool],
     sources: Iterable[str] | None = None,
     features: pd.DataFrame | None = None,
+    order: np.ndarray | None = None,
     served_at: datetime | None = None,
 ) -> pd.DataFrame:
-    """The log rows of one response, `item_ids` in served order."""
+    """The log rows of one response, `item_ids` in served order; `features` in request order when
+    `order` (served position -> request row) is given, else in served order."""
     n = len(item_ids)
     rows: dict[str, Any] = {
         REQUEST_ID: [request_id] * n,
@@ -152,9 +156,13 @@ def served_rows(
     }
     frame = pd.DataFrame(rows)
     if features is not None:
-        numeric = features.select_dtypes("number")
-        numeric = numeric.drop(columns=[c for c in (USER_ID, ITEM_ID) if c in numeric])
-        logged = numeric.astype(np.float32).reset_index(drop=True).add_prefix(FEATURE_PREFIX)
+        numeric = [
+            c for c in features.columns if c not in (USER_ID, ITEM_ID) and is_numeric_dtype(features[c])
+        ]
+        values = features[numeric].to_numpy(np.float32, na_value=np.nan)
+        if order is not None:
+            values = values[order]
+        logged = pd.DataFrame(values, columns=[FEATURE_PREFIX + c for c in numeric])
         frame = pd.concat([frame, logged], axis=1)
     return frame
 

@@ -54,6 +54,21 @@ echo "  curl -s -X POST http://127.0.0.1:$port/rank -H 'content-type: applicatio
 echo
 curl -sf -X POST "http://127.0.0.1:$port/rank" -H 'content-type: application/json' -d "$body" | python -m json.tool
 echo
+echo "== /recommend: the same user's top 5 (candidates from co-visitation, categories, popularity)"
+python - "$port" "$body" <<'PY'
+import json
+import sys
+
+import httpx
+
+port, body = sys.argv[1], json.loads(sys.argv[2])
+request = {"user_id": body["user_id"], "k": 5, "context": body["context"]}
+answer = httpx.post(f"http://127.0.0.1:{port}/recommend", json=request, timeout=30).json()
+for item in answer["items"]:
+    print(f"   item {item['item_id']:>8}  score {item['score']:.4f}  from {item['source']}")
+print(f"   model {answer['model']['name']} v{answer['model']['version']} ({answer['model']['variant']})")
+PY
+echo
 echo "MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/var/mlflow/mlflow.db --port 5000"
 echo "Airflow UI: .venv/bin/ctr airflow standalone   (then http://127.0.0.1:8080)"
 if [ "${DEMO_KEEP_SERVING:-1}" = "1" ]; then

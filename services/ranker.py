@@ -177,8 +177,7 @@ class Ranker:
             model_version=served.version,
             mode="fallback" if reason else "model",
         ).inc()
-        features = frame.iloc[order] if frame is not None else None
-        self._log(request_id, endpoint, user_id, served, variant, items, reason is not None, features)
+        self._log(request_id, endpoint, user_id, served, variant, items, reason is not None, frame, order)
         return RankResponse(
             request_id=request_id,
             user_id=user_id,
@@ -203,26 +202,24 @@ class Ranker:
         items: list[ScoredItem],
         fallback: bool,
         features: pd.DataFrame | None,
+        order: np.ndarray | None = None,
     ) -> None:
-        from models.serving_log import served_rows
-
         self.serving_log.append(
-            served_rows(
-                request_id=request_id,
-                endpoint=endpoint,
-                user_id=user_id,
-                item_ids=[i.item_id for i in items],
-                scores=[i.score for i in items],
-                variant=variant,
-                model_name=served.name,
-                model_version=served.version,
-                feature_service=served.feature_service,
-                fallback=fallback,
-                unknown=(i.unknown for i in items),
-                sources=[i.source or "" for i in items],
-                features=features,
-                served_at=datetime.now(UTC),
-            )
+            request_id=request_id,
+            endpoint=endpoint,
+            user_id=user_id,
+            item_ids=[i.item_id for i in items],
+            scores=[i.score for i in items],
+            variant=variant,
+            model_name=served.name,
+            model_version=served.version,
+            feature_service=served.feature_service,
+            fallback=fallback,
+            unknown=[i.unknown for i in items],
+            sources=[i.source or "" for i in items],
+            features=features,
+            order=order,
+            served_at=datetime.now(UTC),
         )
 
     # --- API -----------------------------------------------------------------------------------

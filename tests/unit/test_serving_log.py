@@ -9,9 +9,9 @@ from models.serving_log import ServingLog, join_outcomes, read_serving_log, serv
 AT = datetime(2017, 12, 3, 4, 0, tzinfo=UTC)
 
 
-def _response(request_id: str, user: int, items: list[int], at: datetime = AT) -> pd.DataFrame:
+def _response(request_id: str, user: int, items: list[int], at: datetime = AT) -> dict:
     features = pd.DataFrame({"user_id": user, "item_id": items, "item_pv_7d": [3.0] * len(items)})
-    return served_rows(
+    return dict(
         request_id=request_id,
         endpoint="rank",
         user_id=user,
@@ -30,9 +30,9 @@ def _response(request_id: str, user: int, items: list[int], at: datetime = AT) -
 
 def test_rows_are_flushed_in_whole_files_and_read_back(tmp_path):
     log = ServingLog(tmp_path, flush_rows=4, flush_s=60)
-    log.append(_response("a", 1, [10, 11, 12]))
-    log.append(_response("b", 2, [10, 13]))  # 5 rows: past flush_rows, the thread writes a file
-    log.append(_response("c", 3, [14]))
+    log.append(**_response("a", 1, [10, 11, 12]))
+    log.append(**_response("b", 2, [10, 13]))  # 5 rows: past flush_rows, the thread writes a file
+    log.append(**_response("c", 3, [14]))
     log.close()
     assert not list(tmp_path.rglob("*.tmp"))
     served = read_serving_log(tmp_path)
@@ -43,7 +43,8 @@ def test_rows_are_flushed_in_whole_files_and_read_back(tmp_path):
 
 
 def test_outcomes_count_only_behaviour_after_serving_and_inside_the_horizon():
-    served = pd.concat([_response("a", 1, [10, 11, 12]), _response("b", 2, [10])], ignore_index=True)
+    responses = [_response("a", 1, [10, 11, 12]), _response("b", 2, [10])]
+    served = pd.concat([served_rows(**r) for r in responses], ignore_index=True)
     served["served_at"] = pd.to_datetime(served["served_at"], utc=True)
     ts = pd.Timestamp(AT)
     events = pd.DataFrame(
@@ -61,3 +62,11 @@ def test_outcomes_count_only_behaviour_after_serving_and_inside_the_horizon():
     assert out.loc[("a", 11), ["clicked", "converted"]].tolist() == [False, False]
     assert out.loc[("a", 12), ["clicked", "converted"]].tolist() == [False, False]
     assert out.loc[("b", 10), ["clicked", "converted"]].tolist() == [False, False]
+
+
+def test_features_are_logged_in_served_order():
+    features = pd.DataFrame({"user_id": 1, "item_id": [10, 11, 12], "item_pv_7d": [1.0, 2.0, 3.0]})
+    fields = {**_response("a", 1, [12, 10, 11]), "features": features, "order": [2, 0, 1]}
+    rows = served_rows(**fields)
+    assert rows["item_id"].tolist() == [12, 10, 11]
+    assert rows["f_item_pv_7d"].tolist() == [3.0, 1.0, 2.0]
