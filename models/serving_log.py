@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,7 @@ class ServingLog:
             pending, self._pending, self._rows = self._pending, [], 0
         if not pending:
             return None
-        frame = pd.concat([served_rows(**response) for response in pending], ignore_index=True)
+        frame = rows_of(pending)
         day = pd.Timestamp(frame[SERVED_AT].iloc[0]).strftime("%Y-%m-%d")
         folder = self.folder / f"date={day}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -117,54 +116,73 @@ class ServingLog:
                 log.exception("could not write the serving log under %s", self.folder)
 
 
-def served_rows(
-    *,
-    request_id: str,
-    endpoint: str,
-    user_id: int,
-    item_ids: list[int],
-    scores: list[float],
-    variant: str,
-    model_name: str,
-    model_version: str,
-    feature_service: str,
-    fallback: bool,
-    unknown: Iterable[bool],
-    sources: Iterable[str] | None = None,
-    features: pd.DataFrame | None = None,
-    order: np.ndarray | None = None,
-    served_at: datetime | None = None,
-) -> pd.DataFrame:
-    """The log rows of one response, `item_ids` in served order; `features` in request order when
-    `order` (served position -> request row) is given, else in served order."""
-    n = len(item_ids)
-    rows: dict[str, Any] = {
-        REQUEST_ID: [request_id] * n,
-        SERVED_AT: [pd.Timestamp(served_at or datetime.now(UTC))] * n,
-        "endpoint": [endpoint] * n,
-        USER_ID: np.full(n, user_id, np.int64),
-        ITEM_ID: np.asarray(item_ids, np.int64),
-        "position": np.arange(1, n + 1, dtype=np.int32),
-        "score": np.asarray(scores, np.float32),
-        "variant": [variant] * n,
-        "model_name": [model_name] * n,
-        "model_version": [model_version] * n,
-        "feature_service": [feature_service] * n,
-        "fallback": np.full(n, fallback),
-        "unknown_item": np.fromiter(unknown, bool, count=n),
-        "candidate_source": list(sources) if sources is not None else [""] * n,
+def served_rows(**response: Any) -> pd.DataFrame:
+    """The log rows of one response (the fields `rows_of` reads)."""
+    return rows_of([response])
+
+
+def rows_of(responses: list[dict[str, Any]]) -> pd.DataFrame:
+    """The log rows of many responses, built column by column (one array per column, not one frame
+    per response: the writer thread stays short).
+
+    Each response has request_id, endpoint, user_id, item_ids (served order), scores, variant,
+    model_name, model_version, feature_service, fallback, unknown, and optionally sources,
+    served_at, features (one row per item) and order (served position -> row of `features`; without
+    it `features` is in served order).
+    """
+    sizes = np.array([len(r["item_ids"]) for r in responses], np.int64)
+
+    def repeat(key: str, default: Any = None) -> np.ndarray:
+        return np.repeat(np.array([r.get(key, default) for r in responses], dtype=object), sizes)
+
+    now = datetime.now(UTC)
+    columns: dict[str, Any] = {
+        REQUEST_ID: repeat(REQUEST_ID),
+        SERVED_AT: pd.to_datetime(
+            np.repeat([pd.Timestamp(r.get(SERVED_AT) or now) for r in responses], sizes), utc=True
+        ),
+        "endpoint": repeat("endpoint"),
+        USER_ID: np.repeat(np.array([r[USER_ID] for r in responses], np.int64), sizes),
+        ITEM_ID: np.concatenate([np.asarray(r["item_ids"], np.int64) for r in responses]),
+        "position": np.concatenate([np.arange(1, n + 1, dtype=np.int32) for n in sizes]),
+        "score": np.concatenate([np.asarray(r["scores"], np.float32) for r in responses]),
+        "variant": repeat("variant"),
+        "model_name": repeat("model_name"),
+        "model_version": repeat("model_version"),
+        "feature_service": repeat("feature_service"),
+        "fallback": np.repeat(np.array([bool(r["fallback"]) for r in responses]), sizes),
+        "unknown_item": np.concatenate([np.asarray(list(r["unknown"]), bool) for r in responses]),
+        "candidate_source": np.concatenate(
+            [
+                np.asarray(list(r.get("sources") or [""] * n), object)
+                for r, n in zip(responses, sizes, strict=True)
+            ]
+        ),
     }
-    frame = pd.DataFrame(rows)
-    if features is not None:
+    names: dict[str, int] = {}
+    blocks = []
+    for response in responses:
+        features = response.get("features")
+        if features is None:
+            blocks.append(None)
+            continue
         numeric = [
             c for c in features.columns if c not in (USER_ID, ITEM_ID) and is_numeric_dtype(features[c])
         ]
+        for name in numeric:
+            names.setdefault(name, len(names))
         values = features[numeric].to_numpy(np.float32, na_value=np.nan)
-        if order is not None:
-            values = values[order]
-        logged = pd.DataFrame(values, columns=[FEATURE_PREFIX + c for c in numeric])
-        frame = pd.concat([frame, logged], axis=1)
-    return frame
+        if response.get("order") is not None:
+            values = values[np.asarray(response["order"])]
+        blocks.append(([names[c] for c in numeric], values))
+    logged = np.full((int(sizes.sum()), len(names)), np.nan, np.float32)
+    offsets = np.r_[0, np.cumsum(sizes)]
+    for (start, stop), block in zip(zip(offsets[:-1], offsets[1:], strict=True), blocks, strict=True):
+        if block is not None:
+            logged[start:stop, block[0]] = block[1]
+    frame = pd.DataFrame(columns)
+    features_frame = pd.DataFrame(logged, columns=[FEATURE_PREFIX + name for name in names])
+    return pd.concat([frame, features_frame], axis=1)
 
 
 def read_serving_log(
