@@ -126,6 +126,9 @@ def read_latency(store_name: str, c: Candidates, n: int, redis_url: str | None) 
         for _ in range(mix_warmup + n)
     ]
     upcoming = iter(draws)
+    upcoming_ahead = iter(draws)  # the same requests, with half the popular items read ahead
+    ahead = OnlineFeatureReader(store, realtime, ITEM_CACHE_TTL_S)
+    ahead.warm(c.popular[: POPULAR_ITEMS // 2])
     hits: dict[str, list[float]] = {}
 
     def reader(name: str, source: OnlineFeatureReader, items: Callable[[], list[int]]):
@@ -141,6 +144,7 @@ def read_latency(store_name: str, c: Candidates, n: int, redis_url: str | None) 
 
     mix = f"OnlineFeatureReader, candidates drawn from the {POPULAR_ITEMS:,} most-viewed items"
     warm_name = "OnlineFeatureReader, same 100 candidates (cache warm)"
+    mix_ahead = f"same draws, the {POPULAR_ITEMS // 2:,} most-viewed read ahead (ranker: CTR_WARM_ITEMS)"
     cold_name = "OnlineFeatureReader, cache off (TTL 0)"
     reads: dict[str, Callable[[], object]] = {
         f"{RANKER_FEATURE_SERVICE} (views + on-demand affinity)": lambda: store.get_online_features(
@@ -152,6 +156,7 @@ def read_latency(store_name: str, c: Candidates, n: int, redis_url: str | None) 
         ),
         warm_name: reader(warm_name, warm, lambda: c.items),
         mix: reader(mix, mixed, lambda: next(upcoming)),
+        mix_ahead: reader(mix_ahead, ahead, lambda: next(upcoming_ahead)),
         cold_name: reader(cold_name, cold, lambda: c.items),
     }
     if redis_url:
@@ -160,7 +165,9 @@ def read_latency(store_name: str, c: Candidates, n: int, redis_url: str | None) 
             redis_floor(store, redis_url, c.user, c.items, realtime=True)
         )
     # one read after the other; the mix warms up on its first draws, right before its samples
-    samples = {name: time_reads(fn, n, mix_warmup if name == mix else 20) for name, fn in reads.items()}
+    samples = {
+        name: time_reads(fn, n, mix_warmup if name in (mix, mix_ahead) else 20) for name, fn in reads.items()
+    }
     hit_rates = {name: sum(shares[-n:]) / n for name, shares in hits.items()}  # warm-up reads excluded
     return [
         {

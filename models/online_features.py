@@ -228,6 +228,25 @@ class OnlineFeatureReader:
         with self._lock:
             self._cache.clear()
 
+    def warm(self, item_ids: Sequence[int], chunk: int = 200, pause_s: float = 0.0) -> int:
+        """Read these items' rows into the cache now (refresh-ahead): called every so often with the
+        most requested items, it keeps them from expiring on a request's path. `pause_s` between
+        chunks leaves the interpreter to the requests. Returns the items read."""
+        if self.item_cache_ttl_s <= 0:
+            return 0
+        items = list(dict.fromkeys(int(i) for i in item_ids))[: self.max_cached_items]
+        for start in range(0, len(items), chunk):
+            part = items[start : start + chunk]
+            fetched = self._read_items(part, expires=self._clock() + self.item_cache_ttl_s)
+            with self._lock:
+                self._cache.update(fetched)
+                for item in part:
+                    self._cache.move_to_end(item)
+                while len(self._cache) > self.max_cached_items:
+                    self._cache.popitem(last=False)
+            time.sleep(pause_s)
+        return len(items)
+
     def read(self, user_id: int, item_ids: Sequence[int], request_ts: int) -> OnlineFeatures:
         """The service's features for (user_id, item, request_ts) for every item, in order."""
         plan = self._plan

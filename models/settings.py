@@ -65,6 +65,7 @@ class Settings:
     model_reload_s: float
     feature_timeout_ms: float
     item_cache_ttl_s: float
+    warm_items: int
     serving_log_dir: Path
     candidates_dir: Path
     device: str
@@ -172,6 +173,8 @@ def get_settings() -> Settings:
         feature_timeout_ms=float(_env("CTR_FEATURE_TIMEOUT_MS", "200")),
         # Item features change only when a batch is materialized; the ranker caches them this long.
         item_cache_ttl_s=float(_env("CTR_ITEM_CACHE_TTL_S", "30")),
+        # The most popular items are re-read ahead of their expiry, so requests rarely miss them.
+        warm_items=int(_env("CTR_WARM_ITEMS", "5000")),
         serving_log_dir=Path(_env("CTR_SERVING_LOG", str(data_dir / "serving_log"))).resolve(),
         candidates_dir=Path(_env("CTR_CANDIDATES_DIR", str(data_dir / "candidates"))).resolve(),
         device=_env("CTR_DEVICE", "auto"),

@@ -3,12 +3,17 @@ model version's FeatureService, with candidates the store does not know scored a
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
 from models.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class RankerFeatures:
@@ -33,6 +38,24 @@ class RankerFeatures:
                     self.store, service, self.settings.item_cache_ttl_s
                 )
             return self._readers[feature_service]
+
+    def keep_warm(self, feature_service: str, items: Callable[[], list[int]]) -> None:
+        """Re-read the `items()` (the most popular) every half item-cache TTL in a daemon thread, so
+        that they never expire on a request's path."""
+        ttl = self.settings.item_cache_ttl_s
+        if ttl <= 0:
+            return
+        reader = self.reader(feature_service)
+
+        def loop() -> None:
+            while True:
+                try:
+                    reader.warm(items(), pause_s=0.005)
+                except Exception:  # the store being down is the request path's business
+                    log.warning("could not refresh the item cache", exc_info=True)
+                time.sleep(max(ttl / 2, 1.0))
+
+        threading.Thread(target=loop, name="item-cache-refresh", daemon=True).start()
 
     def read(
         self, feature_service: str, user_id: int, item_ids: list[int], request_ts: int

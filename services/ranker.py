@@ -71,6 +71,12 @@ class Ranker:
         self.candidates = (
             CandidateIndex.load(SETTINGS.candidates_dir) if SETTINGS.candidates_dir.exists() else None
         )
+        if self.candidates is not None:
+            index = self.candidates
+            self.features.keep_warm(
+                self.pool.variants.champion.feature_service,
+                lambda: index.cold_start(SETTINGS.warm_items, None),
+            )
 
     def _check_binding(self, served) -> None:
         """Refuse a model whose FeatureService is missing or has other features than it was trained on."""

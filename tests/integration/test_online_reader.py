@@ -169,6 +169,13 @@ def test_cached_items_are_reused_within_the_ttl_and_read_again_after_it(online):
     assert after.frame[feature].tolist() == [before[0] + 1000.0, before[1]] and after.cached_items == 0
     _assert_same(after.frame, _feast_frame(store, user, [item, other], ts))
 
+    # Refresh-ahead: warming expired items puts them back, with the store's current values.
+    clock.now += 31.0
+    assert reader.warm([item, other]) == 2
+    warmed = reader.read(user, [item, other], ts)
+    assert warmed.cached_items == 2
+    _assert_same(warmed.frame, _feast_frame(store, user, [item, other], ts))
+
     reader.invalidate()
     assert len(reader) == 0
     small = OnlineFeatureReader(store, _service(store), item_cache_ttl_s=30, max_cached_items=1)
