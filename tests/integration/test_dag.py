@@ -57,7 +57,8 @@ def test_dagbag_has_no_import_errors_and_tasks_are_configured(tmp_path):
     assert bag["import_errors"] == {}
     assert set(bag["tags"]) >= {"ctr", "training"}
     tasks = bag["tasks"]
-    assert list(tasks)[0] == "ingest" and "register" in tasks
+    assert tasks["ingest"]["upstream"] == [] and tasks["validate"]["upstream"] == ["ingest"]
+    assert "register" in tasks
     # The two models train in parallel, on the GPU queue, from the same training set.
     for name in ("train_xgboost", "train_wide_deep"):
         assert tasks[name]["queue"] == "gpu"
