@@ -138,9 +138,7 @@ def rows_of(responses: list[dict[str, Any]]) -> pd.DataFrame:
     now = datetime.now(UTC)
     columns: dict[str, Any] = {
         REQUEST_ID: repeat(REQUEST_ID),
-        SERVED_AT: pd.to_datetime(
-            np.repeat([pd.Timestamp(r.get(SERVED_AT) or now) for r in responses], sizes), utc=True
-        ),
+        SERVED_AT: pd.to_datetime([r.get(SERVED_AT) or now for r in responses], utc=True).repeat(sizes),
         "endpoint": repeat("endpoint"),
         USER_ID: np.repeat(np.array([r[USER_ID] for r in responses], np.int64), sizes),
         ITEM_ID: np.concatenate([np.asarray(r["item_ids"], np.int64) for r in responses]),
@@ -167,7 +165,9 @@ def rows_of(responses: list[dict[str, Any]]) -> pd.DataFrame:
             blocks.append(None)
             continue
         numeric = [
-            c for c in features.columns if c not in (USER_ID, ITEM_ID) and is_numeric_dtype(features[c])
+            c
+            for c, dtype in features.dtypes.items()
+            if c not in (USER_ID, ITEM_ID) and is_numeric_dtype(dtype)
         ]
         for name in numeric:
             names.setdefault(name, len(names))

@@ -174,7 +174,7 @@ def get_settings() -> Settings:
         # Item features change only when a batch is materialized; the ranker caches them this long.
         item_cache_ttl_s=float(_env("CTR_ITEM_CACHE_TTL_S", "30")),
         # The most popular items are re-read ahead of their expiry, so requests rarely miss them.
-        warm_items=int(_env("CTR_WARM_ITEMS", "5000")),
+        warm_items=int(_env("CTR_WARM_ITEMS", "1000")),
         serving_log_dir=Path(_env("CTR_SERVING_LOG", str(data_dir / "serving_log"))).resolve(),
         candidates_dir=Path(_env("CTR_CANDIDATES_DIR", str(data_dir / "candidates"))).resolve(),
         device=_env("CTR_DEVICE", "auto"),
