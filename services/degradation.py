@@ -21,9 +21,10 @@ T = TypeVar("T")
 class StoreUnavailable(RuntimeError):
     """The online store failed, timed out, or failed moments ago."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, timed_out: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.timed_out = timed_out
 
 
 class StoreGuard:
@@ -44,16 +45,18 @@ class StoreGuard:
         if not self.healthy:
             raise StoreUnavailable(f"online store failed {self.retry_after_s:g} s ago: {self._last_error}")
         future = self._pool.submit(fn, *args)
+        timed_out = False
         try:
             return future.result(timeout=self.timeout_s)
         except FutureTimeout:
+            timed_out = True
             reason = f"online store read took longer than {self.timeout_s * 1000:g} ms"
         except Exception as exc:  # any store client error: connection refused, reset, bad reply
             reason = f"online store read failed: {type(exc).__name__}: {exc}"[:300]
         with self._lock:
             self._last_error = reason
             self._closed_at = time.monotonic() + self.retry_after_s
-        raise StoreUnavailable(reason)
+        raise StoreUnavailable(reason, timed_out)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

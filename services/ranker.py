@@ -137,11 +137,10 @@ class Ranker:
         explain: bool,
         sources: list[str] | None = None,
     ) -> RankResponse:
-        """Features, model, sort, log: the path both endpoints share."""
+        """Features, model, sort, respond: the path both endpoints share."""
         from services.degradation import StoreUnavailable
 
         variant, served = self.pool.pick(user_id)
-        request_id = uuid.uuid4().hex
         frame, unknown, explanations, reason = None, np.zeros(len(item_ids), bool), None, None
         started = time.perf_counter()
         try:
@@ -150,7 +149,7 @@ class Ranker:
             )
         except StoreUnavailable as exc:
             reason = exc.reason
-            metrics.STORE_ERRORS.labels(kind="timeout" if "longer than" in reason else "error").inc()
+            metrics.STORE_ERRORS.labels(kind="timeout" if exc.timed_out else "error").inc()
         metrics.STAGE_SECONDS.labels(stage="features").observe(time.perf_counter() - started)
         if frame is not None:
             if unknown.any():
@@ -163,8 +162,7 @@ class Ranker:
 
                 explanations = top_contributions(served.scorer, frame)
         else:
-            popularity = self._popularity(item_ids)
-            scores = popularity
+            scores = self._popularity(item_ids)
             metrics.FALLBACKS.labels(endpoint=endpoint, reason="store").inc()
         order = np.argsort(-np.asarray(scores), kind="stable")
         items = [
@@ -177,13 +175,27 @@ class Ranker:
             )
             for i in order
         ]
+        mode = "fallback" if reason else "model"
+        return self._respond(endpoint, user_id, variant, served, items, mode, reason, frame, order)
+
+    def _respond(
+        self,
+        endpoint: str,
+        user_id: int,
+        variant: str,
+        served,
+        items: list[ScoredItem],
+        mode: str,
+        reason: str | None,
+        features: pd.DataFrame | None = None,
+        order: np.ndarray | None = None,
+    ) -> RankResponse:
+        """Count, log and answer one response; `mode` is model, fallback or cold_start."""
+        request_id = uuid.uuid4().hex
         metrics.SERVED.labels(
-            endpoint=endpoint,
-            variant=variant,
-            model_version=served.version,
-            mode="fallback" if reason else "model",
+            endpoint=endpoint, variant=variant, model_version=served.version, mode=mode
         ).inc()
-        self._log(request_id, endpoint, user_id, served, variant, items, reason is not None, frame, order)
+        self._log(request_id, endpoint, user_id, served, variant, items, reason is not None, features, order)
         return RankResponse(
             request_id=request_id,
             user_id=user_id,
@@ -196,6 +208,7 @@ class Ranker:
             ),
             fallback=reason is not None,
             fallback_reason=reason,
+            cold_start=mode == "cold_start",
         )
 
     def _log(
@@ -293,28 +306,8 @@ class Ranker:
             ScoredItem(item_id=i, score=float(s), source="popular")
             for i, s in zip(items, scores, strict=True)
         ]
-        request_id = uuid.uuid4().hex
-        metrics.SERVED.labels(
-            endpoint=endpoint,
-            variant=variant,
-            model_version=served.version,
-            mode="fallback" if fallback_reason else "cold_start",
-        ).inc()
-        self._log(request_id, endpoint, user_id, served, variant, scored, fallback_reason is not None, None)
-        return RankResponse(
-            request_id=request_id,
-            user_id=user_id,
-            items=scored,
-            model=ModelRef(
-                name=served.name,
-                version=served.version,
-                feature_service=served.feature_service,
-                variant=variant,
-            ),
-            fallback=fallback_reason is not None,
-            fallback_reason=fallback_reason,
-            cold_start=fallback_reason is None,
-        )
+        mode = "fallback" if fallback_reason else "cold_start"
+        return self._respond(endpoint, user_id, variant, served, scored, mode, fallback_reason)
 
     @bentoml.api(route="/reload")
     def reload(self) -> dict:
