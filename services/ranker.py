@@ -136,8 +136,10 @@ class Ranker:
         request_ts: int,
         explain: bool,
         sources: list[str] | None = None,
+        k: int | None = None,
     ) -> RankResponse:
-        """Features, model, sort, respond: the path both endpoints share."""
+        """Features, model, sort, respond: the path both endpoints share. Only the top `k` (all
+        when None) are returned and logged as served."""
         from services.degradation import StoreUnavailable
 
         variant, served = self.pool.pick(user_id)
@@ -164,7 +166,7 @@ class Ranker:
         else:
             scores = self._popularity(item_ids)
             metrics.FALLBACKS.labels(endpoint=endpoint, reason="store").inc()
-        order = np.argsort(-np.asarray(scores), kind="stable")
+        order = np.argsort(-np.asarray(scores), kind="stable")[:k]
         items = [
             ScoredItem(
                 item_id=item_ids[i],
@@ -291,9 +293,7 @@ class Ranker:
             return self._popular("recommend", user_id, k, hour)
         pool = min(SETTINGS.max_candidates, max(100, 4 * k))
         candidates, sources = self.candidates.recommend_with_sources(items, categories, pool, hour)
-        response = self._score("recommend", user_id, candidates, request_ts, explain, sources)
-        response.items = response.items[:k]
-        return response
+        return self._score("recommend", user_id, candidates, request_ts, explain, sources, k)
 
     def _popular(
         self, endpoint: str, user_id: int, k: int, hour: int, fallback_reason: str | None = None

@@ -121,6 +121,10 @@ def test_every_response_is_in_the_serving_log(server):
             f"{url}/rank", json={"user_id": user, "item_ids": [283, 2268318]}, timeout=30
         ).json()
         ids.add(body["request_id"])
+    recommended = httpx.post(
+        f"{url}/recommend", json={"user_id": 1, "k": 3, "context": {"request_ts": AT}}, timeout=30
+    ).json()
+    ids.add(recommended["request_id"])
     deadline = time.monotonic() + 20  # the log is flushed every 5 s
     while time.monotonic() < deadline:
         served = read_serving_log(Path(env["CTR_SERVING_LOG"]))
@@ -128,7 +132,10 @@ def test_every_response_is_in_the_serving_log(server):
             break
         time.sleep(1)
     rows = served[served["request_id"].isin(ids)]
-    assert len(rows) == 6 and set(rows["variant"]) == {"champion"}
+    # /recommend ranks a larger pool: only the k items it returned were served, and are logged.
+    shown = rows[rows["request_id"] == recommended["request_id"]]
+    assert shown["item_id"].tolist() == [i["item_id"] for i in recommended["items"]]
+    assert len(rows) == 6 + 3 and set(rows["variant"]) == {"champion"}
     assert rows["f_item_pv_7d"].notna().all()
 
 
