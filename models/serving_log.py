@@ -75,7 +75,7 @@ class ServingLog:
         self._thread.start()
 
     def append(self, **response: Any) -> None:
-        """Queue one served response (the arguments of `served_rows`). The rows are built in the
+        """Queue one served response (the fields `rows_of` reads). The rows are built in the
         writer thread: the request pays only for a list append."""
         with self._lock:
             self._pending.append(response)
@@ -114,11 +114,6 @@ class ServingLog:
                 self.flush()
             except Exception:  # a full disk must not take the ranker down; the rows stay lost
                 log.exception("could not write the serving log under %s", self.folder)
-
-
-def served_rows(**response: Any) -> pd.DataFrame:
-    """The log rows of one response (the fields `rows_of` reads)."""
-    return rows_of([response])
 
 
 def rows_of(responses: list[dict[str, Any]]) -> pd.DataFrame:

@@ -52,7 +52,7 @@ class ModelPool:
         self.reload_failures = 0
         self.last_error = ""
         champion = self._load(CHAMPION)
-        self.variants = Variants(champion, self._challenger(champion))
+        self.variants = Variants(champion, self._challenger(champion, self._alias_version(CHALLENGER)))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -79,8 +79,8 @@ class ModelPool:
             return None
         return str(found.version)
 
-    def _challenger(self, champion: ServedModel) -> ServedModel | None:
-        version = self._alias_version(CHALLENGER)
+    def _challenger(self, champion: ServedModel, version: str | None) -> ServedModel | None:
+        """The challenger at `version` (the alias' version now), unless it is none or the champion."""
         if version is None or version == champion.version:
             return None
         try:
@@ -100,12 +100,10 @@ class ModelPool:
             self._failed(f"champion: {exc}")
             return False
         wanted = self._alias_version(CHALLENGER)
-        if wanted in (None, champion.version):
-            challenger = None
-        elif current.challenger is not None and current.challenger.version == wanted:
+        if current.challenger is not None and current.challenger.version == wanted != champion.version:
             challenger = current.challenger
         else:
-            challenger = self._challenger(champion)
+            challenger = self._challenger(champion, wanted)
         if champion is current.champion and challenger is current.challenger:
             return False
         self.variants = Variants(champion, challenger)

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
-from models.serving_log import ServingLog, join_outcomes, read_serving_log, served_rows
+from models.serving_log import ServingLog, join_outcomes, read_serving_log, rows_of
 
 AT = datetime(2017, 12, 3, 4, 0, tzinfo=UTC)
 
@@ -44,7 +44,7 @@ def test_rows_are_flushed_in_whole_files_and_read_back(tmp_path):
 
 def test_outcomes_count_only_behaviour_after_serving_and_inside_the_horizon():
     responses = [_response("a", 1, [10, 11, 12]), _response("b", 2, [10])]
-    served = pd.concat([served_rows(**r) for r in responses], ignore_index=True)
+    served = rows_of(responses)
     served["served_at"] = pd.to_datetime(served["served_at"], utc=True)
     ts = pd.Timestamp(AT)
     events = pd.DataFrame(
@@ -67,6 +67,6 @@ def test_outcomes_count_only_behaviour_after_serving_and_inside_the_horizon():
 def test_features_are_logged_in_served_order():
     features = pd.DataFrame({"user_id": 1, "item_id": [10, 11, 12], "item_pv_7d": [1.0, 2.0, 3.0]})
     fields = {**_response("a", 1, [12, 10, 11]), "features": features, "order": [2, 0, 1]}
-    rows = served_rows(**fields)
+    rows = rows_of([fields])
     assert rows["item_id"].tolist() == [12, 10, 11]
     assert rows["f_item_pv_7d"].tolist() == [3.0, 1.0, 2.0]
