@@ -491,7 +491,9 @@ def build_candidates_stage(settings: Settings | None = None) -> dict[str, Any]:
     """Build from the accepted events up to the last one present and save to `candidates_dir`."""
     settings = settings or get_settings()
     started = time.perf_counter()
-    events = pd.read_parquet(settings.lake_dir / "accepted_events.parquet")
+    from models.lake import ACCEPTED, read_events
+
+    events = read_events(settings, ACCEPTED)
     if not len(events):
         raise ValueError("No accepted events to build candidates from")
     until = events[EVENT_TIMESTAMP].max() + pd.Timedelta(seconds=1)  # the last event included

@@ -126,6 +126,39 @@ def write_offline_batches(batches, schema, path: Path) -> Path:
     return path
 
 
+def upsert_offline(table, path: Path, start: datetime, end: datetime, *, include_end: bool) -> int:
+    """Replace the rows of an offline source stamped in [start, end] (or [start, end)) by `table`,
+    atomically; returns the rows it wrote. A day's run owns exactly its stamps, so running it
+    again, or running days out of order, gives the same file."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from feature_repo.contract import EVENT_TIMESTAMP
+
+    if isinstance(table, pd.DataFrame):
+        stamps = {
+            c: table[c].dt.as_unit("us")
+            for c in table.columns
+            if isinstance(table[c].dtype, pd.DatetimeTZDtype)
+        }
+        table = pa.Table.from_pandas(table.assign(**stamps), preserve_index=False)
+    written = table.num_rows
+    if path.exists():
+        old = pq.read_table(path)
+        stamp = old[EVENT_TIMESTAMP]
+        lo = pa.scalar(pd.Timestamp(start).tz_convert("UTC"), stamp.type)
+        hi = pa.scalar(pd.Timestamp(end).tz_convert("UTC"), stamp.type)
+        after = pc.greater(stamp, hi) if include_end else pc.greater_equal(stamp, hi)
+        old = old.filter(pc.or_(pc.less(stamp, lo), after))
+        table = pa.concat_tables([old, table.select(old.column_names).cast(old.schema)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    pq.write_table(table, partial)
+    partial.replace(path)
+    return written
+
+
 def materialize(store: FeatureStore, start: datetime, end: datetime) -> None:
     store.materialize(start_date=start, end_date=end)
 

@@ -234,6 +234,26 @@ def category_snapshots(events: pd.DataFrame, grid: DayGrid) -> pd.DataFrame:
     return frame[[CATEGORY_ID, EVENT_TIMESTAMP, *CATEGORY_FEATURES]]
 
 
+def _category_at_snapshots(events: pd.DataFrame, items: _Entities, grid: DayGrid) -> np.ndarray:
+    """[item, snapshot] -> the item's category as last seen before the snapshot (an attribute of the
+    item that can change); before its first event, the first one seen. Nothing after a snapshot is
+    used for it except for that row before the first event."""
+    ordered = events.iloc[np.argsort(unix_seconds(events[EVENT_TIMESTAMP]), kind="stable")]
+    day = grid.day_index(ordered[EVENT_TIMESTAMP])
+    inside = day >= 0
+    seen = pd.DataFrame(
+        {
+            "row": np.searchsorted(items.keys, ordered.loc[inside, ITEM_ID].to_numpy(np.int64)),
+            "snapshot": day[inside] + 1,  # a day's events count from the snapshot after it
+            "category": ordered.loc[inside, CATEGORY_ID].to_numpy(np.int64),
+        }
+    ).drop_duplicates(["row", "snapshot"], keep="last")
+    table = np.full((len(items.keys), len(grid.days) + 1), np.nan)
+    table[seen["row"].to_numpy(), seen["snapshot"].to_numpy()] = seen["category"].to_numpy()
+    filled = pd.DataFrame(table).ffill(axis=1).bfill(axis=1)
+    return filled.to_numpy(np.int64)
+
+
 def item_snapshots(events: pd.DataFrame, grid: DayGrid) -> pd.DataFrame:
     """Item counts, with the item's category and its numbers beside them (items are sparse, categories
     are not)."""
@@ -246,14 +266,12 @@ def item_snapshots(events: pd.DataFrame, grid: DayGrid) -> pd.DataFrame:
 
     categories = _Entities.of(events, CATEGORY_ID, grid)
     category_columns = _category_columns(categories.counts())
-    # An item's category is an attribute of the item: take the latest one seen.
-    item_category = events.sort_values(EVENT_TIMESTAMP).drop_duplicates(ITEM_ID, keep="last")
-    item_category = item_category.set_index(ITEM_ID)[CATEGORY_ID].reindex(items.keys).to_numpy(np.int64)
+    item_category = _category_at_snapshots(events, items, grid)
     row = np.searchsorted(categories.keys, item_category)
-    shape = counts[f"{PAGE_VIEW}_7d"].shape
-    columns[CATEGORY_ID] = np.broadcast_to(item_category[:, None], shape)
+    snapshot = np.broadcast_to(np.arange(item_category.shape[1]), item_category.shape)
+    columns[CATEGORY_ID] = item_category
     for name in ("category_pv_7d", "category_conversion_7d", "category_trend"):
-        columns[name] = category_columns[name][row]
+        columns[name] = category_columns[name][row, snapshot]
     frame = _frame(ITEM_ID, items.keys, grid, _rows_to_keep(counts), columns)
     return frame[[ITEM_ID, EVENT_TIMESTAMP, *ITEM_FEATURES]]
 
@@ -366,3 +384,42 @@ def merge_recent(state: dict[str, list[int]] | None, events: pd.DataFrame) -> di
     if old and result == old:
         return None
     return result
+
+
+# --- One data interval at a time ---------------------------------------------------------------------
+
+# What a day's snapshots depend on: the longest window, one day more for the row where a window
+# empties, and the next day for the row the midnight before an entity's first activity.
+SNAPSHOT_LOOKBACK = pd.Timedelta(days=WINDOWS_DAYS[LONGEST_WINDOW] + 1)
+SNAPSHOT_LOOKAHEAD = pd.Timedelta(days=1)
+# The short-term state keeps the last RECENT_EVENTS events; events older than this are not carried.
+RECENT_LOOKBACK = pd.Timedelta(days=28)
+
+
+def snapshots_between(
+    build, events: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, timezone: str
+) -> pd.DataFrame:
+    """The rows `build` (user/item/category_snapshots) stamps in [start, end], from the events of
+    [start - SNAPSHOT_LOOKBACK, end + SNAPSHOT_LOOKAHEAD): the same rows a build over all events
+    gives for those stamps, so the days of a range can be built one by one and in any order."""
+    start, end = pd.Timestamp(start), pd.Timestamp(end)
+    grid = DayGrid.covering(start - SNAPSHOT_LOOKBACK, end + SNAPSHOT_LOOKAHEAD, timezone)
+    stamps = events[EVENT_TIMESTAMP]
+    inside = (stamps >= grid.snapshot_times[0]) & (stamps < grid.snapshot_times[-1])
+    frame = build(events[inside], grid)
+    stamped = frame[EVENT_TIMESTAMP]
+    return frame[(stamped >= start) & (stamped <= end)].reset_index(drop=True)
+
+
+def recent_activity_between(events: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pa.Table:
+    """The short-term state after each event of [start, end) (stamped RECENT_STATE_DELAY later),
+    from the events of [start - RECENT_LOOKBACK, end)."""
+    start, end = pd.Timestamp(start), pd.Timestamp(end)
+    stamps = events[EVENT_TIMESTAMP]
+    inside = (stamps >= start - RECENT_LOOKBACK) & (stamps < end)
+    table = pa.Table.from_batches(
+        list(recent_activity_batches(events[inside])), schema=recent_activity_schema()
+    )
+    stamped = table[EVENT_TIMESTAMP].to_pandas()
+    keep = (stamped >= start + RECENT_STATE_DELAY) & (stamped < end + RECENT_STATE_DELAY)
+    return table.filter(pa.array(keep.to_numpy()))

@@ -92,29 +92,49 @@ def _describe(result: Any) -> str:
 
 
 def validate_events(
-    events: pd.DataFrame, window_start: datetime, window_end: datetime, max_bad_row_fraction: float
+    events: pd.DataFrame,
+    window_start: datetime,
+    window_end: datetime,
+    max_bad_row_fraction: float,
+    project_root: Path | None = None,
 ) -> ValidationOutcome:
-    """Run the suite through a GX checkpoint and split the batch into accepted and quarantined rows."""
+    """Run the suite through a GX checkpoint and split the batch into accepted and quarantined rows.
+
+    With `project_root`, the run is kept in a file-backed GX project there (`<root>/gx/`) and its
+    Data Docs are rebuilt, so every validated batch can be opened in a browser; without, nothing is
+    written.
+    """
     gx = _gx()
-    context = gx.get_context(mode="ephemeral")
-    batch = (
-        context.data_sources.add_pandas("events")
-        .add_dataframe_asset("canonical_events")
-        .add_batch_definition_whole_dataframe("batch")
+    if project_root is None:
+        context, actions = gx.get_context(mode="ephemeral"), []
+    else:
+        from great_expectations.checkpoint import UpdateDataDocsAction
+
+        context = gx.get_context(mode="file", project_root_dir=str(project_root))
+        actions = [UpdateDataDocsAction(name="update_data_docs")]
+    source = context.data_sources.add_or_update_pandas("events")
+    asset = next((a for a in source.assets if a.name == "canonical_events"), None)
+    asset = asset or source.add_dataframe_asset("canonical_events")
+    batch = next((b for b in asset.batch_definitions if b.name == "batch"), None)
+    batch = batch or asset.add_batch_definition_whole_dataframe("batch")
+    suite = context.suites.add_or_update(
+        build_suite(window_start, window_end, mostly=1.0 - max_bad_row_fraction)
     )
-    suite = context.suites.add(build_suite(window_start, window_end, mostly=1.0 - max_bad_row_fraction))
-    definition = context.validation_definitions.add(
+    definition = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=SUITE_NAME, data=batch, suite=suite)
     )
-    checkpoint = context.checkpoints.add(
+    checkpoint = context.checkpoints.add_or_update(
         gx.Checkpoint(
             name=SUITE_NAME,
             validation_definitions=[definition],
+            actions=actions,
             result_format={"result_format": "COMPLETE"},
         )
     )
     frame = events.reset_index(drop=True)
-    run = checkpoint.run(batch_parameters={"dataframe": frame})
+    span = f"{pd.Timestamp(window_start):%Y-%m-%d %H:%M}..{pd.Timestamp(window_end):%Y-%m-%d %H:%M}"
+    run_id = gx.RunIdentifier(run_name=span)
+    run = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
     (result,) = run.run_results.values()
 
     bad_rows: dict[int, list[str]] = {}

@@ -175,9 +175,11 @@ def test_stage_builds_from_accepted_events_up_to_the_last_one(shop, tmp_path, mo
 
     monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
     settings = get_settings()
+    from models.lake import ACCEPTED, day_of_rows, write_partition
+
     events = _events([(1, 10, 1, "pv", 0), (1, 11, 1, "buy", 5)])
-    settings.lake_dir.mkdir(parents=True)
-    events.to_parquet(settings.lake_dir / "accepted_events.parquet")
+    (day,) = set(day_of_rows(events, settings))
+    write_partition(events, settings, ACCEPTED, day)
     summary = build_candidates_stage(settings)
     assert summary["events"] == 2 and summary["items"] == 2 and summary["pairs"] == 2
     assert summary["seconds"] >= 0

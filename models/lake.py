@@ -1,0 +1,94 @@
+"""The event lake: one Parquet file per stage and local day, `lake/<stage>/date=YYYY-MM-DD/`.
+
+A day is the unit of work of the feature pipeline: a run for a data interval rewrites exactly the
+partitions of its days (written whole and renamed into place), so re-running or backfilling a
+date range gives the same files and never duplicates a row. Readers see whole partitions only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from feature_repo.contract import EVENT_COLUMNS, EVENT_TIMESTAMP
+from models.feature_store import write_offline
+from models.settings import Settings
+
+INGESTED = "ingested"
+ACCEPTED = "accepted"
+_FILE = "events.parquet"
+
+
+def days_of(start: datetime, end: datetime, timezone: str) -> list[pd.Timestamp]:
+    """The local midnights of the days in [start, end): the partitions an interval covers."""
+    first = pd.Timestamp(start).tz_convert(timezone).normalize()
+    last = (pd.Timestamp(end).tz_convert(timezone) - pd.Timedelta(microseconds=1)).normalize()
+    return list(pd.date_range(first, last, freq="D")) if last >= first else []
+
+
+def partition_name(day: pd.Timestamp) -> str:
+    return f"date={day:%Y-%m-%d}"
+
+
+def partition_path(settings: Settings, stage: str, day: pd.Timestamp) -> Path:
+    return settings.lake_dir / stage / partition_name(day) / _FILE
+
+
+def day_of_rows(events: pd.DataFrame, settings: Settings) -> pd.Series:
+    """Each row's partition: the local day of its time. A row whose time is missing or outside the
+    configured window goes to the window's first (too early) or last (too late, or no time) day, so
+    validation of that day judges it and no input row is left without a partition."""
+    days = days_of(settings.window_start, settings.window_end, settings.timezone)
+    first, last = days[0], days[-1]
+    stamps = events[EVENT_TIMESTAMP]
+    local = stamps.dt.tz_convert(settings.timezone).dt.normalize()
+    local = local.mask(stamps < pd.Timestamp(settings.window_start), first)
+    return local.mask(stamps.isna() | (stamps >= pd.Timestamp(settings.window_end)), last)
+
+
+def write_partition(frame: pd.DataFrame, settings: Settings, stage: str, day: pd.Timestamp) -> Path:
+    return write_offline(frame.reset_index(drop=True), partition_path(settings, stage, day))
+
+
+def remove_partition(settings: Settings, stage: str, day: pd.Timestamp) -> bool:
+    path = partition_path(settings, stage, day)
+    if path.exists():
+        path.unlink()
+        return True
+    return False
+
+
+def partitions(settings: Settings, stage: str) -> list[pd.Timestamp]:
+    """The days present for a stage, oldest first."""
+    folder = settings.lake_dir / stage
+    found = [
+        pd.Timestamp(p.parent.name.removeprefix("date="), tz=settings.timezone)
+        for p in folder.glob(f"date=*/{_FILE}")
+    ]
+    return sorted(found)
+
+
+def missing_days(settings: Settings, stage: str, start: datetime, end: datetime) -> list[str]:
+    present = set(partitions(settings, stage))
+    return [f"{d:%Y-%m-%d}" for d in days_of(start, end, settings.timezone) if d not in present]
+
+
+def read_events(
+    settings: Settings, stage: str = ACCEPTED, start: datetime | None = None, end: datetime | None = None
+) -> pd.DataFrame:
+    """The stage's events of the partitions whose day overlaps [start, end), whole days."""
+    lo = pd.Timestamp(start).tz_convert(settings.timezone).normalize() if start is not None else None
+    days = [d for d in partitions(settings, stage) if (lo is None or d >= lo) and (end is None or d < end)]
+    return _concat(partition_path(settings, stage, d) for d in days)
+
+
+def _concat(paths: Iterable[Path]) -> pd.DataFrame:
+    frames = [pd.read_parquet(p) for p in paths]
+    if not frames:
+        empty = {c: pd.Series(dtype="Int64") for c in EVENT_COLUMNS}
+        empty[EVENT_TIMESTAMP] = pd.Series(dtype="datetime64[us, UTC]")
+        return pd.DataFrame(empty)
+    return pd.concat(frames, ignore_index=True)
