@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,26 +36,39 @@ CATEGORICAL_COLUMNS: tuple[str, ...] = ID_COLUMNS
 
 def _paths(settings: Settings) -> dict[str, Path]:
     return {
-        "ingested": settings.lake_dir / "ingested_events.parquet",
-        "accepted": settings.lake_dir / "accepted_events.parquet",
         "training": settings.datasets_dir / "training_set.parquet",
         "evaluation": settings.models_dir / "candidates" / "evaluation.json",
     }
 
 
-def ingest(settings: Settings | None = None) -> dict[str, Any]:
-    """Raw CSV + the live event log (events inside the window) -> canonical events.
+def _interval(settings: Settings, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    """A stage's data interval: the one given (an Airflow run's), else the whole configured window."""
+    return start or settings.window_start, end or settings.window_end
 
-    Every line of the CSV is kept (validation judges them); an event both in the CSV and in the log,
-    or logged twice, is kept once.
+
+def ingest(
+    settings: Settings | None = None, start: datetime | None = None, end: datetime | None = None
+) -> dict[str, Any]:
+    """Raw CSV + the live event log -> canonical events, one lake partition per day of the interval.
+
+    Every line of the CSV is kept (validation judges it): a row belongs to the day of its time, and
+    a row without a usable time to the window's first or last day. An event both in the CSV and in
+    the log, or logged twice, is kept once.
     """
     from feature_repo.contract import EVENT_COLUMNS
     from models.events import SOURCE_ROW, load_events
     from models.ingest import EventLog
+    from models.lake import INGESTED, day_of_rows, days_of, write_partition
 
     settings = settings or get_settings()
+    start, end = _interval(settings, start, end)
+    days = days_of(start, end, settings.timezone)
     events = load_events(settings.raw_events)
-    logged = EventLog(settings.event_log_dir).read(settings.window_start, settings.window_end)
+    events = events[day_of_rows(events, settings).isin(days)]
+    logged = EventLog(settings.event_log_dir).read(
+        max(start, settings.window_start), min(end, settings.window_end)
+    )
+    duplicates = 0
     if len(logged):
         logged = logged[list(EVENT_COLUMNS)].astype(
             {c: "Int64" for c in ("user_id", "item_id", "category_id")}
@@ -64,35 +78,88 @@ def ingest(settings: Settings | None = None) -> dict[str, Any]:
         events = pd.concat([events, logged], ignore_index=True)
         events = events[~events.duplicated(list(EVENT_COLUMNS), keep="first")].reset_index(drop=True)
         duplicates = before - len(events)
-    else:
-        duplicates = 0
-    write_offline(events, _paths(settings)["ingested"])
-    log.info(
-        "ingested %d rows from %s and %d from the event log", len(events), settings.raw_events, len(logged)
-    )
+    partition = day_of_rows(events, settings)
+    per_day = {}
+    for day in days:
+        rows = events[partition == day]
+        write_partition(rows, settings, INGESTED, day)
+        per_day[f"{day:%Y-%m-%d}"] = len(rows)
+    log.info("ingested %d rows (%d from the event log) into %d days", len(events), len(logged), len(days))
     return {
         "source": str(settings.raw_events),
         "rows": len(events),
+        "days": per_day,
         "event_log_rows": len(logged),
         "duplicates_dropped": duplicates,
     }
 
 
-def validate(settings: Settings | None = None) -> dict[str, Any]:
-    """GX suite over the batch: bad rows to quarantine, a broken batch raises DataValidationError."""
-    from models.validate import raise_for_failures, validate_events, write_outcome
+def validate(
+    settings: Settings | None = None, start: datetime | None = None, end: datetime | None = None
+) -> dict[str, Any]:
+    """The GX suite over each day's batch: bad rows to quarantine, accepted rows to the lake.
+
+    A day that breaks the suite gets no accepted partition (an older one is removed) and the stage
+    raises DataValidationError after every day has its report, so nothing downstream reads it.
+    """
+    from models.lake import ACCEPTED, INGESTED, partition_name, read_events, remove_partition, write_partition
+    from models.validate import DataValidationError, raise_for_failures, validate_events, write_outcome
 
     settings = settings or get_settings()
-    events = pd.read_parquet(_paths(settings)["ingested"])
-    outcome = validate_events(
-        events, settings.window_start, settings.window_end, settings.max_bad_row_fraction
-    )
-    report = write_outcome(outcome, settings.quarantine_dir)
-    summary = {**outcome.summary(), "report": str(report)}
-    log.info("validation: %s", json.dumps({k: v for k, v in summary.items() if k != "statistics"}))
-    raise_for_failures(outcome, report)
-    write_offline(outcome.accepted, _paths(settings)["accepted"])
-    return summary
+    start, end = _interval(settings, start, end)
+    totals = {"input_rows": 0, "accepted_rows": 0, "quarantined_rows": 0}
+    days, broken = {}, []
+    for day in _days(settings, start, end):
+        batch = read_events(settings, INGESTED, day, day + pd.Timedelta(days=1))
+        outcome = validate_events(
+            batch, day, day + pd.Timedelta(days=1), settings.max_bad_row_fraction, settings.data_dir
+        )
+        report = write_outcome(outcome, settings.quarantine_dir / partition_name(day))
+        summary = {k: v for k, v in outcome.summary().items() if k != "statistics"}
+        days[f"{day:%Y-%m-%d}"] = {**summary, "report": str(report)}
+        for key in totals:
+            totals[key] += summary[key]
+        if outcome.success:
+            write_partition(outcome.accepted, settings, ACCEPTED, day)
+        else:
+            remove_partition(settings, ACCEPTED, day)
+            broken.append((day, outcome, report))
+    docs = data_docs_index(settings)
+    log.info("validation: %s", json.dumps(totals))
+    log.info("Great Expectations Data Docs: %s", docs)
+    for day, outcome, report in broken:
+        try:
+            raise_for_failures(outcome, report)
+        except DataValidationError as error:
+            raise DataValidationError(
+                f"{day:%Y-%m-%d}: {error} (Data Docs: {docs}; {len(broken)} of {len(days)} days broken)"
+            ) from None
+    return {**totals, "success": True, "days": days, "data_docs": docs}
+
+
+def data_docs_index(settings: Settings) -> str:
+    """Where the Great Expectations Data Docs of every validated batch are."""
+    return (settings.gx_dir / "uncommitted/data_docs/local_site/index.html").as_uri()
+
+
+def validation_totals(settings: Settings | None = None) -> dict[str, Any]:
+    """Input, accepted and quarantined rows over every validated day (the reports in quarantine/)."""
+    settings = settings or get_settings()
+    totals = {"input_rows": 0, "accepted_rows": 0, "quarantined_rows": 0, "days": 0, "failed_days": []}
+    for report in sorted(settings.quarantine_dir.glob("date=*/report.json")):
+        summary = json.loads(report.read_text())
+        for key in ("input_rows", "accepted_rows", "quarantined_rows"):
+            totals[key] += summary[key]
+        totals["days"] += 1
+        if not summary["success"]:
+            totals["failed_days"].append(report.parent.name.removeprefix("date="))
+    return totals
+
+
+def _days(settings: Settings, start: datetime, end: datetime) -> list[pd.Timestamp]:
+    from models.lake import days_of
+
+    return days_of(start, end, settings.timezone)
 
 
 def apply_features(settings: Settings | None = None) -> dict[str, Any]:
@@ -102,22 +169,37 @@ def apply_features(settings: Settings | None = None) -> dict[str, Any]:
     return {"feature_services": apply_repo(settings)}
 
 
-def build_features(settings: Settings | None = None) -> dict[str, Any]:
-    """Daily user/item/category snapshots and the users' short-term state, into the offline sources
-    the Feast repo declares."""
-    from models.feature_store import open_store, source_path, write_offline_batches
+def build_features(
+    settings: Settings | None = None, start: datetime | None = None, end: datetime | None = None
+) -> dict[str, Any]:
+    """The interval's daily user/item/category snapshots and the users' short-term state, written
+    into the offline sources the Feast repo declares in place of the interval's earlier rows."""
+    from feature_repo.contract import RECENT_STATE_DELAY
+    from models.feature_store import open_store, source_path, upsert_offline
     from models.features import (
-        DayGrid,
+        RECENT_LOOKBACK,
+        SNAPSHOT_LOOKAHEAD,
+        SNAPSHOT_LOOKBACK,
         category_snapshots,
         item_snapshots,
-        recent_activity_batches,
-        recent_activity_schema,
+        recent_activity_between,
+        snapshots_between,
         user_snapshots,
     )
+    from models.lake import ACCEPTED, missing_days, read_events
 
     settings = settings or get_settings()
-    events = pd.read_parquet(_paths(settings)["accepted"])
-    grid = DayGrid.covering(settings.window_start, settings.window_end, settings.timezone)
+    start, end = _interval(settings, start, end)
+    missing = missing_days(settings, ACCEPTED, start, end)
+    if missing:
+        raise FileNotFoundError(f"No accepted events for {', '.join(missing)}: validate those days first")
+    first, last = _days(settings, start, end)[0], _days(settings, start, end)[-1] + pd.Timedelta(days=1)
+    events = read_events(
+        settings,
+        ACCEPTED,
+        first - max(SNAPSHOT_LOOKBACK, RECENT_LOOKBACK),
+        last + SNAPSHOT_LOOKAHEAD,
+    )
     store = open_store(settings)
     rows = {}
     for view, build in (
@@ -125,31 +207,45 @@ def build_features(settings: Settings | None = None) -> dict[str, Any]:
         (ITEM_VIEW, item_snapshots),
         (CATEGORY_VIEW, category_snapshots),
     ):
-        frame = build(events, grid)
-        write_offline(frame, source_path(store, view))
-        rows[view] = len(frame)
-    path = write_offline_batches(
-        recent_activity_batches(events), recent_activity_schema(), source_path(store, RECENT_VIEW)
+        frame = snapshots_between(build, events, first, last, settings.timezone)
+        rows[view] = upsert_offline(frame, source_path(store, view), first, last, include_end=True)
+    rows[RECENT_VIEW] = upsert_offline(
+        recent_activity_between(events, first, last),
+        source_path(store, RECENT_VIEW),
+        first + RECENT_STATE_DELAY,
+        last + RECENT_STATE_DELAY,
+        include_end=False,
     )
-    rows[RECENT_VIEW] = _parquet_rows(path)
-    return {"rows": rows, "events": len(events), "snapshots": len(grid.snapshot_times)}
+    return {"rows": rows, "days": len(_days(settings, start, end)), "events_read": len(events)}
 
 
-def _parquet_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows
-
-
-def materialize(settings: Settings | None = None) -> dict[str, Any]:
-    """Load the newest snapshot of every entity into the online store."""
+def materialize(
+    settings: Settings | None = None, start: datetime | None = None, end: datetime | None = None
+) -> dict[str, Any]:
+    """Load the interval's feature rows, and any newer ones, into the online store: re-running an
+    old day never leaves older values online than the newest day processed."""
+    from feature_repo.contract import RECENT_STATE_DELAY
     from models.feature_store import materialize as feast_materialize
     from models.feature_store import open_store
+    from models.lake import ACCEPTED, partitions
 
     settings = settings or get_settings()
-    store = open_store(settings)
-    feast_materialize(store, settings.window_start, settings.window_end)
-    return {"start": settings.window_start.isoformat(), "end": settings.window_end.isoformat()}
+    start, end = _interval(settings, start, end)
+    first = _days(settings, start, end)[0]
+    present = partitions(settings, ACCEPTED)
+    newest = max([pd.Timestamp(end), *(d + pd.Timedelta(days=1) for d in present)])
+    until = newest + RECENT_STATE_DELAY
+    feast_materialize(open_store(settings), first.to_pydatetime(), until.to_pydatetime())
+    return {"start": first.isoformat(), "end": until.isoformat()}
+
+
+def training_readiness(settings: Settings | None = None) -> dict[str, Any]:
+    """Whether every day of the training window has accepted events (the training DAG waits for it)."""
+    from models.lake import ACCEPTED, missing_days
+
+    settings = settings or get_settings()
+    missing = missing_days(settings, ACCEPTED, settings.window_start, settings.window_end)
+    return {"ready": not missing, "missing_days": missing}
 
 
 def build_candidates(settings: Settings | None = None) -> dict[str, Any]:
@@ -166,9 +262,15 @@ def build_training_set(settings: Settings | None = None) -> dict[str, Any]:
     from models.dataset import join_features
     from models.feature_store import open_store
     from models.labels import label_page_views
+    from models.lake import ACCEPTED, read_events
 
     settings = settings or get_settings()
-    events = pd.read_parquet(_paths(settings)["accepted"])
+    readiness = training_readiness(settings)
+    if not readiness["ready"]:
+        raise FileNotFoundError(
+            "The training window has days without accepted events: " + ", ".join(readiness["missing_days"])
+        )
+    events = read_events(settings, ACCEPTED, settings.window_start, settings.window_end)
     labelled = label_page_views(events, LABEL_WINDOW, settings.window_end)
     store = open_store(settings)
     frame = join_features(store, labelled, store.get_feature_service(MODEL_FEATURE_SERVICE))
@@ -407,6 +509,11 @@ def register(settings: Settings | None = None) -> dict[str, Any]:
         )
         log.info("%s v%s: %s", kind, version, decisions[kind]["reason"])
     return decisions
+
+
+def new_champions(decisions: dict[str, Any]) -> dict[str, str]:
+    """Registered model -> version, for each model whose `champion` alias moved in this register."""
+    return {d["model"]: d["version"] for d in decisions.values() if d.get("champion_changed")}
 
 
 def warm_start(settings: Settings | None = None) -> dict[str, Any]:

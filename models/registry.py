@@ -359,7 +359,7 @@ def promote_if_better(
     except NoChampionError:
         champion = None
     if champion is not None and champion.version == version:
-        return {**decision, "promoted": True, "reason": "already champion"}
+        return {**decision, "promoted": True, "champion_changed": False, "reason": "already champion"}
     if failures:
         decision.update(promoted=False, reason="sanity checks failed: " + "; ".join(failures))
     elif champion is None:
@@ -375,6 +375,7 @@ def promote_if_better(
             decision.update(promoted=True, reason=f"test AUC {candidate_auc:.4f} > required {needed:.4f}")
         else:
             decision.update(promoted=False, reason=f"test AUC {candidate_auc:.4f} <= required {needed:.4f}")
+    decision["champion_changed"] = decision["promoted"]
     if decision["promoted"]:
         tracking.set_registered_model_alias(name, CHAMPION, version)
         tracking.delete_registered_model_alias(name, CHALLENGER)

@@ -77,6 +77,8 @@ class Settings:
     event_log_dir: Path
     ingest_max_events: int
     ingest_url: str
+    service_url: str
+    alert_webhook: str
 
     @cached_property
     def lake_dir(self) -> Path:
@@ -86,6 +88,11 @@ class Settings:
     @cached_property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
+
+    @cached_property
+    def gx_dir(self) -> Path:
+        """The Great Expectations project: suites, validation results and Data Docs."""
+        return self.data_dir / "gx"
 
     @cached_property
     def datasets_dir(self) -> Path:
@@ -186,6 +193,10 @@ def get_settings() -> Settings:
         event_log_dir=Path(_env("CTR_EVENT_LOG", str(data_dir / "events"))).resolve(),
         ingest_max_events=int(_env("CTR_INGEST_MAX_EVENTS", "10000")),
         ingest_url=_env("CTR_INGEST_URL", "http://127.0.0.1:3001"),
+        # The running ranker the deployment DAG tells to reload; empty: none to tell.
+        service_url=_env("CTR_SERVICE_URL", ""),
+        # Failed tasks and crossed monitoring thresholds are POSTed here as JSON; empty: log and file only.
+        alert_webhook=_env("CTR_ALERT_WEBHOOK", ""),
     )
     if settings.online_store not in ("sqlite", "redis"):
         raise ValueError(f"CTR_ONLINE_STORE={settings.online_store!r}: expected sqlite or redis")
