@@ -511,6 +511,57 @@ def register(settings: Settings | None = None) -> dict[str, Any]:
     return decisions
 
 
+def monitor(
+    settings: Settings | None = None, start: datetime | None = None, end: datetime | None = None
+) -> dict[str, Any]:
+    """The serving log of [start, end) joined with what shoppers did next (accepted events and the
+    live event log up to LABEL_WINDOW later): A/B readout, drift against the training set, catalogue
+    coverage; logged to MLflow. Threshold breaches are listed, `check_thresholds` raises them."""
+    from models.candidates import CandidateIndex
+    from models.ingest import EventLog
+    from models.lake import ACCEPTED, read_events
+    from models.monitoring import Thresholds
+    from models.monitoring import monitor as readout
+    from models.serving_log import read_serving_log
+
+    settings = settings or get_settings()
+    start, end = _interval(settings, start, end)
+    served = read_serving_log(settings.serving_log_dir, start, end)
+    until = pd.Timestamp(end) + LABEL_WINDOW
+    columns = [USER_ID, "item_id", "behavior", EVENT_TIMESTAMP]
+    events = pd.concat(
+        [
+            read_events(settings, ACCEPTED, start, until)[columns],
+            EventLog(settings.event_log_dir).read(start, until.to_pydatetime())[columns],
+        ],
+        ignore_index=True,
+    ).drop_duplicates()
+    training_path = _paths(settings)["training"]
+    training = pd.read_parquet(training_path) if training_path.exists() else pd.DataFrame()
+    try:
+        catalogue = CandidateIndex.load(settings.candidates_dir).summary()["items"]
+    except FileNotFoundError:
+        catalogue = int(events["item_id"].nunique()) or 1
+    thresholds = Thresholds(
+        max_psi=settings.monitor_max_psi,
+        min_coverage=settings.monitor_min_coverage,
+        min_online_auc=settings.monitor_min_online_auc,
+        max_fallback_share=settings.monitor_max_fallback_share,
+        min_requests=settings.monitor_min_requests,
+    )
+    summary = readout(settings, served, events, training, catalogue, thresholds)
+    log.info("monitoring %s .. %s: %d rows, breaches: %s", start, end, len(served), summary["breaches"])
+    return summary
+
+
+def check_thresholds(summary: dict[str, Any]) -> dict[str, Any]:
+    """Raise MonitoringAlert listing every crossed threshold (the failure callback alerts)."""
+    from models.monitoring import raise_for_breaches
+
+    raise_for_breaches(summary.get("breaches") or [])
+    return {"breaches": 0}
+
+
 def new_champions(decisions: dict[str, Any]) -> dict[str, str]:
     """Registered model -> version, for each model whose `champion` alias moved in this register."""
     return {d["model"]: d["version"] for d in decisions.values() if d.get("champion_changed")}

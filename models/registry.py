@@ -269,7 +269,7 @@ def load_by_alias(settings: Settings, alias: str = CHAMPION, name: str | None = 
     except MlflowException as exc:
         raise NoChampionError(
             f"No model version of '{name}' has alias '{alias}' in {settings.mlflow_tracking_uri}; "
-            "run the training pipeline first (make demo, or airflow dags test ctr_pipeline)"
+            "run the training pipeline first (make demo, or the ctr_features then ctr_training DAGs)"
         ) from exc
     kind = version.tags.get(TAG_KIND, XGBOOST)
     uri = f"models:/{name}/{version.version}"

@@ -79,6 +79,11 @@ class Settings:
     ingest_url: str
     service_url: str
     alert_webhook: str
+    monitor_max_psi: float
+    monitor_min_coverage: float
+    monitor_min_online_auc: float
+    monitor_max_fallback_share: float
+    monitor_min_requests: int
 
     @cached_property
     def lake_dir(self) -> Path:
@@ -197,6 +202,14 @@ def get_settings() -> Settings:
         service_url=_env("CTR_SERVICE_URL", ""),
         # Failed tasks and crossed monitoring thresholds are POSTed here as JSON; empty: log and file only.
         alert_webhook=_env("CTR_ALERT_WEBHOOK", ""),
+        # The daily monitoring run alerts when a served feature drifts past this PSI from training,
+        # too little of the catalogue is served, a variant's online AUC is too low, too many
+        # requests fall back to popularity, or fewer requests than this were served.
+        monitor_max_psi=float(_env("CTR_MONITOR_MAX_PSI", "0.25")),
+        monitor_min_coverage=float(_env("CTR_MONITOR_MIN_COVERAGE", "0.01")),
+        monitor_min_online_auc=float(_env("CTR_MONITOR_MIN_ONLINE_AUC", "0.55")),
+        monitor_max_fallback_share=float(_env("CTR_MONITOR_MAX_FALLBACK_SHARE", "0.05")),
+        monitor_min_requests=int(_env("CTR_MONITOR_MIN_REQUESTS", "1")),
     )
     if settings.online_store not in ("sqlite", "redis"):
         raise ValueError(f"CTR_ONLINE_STORE={settings.online_store!r}: expected sqlite or redis")

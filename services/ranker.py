@@ -280,7 +280,7 @@ class Ranker:
         if self.candidates is None:
             raise ServiceUnavailable(
                 f"no candidate lists under {SETTINGS.candidates_dir}; run the pipeline "
-                "(ctr run, or the ctr_pipeline DAG) to build them"
+                "(ctr run, or the ctr_features DAG) to build them"
             )
         request_ts = context.request_ts if context and context.request_ts is not None else int(time.time())
         hour = _hour(request_ts)

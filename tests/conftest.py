@@ -51,11 +51,22 @@ def migrate_airflow(env: dict[str, str], timeout: int = 300) -> None:
     assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
 
 
-def run_dag(env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    """`airflow db migrate` then `airflow dags test ctr_pipeline`, through the project's CLI."""
+# The whole Taobao window in one run of the daily feature DAG: the 9 days ending at its end.
+WHOLE_WINDOW = ("2017-12-04T00:00:00+08:00", '{"days": 9}')
+
+
+def run_dag(
+    env: dict[str, str],
+    dag_id: str = "ctr_features",
+    logical_date: str | None = WHOLE_WINDOW[0],
+    conf: str | None = WHOLE_WINDOW[1],
+    timeout: int = 600,
+) -> subprocess.CompletedProcess[str]:
+    """`airflow dags test DAG [DATE] [-c CONF]` through the project's CLI (after `db migrate`)."""
     migrate_airflow(env)
+    command = ["ctr", "airflow", "dags", "test", dag_id, *([logical_date] if logical_date else [])]
     return subprocess.run(
-        ["ctr", "airflow", "dags", "test", "ctr_pipeline"],
+        [*command, *(["-c", conf] if conf else [])],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -79,11 +90,16 @@ def use_environment(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture(scope="session")
 def dag_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """One real Airflow run of ctr_pipeline on the Taobao slice, shared by the integration tests."""
+    """The feature DAG over the whole Taobao slice, then the training DAG: real Airflow runs whose
+    data dir (features online, champions registered) the integration tests share."""
     data_dir = tmp_path_factory.mktemp("pipeline")
     env = project_environment(data_dir)
-    result = run_dag(env)
-    yield {"env": env, "data_dir": data_dir, "result": result, "output": result.stdout + result.stderr}
+    runs = {"ctr_features": run_dag(env)}
+    if runs["ctr_features"].returncode == 0:
+        runs["ctr_training"] = run_dag(env, "ctr_training", None, None)
+    output = "\n".join(r.stdout + r.stderr for r in runs.values())
+    result = subprocess.CompletedProcess(list(runs), max(r.returncode for r in runs.values()), output, "")
+    yield {"env": env, "data_dir": data_dir, "result": result, "output": output, "runs": runs}
 
 
 @contextlib.contextmanager

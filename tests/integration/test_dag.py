@@ -28,19 +28,41 @@ DAGBAG_PROBE = """
 import json
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=%r)
-dag = bag.get_dag("ctr_pipeline")
+
+def schedule(dag):
+    assets = getattr(dag.timetable, "asset_condition", None)
+    if hasattr(assets, "name"):
+        return "asset:" + assets.name
+    return type(dag.timetable).__name__
+
 print(json.dumps({
     "import_errors": {str(k): str(v) for k, v in bag.import_errors.items()},
-    "tags": sorted(dag.tags) if dag else None,
-    "tasks": {
-        t.task_id: {"queue": t.queue, "retries": t.retries, "upstream": sorted(t.upstream_task_ids)}
-        for t in dag.tasks
-    } if dag else {},
+    "dags": {
+        dag_id: {
+            "tags": sorted(dag.tags),
+            "doc": bool(dag.doc_md),
+            "schedule": schedule(dag),
+            "catchup": dag.catchup,
+            "max_active_runs": dag.max_active_runs,
+            "tasks": {
+                t.task_id: {
+                    "queue": t.queue,
+                    "retries": t.retries,
+                    "backoff": t.retry_exponential_backoff,
+                    "alerts": bool(t.on_failure_callback),
+                    "upstream": sorted(t.upstream_task_ids),
+                    "outlets": sorted(getattr(o, "name", str(o)) for o in t.outlets),
+                }
+                for t in dag.tasks
+            },
+        }
+        for dag_id, dag in bag.dags.items()
+    },
 }))
 """
 
 
-def test_dagbag_has_no_import_errors_and_tasks_are_configured(tmp_path):
+def test_dag_set_imports_cleanly_and_is_wired_as_documented(tmp_path):
     # Airflow reads its configuration at import: probe it in a process with the project's environment.
     base = project_environment(tmp_path)
     migrate_airflow(base)
@@ -55,34 +77,71 @@ def test_dagbag_has_no_import_errors_and_tasks_are_configured(tmp_path):
     assert probe.returncode == 0, probe.stderr[-3000:]
     bag = json.loads(probe.stdout.strip().splitlines()[-1])
     assert bag["import_errors"] == {}
-    assert set(bag["tags"]) >= {"ctr", "training"}
-    tasks = bag["tasks"]
-    assert tasks["ingest"]["upstream"] == [] and tasks["validate"]["upstream"] == ["ingest"]
-    assert "register" in tasks
+    dags = bag["dags"]
+    assert set(dags) == {"ctr_features", "ctr_training", "ctr_deployment", "ctr_monitoring"}
+    for dag_id, dag in dags.items():
+        assert "ctr" in dag["tags"] and dag["doc"] and dag["max_active_runs"] == 1, dag_id
+        for name, t in dag["tasks"].items():
+            assert t["alerts"], f"{dag_id}.{name} has no failure callback"
+            if name not in (
+                "validate",
+                "check_thresholds",
+                "in_window",
+                "training_ready",
+                "champion_changed",
+            ):
+                assert t["retries"] >= 1 and t["backoff"], f"{dag_id}.{name} does not retry with back-off"
+
+    features = dags["ctr_features"]
+    assert features["schedule"] == "CronDataIntervalTimetable" and features["catchup"]
+    tasks = features["tasks"]
+    assert tasks["ingest"]["upstream"] == ["in_window"] and tasks["validate"]["upstream"] == ["ingest"]
+    assert tasks["validate"]["retries"] == 0  # a broken batch fails at once, it will not pass on a retry
+    assert tasks["materialize"]["upstream"] == ["build_features"]
+    assert tasks["materialize"]["outlets"] == ["ctr_online_features"]
+    assert tasks["build_candidates"]["upstream"] == ["validate"]
+
+    training = dags["ctr_training"]
+    assert training["schedule"] == "asset:ctr_online_features" and not training["catchup"]
+    tasks = training["tasks"]
     # The two models train in parallel, on the GPU queue, from the same training set.
     for name in ("train_xgboost", "train_wide_deep"):
         assert tasks[name]["queue"] == "gpu"
         assert tasks[name]["upstream"] == ["build_training_set"]
-    assert tasks["build_candidates"]["upstream"] == ["validate"]
-    assert "build_candidates" in tasks["register"]["upstream"]
+    assert tasks["build_training_set"]["upstream"] == ["training_ready"]
     assert tasks["evaluate"]["upstream"] == ["train_wide_deep", "train_xgboost"]
-    assert tasks["validate"]["retries"] == 0
-    assert all(t["retries"] >= 1 for name, t in tasks.items() if name != "validate")
+    assert tasks["publish_champion"]["outlets"] == ["ctr_champion_model"]
+    assert "champion_changed" in tasks["publish_champion"]["upstream"]
+
+    assert dags["ctr_deployment"]["schedule"] == "asset:ctr_champion_model"
+    assert set(dags["ctr_deployment"]["tasks"]) == {
+        "build_bento",
+        "smoke_test",
+        "reload_service",
+        "record_deployment",
+    }
+    assert dags["ctr_monitoring"]["tasks"]["check_thresholds"]["upstream"] == ["readout"]
 
 
 def test_dag_runs_green_and_produces_validation_features_and_a_champion(dag_run, use_environment):
     assert dag_run["result"].returncode == 0, dag_run["output"][-5000:]
-    assert "state=success" in dag_run["output"]
+    for dag_id in ("ctr_features", "ctr_training"):
+        assert f"dag_id={dag_id}" in dag_run["output"] and "state=success" in dag_run["runs"][dag_id].stdout
     data_dir = dag_run["data_dir"]
-
-    report = json.loads((data_dir / "quarantine/report.json").read_text())
-    assert report["success"] and report["quarantined_rows"] == 35
-    assert report["accepted_rows"] + report["quarantined_rows"] == report["input_rows"] == 84287
-
     use_environment(dag_run["env"])
+    from models.pipeline import validation_totals
+
+    totals = validation_totals(get_settings())
+    assert totals["days"] == 9 and totals["failed_days"] == []
+    assert totals["quarantined_rows"] == 35  # the rows before the dataset's period
+    assert totals["accepted_rows"] + totals["quarantined_rows"] == totals["input_rows"] == 84287
+    # Data Docs of every validated day, linked from the task log
+    docs = data_dir / "gx/uncommitted/data_docs/local_site/index.html"
+    assert docs.is_file() and docs.as_uri() in dag_run["output"]
+    assert len(list((data_dir / "gx/uncommitted/data_docs/local_site/validations").rglob("*.html"))) >= 9
+
     from models.feature_store import open_store
     from models.registry import load_by_alias
-    from models.settings import get_settings
 
     settings = get_settings()
     store = open_store(settings)
@@ -138,12 +197,67 @@ def test_a_broken_batch_stops_the_run_at_validation(tmp_path):
     result = run_dag(env)
     output = result.stdout + result.stderr
     assert "DataValidationError" in output
-    assert "expect_column_values_to_be_in_set[behavior] (300 rows" in output
+    assert "expect_column_values_to_be_in_set[behavior] (" in output
     assert "state=failed" in output
-    quarantined = pd.read_parquet(tmp_path / "data/quarantine/rows.parquet")
+    assert "ALERT ctr_features.validate failed" in output  # the failure callback ran
+    alerts = [json.loads(line) for line in (tmp_path / "data/alerts/alerts.jsonl").read_text().splitlines()]
+    assert alerts[-1]["task_id"] == "validate" and "failed validation" in alerts[-1]["error"]
+
+    days = sorted(p.name for p in (tmp_path / "data/quarantine").glob("date=*"))
+    assert len(days) == 9  # every day was judged and has its report
+    quarantined = pd.concat(
+        pd.read_parquet(p) for p in (tmp_path / "data/quarantine").glob("date=*/rows.parquet")
+    )
     assert len(quarantined) == 300 and set(quarantined["behavior"]) == {"click"}
-    assert not (tmp_path / "data/lake/accepted_events.parquet").exists()  # nothing downstream ran
-    assert not (tmp_path / "data/offline").exists()
+    reports = [json.loads(p.read_text()) for p in (tmp_path / "data/quarantine").glob("date=*/report.json")]
+    assert sum(r["input_rows"] for r in reports) == 3000
+    broken_days = {
+        p.parent.name
+        for p in (tmp_path / "data/quarantine").glob("date=*/report.json")
+        if not json.loads(p.read_text())["success"]
+    }
+    assert broken_days
+    accepted_days = {p.name for p in (tmp_path / "data/lake/accepted").glob("date=*")}
+    assert not broken_days & accepted_days  # a broken day has no accepted events for anyone to read
+    assert not (tmp_path / "data/offline").exists()  # nothing downstream ran
+
+
+def _offline_and_online(data_dir) -> dict:
+    from feature_repo.contract import CATEGORY_VIEW, ITEM_VIEW, RECENT_VIEW, USER_VIEW
+    from models.feature_store import open_store, source_path
+
+    settings = get_settings()
+    store = open_store(settings)
+    offline = {}
+    for view in (USER_VIEW, ITEM_VIEW, CATEGORY_VIEW, RECENT_VIEW):
+        frame = pd.read_parquet(source_path(store, view))
+        key = frame.columns[0]
+        frame = frame.sort_values([key, "event_timestamp"]).reset_index(drop=True)
+        offline[view] = frame.astype({c: str for c in frame.columns if frame[c].dtype == object})
+    online = store.get_online_features(
+        features=store.get_feature_service(RANKER_FEATURE_SERVICE),
+        entity_rows=[{"user_id": u, "item_id": i} for u, i in ((1, 283), (100, 2268318), (1000, 2333346))],
+    ).to_dict()
+    lake = {
+        p.parent.name: len(pd.read_parquet(p)) for p in (data_dir / "lake/accepted").glob("date=*/*.parquet")
+    }
+    return {"offline": offline, "online": online, "lake": lake}
+
+
+def test_rerunning_a_day_changes_nothing(dag_run, use_environment):
+    assert dag_run["result"].returncode == 0, dag_run["output"][-3000:]
+    use_environment(dag_run["env"])
+    before = _offline_and_online(dag_run["data_dir"])
+    # The last day again, as a scheduled run of its data interval would (days=1).
+    rerun = run_dag(dag_run["env"], "ctr_features", "2017-12-04T00:00:00+08:00", None)
+    assert rerun.returncode == 0 and "state=success" in rerun.stdout, rerun.stdout[-3000:]
+    assert "into 1 days" in rerun.stdout + rerun.stderr
+    after = _offline_and_online(dag_run["data_dir"])
+    assert after["lake"] == before["lake"] and len(after["lake"]) == 9
+    assert after["online"] == before["online"]
+    for view, frame in before["offline"].items():
+        assert len(after["offline"][view]) == len(frame), view
+        pd.testing.assert_frame_equal(after["offline"][view], frame, obj=view)
 
 
 def test_ctr_cli_help_lists_the_stages():
