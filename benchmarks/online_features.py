@@ -77,7 +77,7 @@ class Candidates:
 
 
 def candidates(data_dir: Path) -> Candidates:
-    events = pd.read_parquet(data_dir / "lake/accepted_events.parquet")
+    events = pd.read_parquet(data_dir / "lake/accepted")  # every day partition
     user = int(events["user_id"].value_counts().index[0])
     views = events.loc[events["behavior"] == "pv", "item_id"]
     items = views.drop_duplicates().tail(100).astype(int).tolist()

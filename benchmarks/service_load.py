@@ -40,7 +40,7 @@ MODELS = ("ctr-xgboost", "ctr-wide-deep")
 
 def requests_for(data_dir: Path, n_users: int = 200, n_items: int = 100) -> list[dict]:
     """Each of the most active users with the 100 items viewed most in the last day of the data."""
-    events = pd.read_parquet(data_dir / "lake/accepted_events.parquet")
+    events = pd.read_parquet(data_dir / "lake/accepted")  # every day partition
     users = events["user_id"].value_counts().index[:n_users].astype(int).tolist()
     last_day = events[events["event_timestamp"] >= events["event_timestamp"].max() - pd.Timedelta(days=1)]
     items = last_day.loc[last_day["behavior"] == "pv", "item_id"].value_counts().index[:n_items]

@@ -72,7 +72,7 @@ def online(request, dag_run, tmp_path_factory):
                 feature_views=[USER_VIEW, ITEM_VIEW, RECENT_VIEW],
             )
         store = open_store(settings)
-        events = pd.read_parquet(data_dir / "lake/accepted_events.parquet")
+        events = pd.read_parquet(data_dir / "lake/accepted")  # every day partition
         yield {"store": store, "settings": settings, "events": events, "kind": request.param}
     if request.param == "redis":
         client.flushall()
