@@ -54,7 +54,7 @@ def ctr_deployment():
     def record_deployment(bento: dict, smoke: dict, reload: dict) -> dict:
         from models import deployment
 
-        summary = {"bento": bento, "smoke_test": smoke, "reload": reload}
+        summary = {"build": bento, "smoke_test": smoke, "reload": reload}
         return deployment.record_deployment(get_settings(), summary)
 
     bento = build_bento()

@@ -46,10 +46,9 @@ class DeploymentError(RuntimeError):
     """A deployment step failed; the message says which check and why."""
 
 
-def service_url() -> str | None:
+def service_url(settings: Settings) -> str | None:
     """CTR_SERVICE_URL: the running ranking service to send /reload to; None when unset."""
-    value = os.environ.get(SERVICE_URL_VARIABLE, "").strip().rstrip("/")
-    return value or None
+    return settings.service_url.strip().rstrip("/") or None
 
 
 def bentoml_home(settings: Settings) -> Path:
@@ -179,16 +178,14 @@ def sample_request(settings: Settings, n_items: int = 20) -> dict[str, Any]:
     import pandas as pd
 
     from feature_repo.contract import EVENT_TIMESTAMP, ITEM_ID, USER_ID
-    from models.pipeline import _paths
+    from models.lake import ACCEPTED, read_events
 
-    path = _paths(settings)["accepted"]
-    if not path.exists():
-        raise DeploymentError(
-            f"no accepted events at {path} to pick a smoke-test request from; pass user_id and item_ids"
-        )
-    events = pd.read_parquet(path, columns=[USER_ID, ITEM_ID, EVENT_TIMESTAMP]).dropna()
+    events = read_events(settings, ACCEPTED)[[USER_ID, ITEM_ID, EVENT_TIMESTAMP]].dropna()
     if events.empty:
-        raise DeploymentError(f"{path} has no events to pick a smoke-test request from")
+        raise DeploymentError(
+            f"no accepted events under {settings.lake_dir} to pick a smoke-test request from; "
+            "pass user_id and item_ids"
+        )
     last = events[EVENT_TIMESTAMP].max()
     day = events[events[EVENT_TIMESTAMP] > last - pd.Timedelta(days=1)]
     user = int(day[USER_ID].value_counts(sort=True).index[0])
@@ -353,7 +350,7 @@ def reload_service(settings: Settings | None = None, timeout_s: float = 120) -> 
     import httpx
 
     settings = settings or get_settings()
-    url = service_url()
+    url = service_url(settings)
     if url is None:
         return {"reloaded": False, "reason": f"no running service configured ({SERVICE_URL_VARIABLE})"}
     try:

@@ -260,6 +260,24 @@ def test_rerunning_a_day_changes_nothing(dag_run, use_environment):
         assert after["offline"][view].equals(table), view
 
 
+def test_the_deployment_dag_ships_the_champion(dag_run, use_environment):
+    """feature → training → deployment: the champion the training run promoted is built into a
+    Bento, served by it against the real stores, and recorded."""
+    assert dag_run["result"].returncode == 0, dag_run["output"][-3000:]
+    run = run_dag(dag_run["env"], "ctr_deployment", None, None)
+    assert run.returncode == 0 and "state=success" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+    use_environment(dag_run["env"])
+    from models.registry import client
+
+    settings = get_settings()
+    record = json.loads((settings.data_dir / "deployments/deployments.jsonl").read_text().splitlines()[-1])
+    assert record["model"] == "ctr-xgboost" and record["version"] == "1"
+    assert record["smoke_test"]["passed"] and record["smoke_test"]["model"]["version"] == "1"
+    assert record["reload"]["reloaded"] is False and "CTR_SERVICE_URL" in record["reload"]["reason"]
+    tags = client(settings).get_model_version("ctr-xgboost", "1").tags
+    assert tags["deployed_bento"] == record["bento_tag"]
+
+
 def test_ctr_cli_help_lists_the_stages():
     out = subprocess.run(
         [str(VENV_BIN / "ctr"), "run", "--help"], capture_output=True, text=True, check=True

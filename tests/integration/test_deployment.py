@@ -3,6 +3,7 @@ it with a real `bentoml serve`, reload a running `ctr serve`, record the deploym
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_a_new_champion_is_built_smoke_tested_reloaded_and_recorded(
         # Its requests went to its own serving log, not the readout's.
         assert not (settings.serving_log_dir).exists()
 
-        monkeypatch.setenv("CTR_SERVICE_URL", url)
+        settings = dataclasses.replace(settings, service_url=url)
         reloaded = reload_service(settings)
         assert reloaded["reloaded"] and reloaded["changed"] and reloaded["champion"] == new, reloaded
         payload = {"user_id": smoke["request"]["user_id"], "item_ids": smoke["request"]["item_ids"]}

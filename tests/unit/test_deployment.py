@@ -4,6 +4,7 @@ on a real MLflow registry (SQLite in a temporary folder)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from datetime import datetime
@@ -52,14 +53,15 @@ def test_reload_without_a_configured_service_has_nothing_to_do(settings):
 
 def test_reload_of_an_unreachable_service_names_its_url(settings, monkeypatch):
     url = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setenv("CTR_SERVICE_URL", url + "/")
+    settings = dataclasses.replace(settings, service_url=url + "/")
     with pytest.raises(DeploymentError, match=f"{url} did not answer POST /reload"):
         reload_service(settings)
 
 
 @pytest.fixture
-def fake_ranker(monkeypatch):
-    """A stand-in /reload endpoint that answers what the test puts in `answer`."""
+def fake_ranker(settings):
+    """A stand-in /reload endpoint that answers what the test puts in `answer`, and the settings
+    pointing at it."""
     answer: dict = {}
 
     class Handler(BaseHTTPRequestHandler):
@@ -77,8 +79,7 @@ def fake_ranker(monkeypatch):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    monkeypatch.setenv("CTR_SERVICE_URL", f"http://127.0.0.1:{server.server_address[1]}")
-    yield answer
+    yield answer, dataclasses.replace(settings, service_url=f"http://127.0.0.1:{server.server_address[1]}")
     server.shutdown()
     server.server_close()
 
@@ -86,6 +87,7 @@ def fake_ranker(monkeypatch):
 def test_reload_returns_what_the_service_serves_and_fails_when_it_kept_the_old_champion(
     settings, registry, fake_ranker
 ):
+    fake_ranker, settings = fake_ranker
     fake_ranker.update(changed=True, champion="2", challenger=None, reload_failures=0, last_error="")
     answer = reload_service(settings)
     assert answer["reloaded"] is True and answer["champion"] == "2" and answer["changed"] is True
@@ -127,7 +129,7 @@ def test_a_rank_answer_passes_only_from_the_champion_model_with_every_item_sorte
 
 def test_the_smoke_request_is_the_last_days_most_active_user_at_the_last_event(settings):
     from feature_repo.contract import EVENT_TIMESTAMP, ITEM_ID, USER_ID
-    from models.pipeline import _paths
+    from models.lake import ACCEPTED, day_of_rows, write_partition
 
     day = pd.Timestamp("2017-12-03 10:00", tz="UTC")
     rows = [
@@ -139,9 +141,9 @@ def test_the_smoke_request_is_the_last_days_most_active_user_at_the_last_event(s
         (3, 200, day - pd.Timedelta(hours=3)),
         (2, 202, day),
     ]
-    path = _paths(settings)["accepted"]
-    path.parent.mkdir(parents=True)
-    pd.DataFrame(rows, columns=[USER_ID, ITEM_ID, EVENT_TIMESTAMP]).to_parquet(path)
+    events = pd.DataFrame(rows, columns=[USER_ID, ITEM_ID, EVENT_TIMESTAMP])
+    for partition, part in events.groupby(day_of_rows(events, settings)):
+        write_partition(part, settings, ACCEPTED, partition)
 
     request = deployment.sample_request(settings, n_items=8)
     assert request["user_id"] == 2
