@@ -23,3 +23,15 @@ def test_airflow_environment_keeps_what_the_user_set(tmp_path):
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("dags")
     assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
+
+
+def test_env_example_lists_every_variable_the_settings_read():
+    import re
+
+    from models.settings import PROJECT_ROOT
+
+    source = (PROJECT_ROOT / "models/settings.py").read_text()
+    read = set(re.findall(r'_(?:env|timestamp)\("([A-Z0-9_]+)"', source))
+    listed = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (PROJECT_ROOT / ".env.example").read_text(), re.M))
+    assert len(read) > 40
+    assert read - listed == set(), "variables the settings read but .env.example does not list"
