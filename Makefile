@@ -24,11 +24,15 @@ demo: venv
 airflow: venv
 	$(VENV)/bin/ctr airflow-ui --port $(AIRFLOW_PORT)
 
-# The tests start a real redis-server (Debian package) for the Redis online store.
+# Debian packages the tests use, as command:package: a real redis-server for the Redis online
+# store, and headless Chromium with its WebDriver for the Airflow UI test.
+TEST_DEBS := redis-server:redis-server chromium:chromium chromedriver:chromium-driver
 test-deps:
-	@command -v redis-server > /dev/null || { \
+	@missing=; for dep in $(TEST_DEBS); do \
+	  command -v $${dep%%:*} > /dev/null || missing="$$missing $${dep#*:}"; done; \
+	[ -z "$$missing" ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q redis-server; }
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; }
 
 test: venv test-deps
 	$(VENV)/bin/python -m pytest
