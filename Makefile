@@ -1,11 +1,14 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make demo   build .venv from requirements.lock, run the Airflow DAG end to end, serve the ranker
 #   make test   build .venv if needed, run the test suite (what CI runs)
+# and, to work from the Airflow UI:
+#   make airflow   start Airflow on http://127.0.0.1:$(AIRFLOW_PORT) with the project's DAGs (ctr airflow-ui)
 PYTHON ?= python3.11
 VENV := .venv
 UV_VERSION := 0.13.9
+AIRFLOW_PORT ?= 8080
 
-.PHONY: venv demo test test-deps lint clean
+.PHONY: venv demo airflow test test-deps lint clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -18,11 +21,18 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 demo: venv
 	bash scripts/demo.sh
 
-# The tests start a real redis-server (Debian package) for the Redis online store.
+airflow: venv
+	$(VENV)/bin/ctr airflow-ui --port $(AIRFLOW_PORT)
+
+# Debian packages the tests use, as command:package: a real redis-server for the Redis online
+# store, and headless Chromium with its WebDriver for the Airflow UI test.
+TEST_DEBS := redis-server:redis-server chromium:chromium chromedriver:chromium-driver
 test-deps:
-	@command -v redis-server > /dev/null || { \
+	@missing=; for dep in $(TEST_DEBS); do \
+	  command -v $${dep%%:*} > /dev/null || missing="$$missing $${dep#*:}"; done; \
+	[ -z "$$missing" ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q redis-server; }
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; }
 
 test: venv test-deps
 	$(VENV)/bin/python -m pytest

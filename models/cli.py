@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
 
 from models.settings import airflow_environment, get_settings
 
@@ -42,6 +51,171 @@ def _airflow(args: argparse.Namespace) -> int:
     env = airflow_environment(settings)
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     return _exec("airflow", args.args, env)
+
+
+# `ctr airflow-ui`: each Airflow component in its own process, all on loopback. The scheduler's and
+# triggerer's log servers (which bind every interface) are skipped: the API server reads the task
+# logs from the local log folder, as every component runs on this machine.
+UI_COMPONENTS = {
+    "api-server": ["api-server", "--host", "127.0.0.1", "--port", "{port}"],
+    "scheduler": ["scheduler", "--skip-serve-logs"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer", "--skip-serve-logs"],
+}
+UI_HEALTH = ("metadatabase", "scheduler", "dag_processor", "triggerer")
+
+
+class _Stop(Exception):
+    """SIGTERM: stop the components as on Ctrl-C."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def _airflow_ui_environment(port: int) -> dict[str, str]:
+    env = airflow_environment(get_settings())
+    env["AIRFLOW__API__HOST"] = "127.0.0.1"
+    env["AIRFLOW__API__PORT"] = str(port)
+    # Task processes report to the API server's execution API; its default assumes port 8080.
+    env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://127.0.0.1:{port}/execution/")
+    return env
+
+
+def _log_tail(path: Path, lines: int = 40) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def _healthy_since(url: str, started: datetime) -> bool:
+    """Every component reports healthy, with a heartbeat from this start (not a previous one's)."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=5) as response:
+            health = json.load(response)
+    except (OSError, ValueError):
+        return False
+    for name in UI_HEALTH:
+        status = health.get(name) or {}
+        if status.get("status") != "healthy":
+            return False
+        beat = status.get(f"latest_{name}_heartbeat")
+        if beat and datetime.fromisoformat(beat) < started:
+            return False
+    return True
+
+
+def _login_lines(env: dict[str, str]) -> list[str]:
+    if env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "").lower() == "true":
+        return ["no login: AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS makes everyone an admin"]
+    passwords_file = Path(
+        env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
+        or Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+    )
+    try:
+        passwords = json.loads(passwords_file.read_text())
+    except (OSError, ValueError):
+        return ["log in as the auth manager configured for Airflow (no SimpleAuthManager passwords file)"]
+    return [f"log in as {user!r} with password {password!r}" for user, password in passwords.items()] + [
+        f"  (passwords kept in {passwords_file}; edit it to set your own)"
+    ]
+
+
+def _stop_components(processes: dict[str, subprocess.Popen], timeout: float = 30) -> None:
+    """Stop each component as Ctrl-C stops it in a terminal (SIGINT to its process group), then
+    SIGKILL whatever is left of their process trees, task processes (in groups of their own) too."""
+    import psutil
+
+    tree: list[psutil.Process] = []
+    for process in processes.values():
+        with contextlib.suppress(psutil.Error):
+            parent = psutil.Process(process.pid)
+            tree += [parent, *parent.children(recursive=True)]
+    for process in processes.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    for leftover in alive:
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()
+    psutil.wait_procs(alive, timeout=10)
+    for process in processes.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+
+
+def _airflow_ui(args: argparse.Namespace) -> int:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the API server binds
+        try:
+            probe.bind(("127.0.0.1", args.port))
+        except OSError:
+            print(f"127.0.0.1:{args.port} is in use: pick another port with --port", file=sys.stderr)
+            return 1
+    airflow = shutil.which("airflow", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    if airflow is None:
+        print("airflow not found; install the environment with `make venv`", file=sys.stderr)
+        return 127
+    env = _airflow_ui_environment(args.port)
+    logs = Path(env["AIRFLOW_HOME"]) / "logs/components"
+    logs.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{args.port}"
+
+    # The components run in process groups of their own: Ctrl-C, SIGTERM or a closed terminal reach
+    # only this process, which stops them all, once each.
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _raise_stop)
+    processes: dict[str, subprocess.Popen] = {}
+    try:
+        print(f"airflow db migrate ({env['AIRFLOW_HOME']})", flush=True)
+        with (logs / "db-migrate.log").open("w") as out:
+            migrate = subprocess.run([airflow, "db", "migrate"], env=env, stdout=out, stderr=out)
+        if migrate.returncode != 0:
+            print(_log_tail(logs / "db-migrate.log"), file=sys.stderr)
+            return migrate.returncode
+        started = datetime.now(UTC)
+        for name, command in UI_COMPONENTS.items():
+            with (logs / f"{name}.log").open("w") as out:
+                argv = [airflow, *(part.format(port=args.port) for part in command)]
+                processes[name] = subprocess.Popen(
+                    argv, env=env, stdout=out, stderr=subprocess.STDOUT, process_group=0
+                )
+        print(f"starting {', '.join(processes)}; their logs: {logs}/", flush=True)
+        deadline = time.monotonic() + args.start_timeout
+        ready = False
+        while True:
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    print(f"{name} exited with {process.returncode}:", file=sys.stderr)
+                    print(_log_tail(logs / f"{name}.log"), file=sys.stderr)
+                    return 1
+            if not ready and _healthy_since(url, started):
+                ready = True
+                print(
+                    "\n".join(
+                        [
+                            "",
+                            f"Airflow UI: {url}",
+                            *_login_lines(env),
+                            f"DAGs from {env['AIRFLOW__CORE__DAGS_FOLDER']} (new DAGs start paused: "
+                            "switch one on, or trigger it, in the UI)",
+                            "Ctrl-C stops every component",
+                            "",
+                        ]
+                    ),
+                    flush=True,
+                )
+            if not ready and time.monotonic() > deadline:
+                print(f"not healthy within {args.start_timeout:.0f} s; see {logs}/", file=sys.stderr)
+                return 1
+            time.sleep(1)
+    except (KeyboardInterrupt, _Stop):
+        print("stopping Airflow", flush=True)
+        return 0
+    finally:
+        for stop_signal in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(stop_signal, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        _stop_components(processes)
 
 
 def _feast(args: argparse.Namespace) -> int:
@@ -110,6 +284,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     airflow.add_argument("args", nargs=argparse.REMAINDER)
     airflow.set_defaults(func=_airflow)
+
+    airflow_ui = sub.add_parser(
+        "airflow-ui",
+        help="start Airflow locally (API server and UI, scheduler, DAG processor, triggerer) on 127.0.0.1",
+        description="Start Airflow on this machine with the project's DAGs and environment: "
+        "`airflow db migrate`, then the API server (which serves the UI), scheduler, DAG processor and "
+        "triggerer, each on loopback only. Prints the URL and the login once every component is "
+        "healthy; Ctrl-C stops them all. The metadata DB and logs live in AIRFLOW_HOME (default "
+        "CTR_DATA_DIR/airflow), component logs in AIRFLOW_HOME/logs/components/. Login: user 'admin' "
+        "(Airflow's SimpleAuthManager), password generated on first start into "
+        "AIRFLOW_HOME/simple_auth_manager_passwords.json.generated.",
+    )
+    airflow_ui.add_argument("--port", type=int, default=8080, help="port of the UI and API (default 8080)")
+    airflow_ui.add_argument(
+        "--start-timeout",
+        type=float,
+        default=300,
+        metavar="S",
+        help="give up if the components are not all healthy after this many seconds (default 300)",
+    )
+    airflow_ui.set_defaults(func=_airflow_ui)
 
     feast = sub.add_parser(
         "feast",

@@ -1,0 +1,261 @@
+"""`ctr airflow-ui` as a user meets it: the REST API (JWT login, DAGs, import errors, a triggered run
+through the scheduler) and the React UI in headless Chromium (Debian packages; `make test-deps`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.conftest import ROOT, free_port, project_environment
+
+pytestmark = pytest.mark.integration
+
+# What the UI must list, and the run the REST test triggers: switch these when the DAG set changes.
+DAG_IDS = ("ctr_pipeline",)
+TRIGGER_DAG_ID = "ctr_pipeline"
+# Airflow 3 requires the key; null is a run "now", allowed for DAGs with schedule=None. A scheduled
+# (e.g. daily) DAG takes an ISO-8601 date with an offset, e.g. "2017-12-01T00:00:00+08:00".
+TRIGGER_LOGICAL_DATE: str | None = None
+TRIGGER_CONF: dict = {}
+RUN_TIMEOUT_S = 900  # ctr_pipeline took 5-7 min through the scheduler on 2 busy cores
+
+START_TIMEOUT_S = 240
+DAGS_TIMEOUT_S = 120
+UI_TIMEOUT_S = 60
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# Headless as root in a sandbox without a network: no setuid sandbox, no GPU, no calls home.
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+    "--window-size=1400,900",
+)
+
+
+@dataclass
+class AirflowUI:
+    url: str
+    user: str
+    password: str
+    log: Path
+    airflow_home: Path
+    pid: int
+
+    def processes(self) -> list[psutil.Process]:
+        parent = psutil.Process(self.pid)
+        return [parent, *parent.children(recursive=True)]
+
+    def component_log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.airflow_home / "logs/components" / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def _stop_tree(process: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM `ctr airflow-ui` (which stops its components), then SIGKILL anything left of its tree."""
+    try:
+        tree = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+    _, alive = psutil.wait_procs(tree, timeout=5)
+    for leftover in alive:
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()
+
+
+@pytest.fixture(scope="module")
+def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
+    """`ctr airflow-ui` on a free port over a temporary data dir, healthy and logged-in-able."""
+    data_dir = tmp_path_factory.mktemp("airflow_ui")
+    env = project_environment(data_dir)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = data_dir / "airflow-ui.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["ctr", "airflow-ui", "--port", str(port), "--start-timeout", str(START_TIMEOUT_S)],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert process.poll() is None, "ctr airflow-ui exited:\n" + log.read_text()[-3000:]
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                health = httpx.get(f"{url}/api/v2/monitor/health", timeout=5).json()
+                # The command prints its banner (URL, login) once it has seen the same.
+                if (
+                    all(part.get("status") == "healthy" for part in health.values())
+                    and url in log.read_text()
+                ):
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"Airflow not healthy in {START_TIMEOUT_S} s:\n" + log.read_text()[-3000:])
+            time.sleep(1)
+        passwords_file = data_dir / "airflow/simple_auth_manager_passwords.json.generated"
+        password = json.loads(passwords_file.read_text())["admin"]
+        yield AirflowUI(url, "admin", password, log, data_dir / "airflow", process.pid)
+    finally:
+        _stop_tree(process)
+
+
+@pytest.fixture(scope="module")
+def api(airflow_ui: AirflowUI) -> Iterator[httpx.Client]:
+    """A REST client with a JWT from POST /auth/token."""
+    token = httpx.post(
+        f"{airflow_ui.url}/auth/token",
+        json={"username": airflow_ui.user, "password": airflow_ui.password},
+        timeout=30,
+    )
+    assert token.status_code == 201, token.text
+    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    with httpx.Client(base_url=f"{airflow_ui.url}/api/v2", headers=headers, timeout=30) as client:
+        yield client
+
+
+def _wait_for_dags(api: httpx.Client) -> dict[str, dict]:
+    """The DAGs once the DAG processor has parsed every expected one (or the deadline passed)."""
+    deadline = time.monotonic() + DAGS_TIMEOUT_S
+    while True:
+        dags = {
+            dag["dag_id"]: dag
+            for dag in api.get("/dags", params={"limit": 100}).raise_for_status().json()["dags"]
+        }
+        if set(DAG_IDS) <= set(dags) or time.monotonic() > deadline:
+            return dags
+        time.sleep(2)
+
+
+def test_the_command_prints_the_url_and_the_login(airflow_ui: AirflowUI):
+    banner = airflow_ui.log.read_text()
+    assert f"Airflow UI: {airflow_ui.url}" in banner
+    assert f"log in as 'admin' with password '{airflow_ui.password}'" in banner
+    # Whatever it started listens on loopback only: no log server on all interfaces.
+    listening = set()
+    for process in airflow_ui.processes():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            listening |= {
+                f"{c.laddr.ip}:{c.laddr.port}"
+                for c in process.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN
+            }
+    assert listening == {airflow_ui.url.removeprefix("http://")}, listening
+
+
+def test_rest_api_lists_the_project_dags_without_import_errors(api: httpx.Client):
+    dags = _wait_for_dags(api)
+    errors = api.get("/importErrors").raise_for_status().json()
+    assert errors["total_entries"] == 0, json.dumps(errors["import_errors"], indent=2)[:5000]
+    assert set(DAG_IDS) <= set(dags), sorted(dags)
+    assert not any(dags[dag_id]["is_stale"] for dag_id in DAG_IDS)
+
+
+def test_ui_login_shows_the_project_dags(airflow_ui: AirflowUI, api: httpx.Client, tmp_path: Path):
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.fail(
+            f"Chromium is not installed ({', '.join(missing)} missing): `make test-deps` installs it, "
+            "or `sudo apt-get install chromium chromium-driver`"
+        )
+    _wait_for_dags(api)  # the DAG processor has written them before the page asks
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    screenshot, page = tmp_path / "airflow-ui.png", tmp_path / "airflow-ui.html"
+    try:
+        wait = WebDriverWait(driver, UI_TIMEOUT_S)
+        driver.get(f"{airflow_ui.url}/dags")
+        # SimpleAuthManager's own login page (a React form), then back to the DAG list.
+        login_form = expected_conditions.visibility_of_element_located((By.NAME, "username"))
+        username = wait.until(login_form, "no login form")
+        username.send_keys(airflow_ui.user)
+        driver.find_element(By.NAME, "password").send_keys(airflow_ui.password)
+        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait.until(lambda d: "/auth/login" not in d.current_url, "the login form did not go away")
+        for dag_id in DAG_IDS:
+            link = (By.XPATH, f"//a[normalize-space()='{dag_id}']")
+            wait.until(expected_conditions.visibility_of_element_located(link), f"no link to {dag_id}")
+    except Exception as exc:
+        driver.save_screenshot(str(screenshot))
+        page.write_text(driver.page_source)
+        reason = getattr(exc, "msg", None) or repr(exc)  # a WebDriverException's message, no stack
+        pytest.fail(f"{reason} at {driver.current_url}\nscreenshot: {screenshot}\npage: {page}")
+    finally:
+        driver.quit()
+
+
+def test_a_triggered_run_succeeds(airflow_ui: AirflowUI, api: httpx.Client):
+    _wait_for_dags(api)
+    # New DAGs start paused; the scheduler runs nothing of a paused DAG.
+    api.patch(f"/dags/{TRIGGER_DAG_ID}", json={"is_paused": False}).raise_for_status()
+    triggered = api.post(
+        f"/dags/{TRIGGER_DAG_ID}/dagRuns", json={"logical_date": TRIGGER_LOGICAL_DATE, "conf": TRIGGER_CONF}
+    )
+    assert triggered.status_code == 200, triggered.text
+    run_path = f"/dags/{TRIGGER_DAG_ID}/dagRuns/{urllib.parse.quote(triggered.json()['dag_run_id'], safe='')}"
+
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    state = triggered.json()["state"]
+    while state not in ("success", "failed") and time.monotonic() < deadline:
+        time.sleep(5)
+        state = api.get(run_path).raise_for_status().json()["state"]
+    if state != "success":
+        pytest.fail(f"run of {TRIGGER_DAG_ID} is {state!r}\n" + _run_report(api, run_path, airflow_ui))
+
+
+def _log_line(entry: dict | str) -> str:
+    """One structured task-log entry as text, with its traceback when it has one."""
+    if not isinstance(entry, dict):
+        return str(entry)
+    line = f"{entry.get('level', '')} {entry.get('event', '')}".strip()
+    if entry.get("error_detail"):
+        line += "\n" + json.dumps(entry["error_detail"], indent=1)[-4000:]
+    return line
+
+
+def _run_report(api: httpx.Client, run_path: str, airflow_ui: AirflowUI) -> str:
+    """Task states, the logs of the tasks that did not succeed, and the scheduler's log tail."""
+    tasks = api.get(f"{run_path}/taskInstances").raise_for_status().json()["task_instances"]
+    report = [f"{t['task_id']}: {t['state']} (try {t['try_number']})" for t in tasks]
+    for task in tasks:
+        if task["state"] in ("failed", "up_for_retry", "upstream_failed", "running") and task["try_number"]:
+            logs = api.get(
+                f"{run_path}/taskInstances/{task['task_id']}/logs/{task['try_number']}",
+                headers={"Accept": "application/json"},
+            )
+            entries = (logs.json().get("content") or []) if logs.is_success else [logs.text]
+            report += [f"--- {task['task_id']} log", *map(_log_line, entries[-30:])]
+    return "\n".join([*report, "--- scheduler", airflow_ui.component_log_tail("scheduler")])
