@@ -41,7 +41,7 @@ class Thresholds:
 
     max_psi: float = 0.25  # above 0.25 is the usual reading of a real population shift
     min_coverage: float = 0.01  # share of the catalogue served at least once
-    min_online_auc: float = 0.55  # score vs clicked, per variant
+    min_online_auc: float = 0.55  # per variant: score vs intent among the served items then viewed
     max_fallback_share: float = 0.05  # share of requests answered by the popularity fallback
     min_requests: int = 1  # fewer requests served in the window is an alert (0 turns it off)
     alpha: float = 0.05  # significance level of the champion/challenger test
@@ -90,6 +90,13 @@ def _variant(rows: pd.DataFrame, name: str) -> dict[str, Any]:
     readout["conversion_rate"] = _rate(readout["converted_rows"], len(rows))
     # AUC needs both classes; with one it is undefined, not 0.5.
     readout["online_auc"] = float(roc_auc_score(y, scored["score"])) if 0 < y.sum() < len(y) else None
+    # The models predict intent (cart, fav, buy) after a view: their own label, online, is
+    # `converted` among the served items the shopper went on to view. The threshold applies to it.
+    viewed = scored[scored["clicked"].astype(bool)]
+    label = viewed["converted"].to_numpy(bool)
+    readout["online_label_auc"] = (
+        float(roc_auc_score(label, viewed["score"])) if 0 < label.sum() < len(label) else None
+    )
     if rows.empty:
         readout["note"] = f"no {name} traffic in this window"
     return readout
@@ -242,9 +249,12 @@ def breaches(report: dict[str, Any], thresholds: Thresholds) -> list[str]:
                 f"fallback share of requests {share:.3f} is above the limit {thresholds.max_fallback_share}"
             )
         for name, variant in ab["variants"].items():
-            auc = variant["online_auc"]
+            auc = variant["online_label_auc"]
             if auc is not None and auc < thresholds.min_online_auc:
-                found.append(f"{name} online AUC {auc:.4f} is below the limit {thresholds.min_online_auc}")
+                found.append(
+                    f"{name} online AUC of intent after a view {auc:.4f} is below the limit "
+                    f"{thresholds.min_online_auc}"
+                )
         test = ab["test"]
         if test["p_value"] is not None and test["p_value"] < thresholds.alpha and test["z"] < 0:
             rates = [ab["variants"][name]["request_click_rate"] for name in (CHALLENGER, CHAMPION)]

@@ -26,14 +26,12 @@ from tests.conftest import ROOT, free_port, project_environment
 
 pytestmark = pytest.mark.integration
 
-# What the UI must list, and the run the REST test triggers: switch these when the DAG set changes.
-DAG_IDS = ("ctr_pipeline",)
-TRIGGER_DAG_ID = "ctr_pipeline"
-# Airflow 3 requires the key; null is a run "now", allowed for DAGs with schedule=None. A scheduled
-# (e.g. daily) DAG takes an ISO-8601 date with an offset, e.g. "2017-12-01T00:00:00+08:00".
-TRIGGER_LOGICAL_DATE: str | None = None
-TRIGGER_CONF: dict = {}
-RUN_TIMEOUT_S = 900  # ctr_pipeline took 5-7 min through the scheduler on 2 busy cores
+# What the UI must list, and the backfill the REST test creates: two consecutive days of the
+# feature DAG (logical dates are the starts of their data intervals, in shop time).
+DAG_IDS = ("ctr_features", "ctr_training", "ctr_deployment", "ctr_monitoring")
+BACKFILL_DAG_ID = "ctr_features"
+BACKFILL_DAYS = ("2017-11-25", "2017-11-26")
+RUN_TIMEOUT_S = 900  # two feature runs through the scheduler, each task in a fresh process
 
 START_TIMEOUT_S = 240
 DAGS_TIMEOUT_S = 120
@@ -217,23 +215,45 @@ def test_ui_login_shows_the_project_dags(airflow_ui: AirflowUI, api: httpx.Clien
         driver.quit()
 
 
-def test_a_triggered_run_succeeds(airflow_ui: AirflowUI, api: httpx.Client):
+def test_a_backfill_through_the_rest_api_builds_two_consecutive_days(
+    airflow_ui: AirflowUI, api: httpx.Client
+):
     _wait_for_dags(api)
-    # New DAGs start paused; the scheduler runs nothing of a paused DAG.
-    api.patch(f"/dags/{TRIGGER_DAG_ID}", json={"is_paused": False}).raise_for_status()
-    triggered = api.post(
-        f"/dags/{TRIGGER_DAG_ID}/dagRuns", json={"logical_date": TRIGGER_LOGICAL_DATE, "conf": TRIGGER_CONF}
+    first, last = (f"{day}T00:00:00+08:00" for day in BACKFILL_DAYS)
+    created = api.post(
+        "/backfills",
+        json={"dag_id": BACKFILL_DAG_ID, "from_date": first, "to_date": last, "max_active_runs": 1},
     )
-    assert triggered.status_code == 200, triggered.text
-    run_path = f"/dags/{TRIGGER_DAG_ID}/dagRuns/{urllib.parse.quote(triggered.json()['dag_run_id'], safe='')}"
+    assert created.status_code == 200, created.text
+    backfill = created.json()["id"]
 
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    state = triggered.json()["state"]
-    while state not in ("success", "failed") and time.monotonic() < deadline:
+    runs: list[dict] = []
+    while time.monotonic() < deadline:
+        runs = api.get(f"/dags/{BACKFILL_DAG_ID}/dagRuns", params={"run_type": "backfill"}).json()["dag_runs"]
+        if len(runs) == len(BACKFILL_DAYS) and all(r["state"] in ("success", "failed") for r in runs):
+            break
         time.sleep(5)
-        state = api.get(run_path).raise_for_status().json()["state"]
-    if state != "success":
-        pytest.fail(f"run of {TRIGGER_DAG_ID} is {state!r}\n" + _run_report(api, run_path, airflow_ui))
+    states = {r["dag_run_id"]: r["state"] for r in runs}
+    if sorted(states.values()) != ["success"] * len(BACKFILL_DAYS):
+        reports = [
+            _run_report(api, f"/dags/{BACKFILL_DAG_ID}/dagRuns/{urllib.parse.quote(r, safe='')}", airflow_ui)
+            for r, state in states.items()
+            if state != "success"
+        ]
+        pytest.fail(f"backfill {backfill} runs: {states}\n" + "\n".join(reports))
+
+    # Exactly the two days were processed, each whole: its lake partition, its validation report
+    # (rows in = accepted + quarantined) and its feature rows, then materialized.
+    data_dir = airflow_ui.airflow_home.parent
+    assert sorted(p.name for p in (data_dir / "lake/accepted").glob("date=*")) == [
+        f"date={day}" for day in BACKFILL_DAYS
+    ]
+    for day, rows in zip(BACKFILL_DAYS, (8732, 8786), strict=True):
+        report = json.loads((data_dir / f"quarantine/date={day}/report.json").read_text())
+        assert report["input_rows"] == rows == report["accepted_rows"] + report["quarantined_rows"]
+    intervals = sorted((r["data_interval_start"], r["data_interval_end"]) for r in runs)
+    assert intervals[0][1] == intervals[1][0]  # consecutive, no gap and no overlap
 
 
 def _log_line(entry: dict | str) -> str:

@@ -107,6 +107,8 @@ def test_variant_metrics_leave_fallback_rows_out_and_auc_matches_sklearn():
     assert variant["row_ctr"] == pytest.approx(champion["clicked"].mean())
     assert variant["conversion_rate"] == pytest.approx(champion["converted"].mean())
     assert variant["online_auc"] == pytest.approx(roc_auc_score(champion["clicked"], champion["score"]))
+    viewed = champion[champion["clicked"]]
+    assert variant["online_label_auc"] == pytest.approx(roc_auc_score(viewed["converted"], viewed["score"]))
 
 
 def test_per_request_click_rate_counts_a_request_once_and_auc_needs_both_classes():
@@ -156,7 +158,8 @@ def test_breaches_name_the_metric_its_value_and_the_limit():
             ]
         )
     )
-    readout["variants"]["champion"]["online_auc"] = 0.52
+    readout["variants"]["champion"]["online_label_auc"] = 0.52
+    readout["variants"]["challenger"]["online_label_auc"] = 0.70
     report = {
         "ab": readout,
         "drift": [{"feature": "item_pv_7d", "psi": 0.4}, {"feature": "user_pv_7d", "psi": 0.1}],
@@ -165,7 +168,7 @@ def test_breaches_name_the_metric_its_value_and_the_limit():
     challenger, champion = (readout["variants"][v]["request_click_rate"] for v in ("challenger", "champion"))
     assert breaches(report, Thresholds(max_fallback_share=0.01)) == [
         "fallback share of requests 0.048 is above the limit 0.01",
-        "champion online AUC 0.5200 is below the limit 0.55",
+        "champion online AUC of intent after a view 0.5200 is below the limit 0.55",
         f"challenger per-request click rate {challenger:.4f} is significantly below the champion's "
         f"{champion:.4f} (p = {readout['test']['p_value']:.2g}, alpha 0.05)",
         "feature item_pv_7d PSI 0.400 is above the limit 0.25",
