@@ -1,4 +1,4 @@
-"""`ctr`: the project's command line. Each stage is also an Airflow task of dags/ctr_pipeline.py."""
+"""`ctr`: the project's command line. Each stage is also an Airflow task of the DAGs in dags/."""
 
 from __future__ import annotations
 
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
     airflow = sub.add_parser(
         "airflow",
-        help="run the airflow CLI with this project's environment, e.g. `ctr airflow dags test ctr_pipeline`",
+        help="run the airflow CLI with this project's environment, e.g. `ctr airflow dags test ctr_training`",
     )
     airflow.add_argument("args", nargs=argparse.REMAINDER)
     airflow.set_defaults(func=_airflow)

@@ -96,7 +96,7 @@ print(f"   deployed: {json.dumps(last)[:300]}")
 PY
 echo
 echo "MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/var/mlflow/mlflow.db --port 5000"
-echo "Airflow UI: .venv/bin/ctr airflow standalone   (then http://127.0.0.1:8080)"
+echo "Airflow UI: make airflow   (http://127.0.0.1:8080, login printed when ready)"
 if [ "${DEMO_KEEP_SERVING:-1}" = "1" ]; then
   echo "Serving on http://127.0.0.1:$port (OpenAPI at /docs). Ctrl-C to stop."
   wait $server
