@@ -53,7 +53,7 @@ def _served_test_day(settings) -> tuple[int, int]:
             feature_service=champion.feature_service,
             fallback=False,
             unknown=[False] * len(shown),
-            served_at=viewed[EVENT_TIMESTAMP].min() - pd.Timedelta(minutes=1),
+            served_at=max(viewed[EVENT_TIMESTAMP].min() - pd.Timedelta(minutes=1), DAY),
             features=shown[champion.features],
         )
         requests, served = requests + 1, served + len(shown)
