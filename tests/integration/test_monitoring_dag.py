@@ -90,7 +90,7 @@ def test_monitoring_reads_out_the_variants_and_alerts_on_drift(dag_run, use_envi
         assert 0.0 < run[f"metrics.{variant}_online_auc"] < 1.0
         # the models' own label online (intent among the items then viewed): as good as offline
         assert run[f"metrics.{variant}_online_label_auc"] > 0.6
-    assert 0.0 <= run["metrics.ab_p_value"] <= 1.0
+    assert 0.0 <= run["metrics.ab_test_p_value"] <= 1.0
     assert run["metrics.breaches"] == 0
     artifacts = Path(urlparse(run["artifact_uri"]).path)
     for plot in ("plots/feature_psi.png", "plots/variant_rates.png"):
