@@ -19,7 +19,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from feature_repo.contract import BEHAVIORS
 from models.settings import get_settings
-from services.security import RequestGuard
+from services.security import RequestGuard, hide_request_inputs_in_logs
 
 SETTINGS = get_settings()
 Behavior = Literal[BEHAVIORS]  # type: ignore[valid-type]
@@ -50,6 +50,7 @@ class Ingest:
     def __init__(self) -> None:
         from models.ingest import Ingestor
 
+        hide_request_inputs_in_logs()
         self.ingestor = Ingestor(SETTINGS)
 
     @bentoml.api(route="/events")

@@ -42,7 +42,7 @@ from models.privacy import pseudonym
 from models.settings import get_settings
 from services import metrics
 from services.schemas import Contribution, ModelRef, RankContext, RankResponse, ScoredItem
-from services.security import RequestGuard
+from services.security import RequestGuard, hide_request_inputs_in_logs
 
 SETTINGS = get_settings()
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class Ranker:
         from services.degradation import StoreGuard
         from services.features import RankerFeatures
 
+        hide_request_inputs_in_logs()
         self.store = open_store(SETTINGS)
         self.pool = ModelPool(SETTINGS, self._check_binding, on_reload=self._count_reload)
         self.pool.start()

@@ -106,3 +106,30 @@ def test_a_streamed_body_is_cut_at_the_limit_and_the_rest_drained(monkeypatch):
     assert _call(guard, [], [b"x" * 50, b"x" * 51, b"x" * 50, b"x"]) == (413, 4)
     assert _call(guard, [(b"content-length", b"500")], [b"x" * 500]) == (413, 1)
     assert len(reached) == 1
+
+
+def test_a_failed_request_is_logged_without_its_input_values(caplog):
+    import logging
+
+    from pydantic import BaseModel, ValidationError
+
+    from services.security import REQUEST_ERROR_LOGGER, hide_request_inputs_in_logs
+
+    class Event(BaseModel):
+        user_id: int
+        item_id: int
+
+    hide_request_inputs_in_logs()
+    hide_request_inputs_in_logs()  # installed once
+    logger = logging.getLogger(REQUEST_ERROR_LOGGER)
+    assert len(logger.filters) == 1
+    try:
+        Event.model_validate({"user_id": 918273645})
+    except ValidationError:
+        with caplog.at_level(logging.ERROR, logger=REQUEST_ERROR_LOGGER):
+            logger.error("Exception on %s [%s]", "/events", "POST", exc_info=True)
+    (record,) = caplog.records
+    assert caplog.text.strip().endswith(
+        "Exception on /events [POST]: 1 validation error(s): item_id: Field required"
+    )
+    assert "918273645" not in caplog.text and record.exc_info is None
