@@ -6,7 +6,9 @@ BentoML reads or parses anything:
 * a body larger than `max_bytes` gets a 413, whether its Content-Length says so or its chunks add
   up to more (the body is read, never more than `max_bytes` of it kept, before the API sees it);
 * with CTR_API_TOKEN set, a request to a `protected` path without `Authorization: Bearer <token>`
-  gets a 401; the token is compared in constant time and never logged. Other paths stay open.
+  gets a 401; the token is compared in constant time and never logged. Other paths stay open;
+* a body that is not JSON gets a 415: the APIs take JSON only, so BentoML's other decoders (its
+  pickle one, which it refuses on the main server itself, and multipart) are never reached.
 
 Errors are JSON, `{"error": "..."}`, as BentoML's own.
 
@@ -71,6 +73,11 @@ class RequestGuard:
             )
             return
         declared = _content_length(scope)
+        media_type = _header(scope, b"content-type").split(b";")[0].strip().lower()
+        if media_type not in (b"", b"application/json"):
+            await _drain(receive, declared)
+            await _reply(send, 415, "the request body must be JSON (Content-Type: application/json)")
+            return
         if declared is not None and declared > self.max_bytes:
             await _drain(receive, declared)
             await self._too_large(send)
@@ -108,14 +115,15 @@ class RequestGuard:
         )
 
 
+def _header(scope: Scope, wanted: bytes) -> bytes:
+    return next((value for name, value in scope["headers"] if name == wanted), b"")
+
+
 def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    try:
+        return int(_header(scope, b"content-length"))
+    except ValueError:
+        return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

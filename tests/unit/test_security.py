@@ -69,6 +69,18 @@ def test_a_body_over_the_limit_gets_a_413_before_the_app_reads_it(monkeypatch):
     assert chunked.status_code == 413
 
 
+@pytest.mark.parametrize(
+    "content_type", ["application/vnd.bentoml+pickle", "multipart/form-data; boundary=x", "text/plain"]
+)
+def test_a_body_that_is_not_json_gets_a_415(monkeypatch, content_type):
+    client = _client(monkeypatch)
+    response = client.post("/rank", content=b"\x80\x05N.", headers={"content-type": content_type})
+    assert response.status_code == 415 and "must be JSON" in response.json()["error"]
+    assert client.post(
+        "/rank", content=b"[]", headers={"content-type": "application/json; charset=utf-8"}
+    ).json()
+
+
 def _call(guard: RequestGuard, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> tuple[int, int]:
     """Drive the guard with a body in `chunks`; returns (status, chunks the client got to send)."""
     messages = [
