@@ -8,7 +8,7 @@ VENV := .venv
 UV_VERSION := 0.13.9
 AIRFLOW_PORT ?= 8080
 
-.PHONY: venv demo airflow test test-deps lint clean
+.PHONY: venv demo airflow test test-deps lint audit clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -39,6 +39,22 @@ test: venv test-deps
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+# Known vulnerabilities of the pinned dependencies: var/pip-audit.json and var/pip-audit.md
+# (exit 1: vulnerable pins, 2: the vulnerability database could not be reached). pip-audit lives
+# in its own venv so that it never changes the project's. Triage goes in SECURITY.md.
+AUDIT_VENV := .venv-audit
+PIP_AUDIT_VERSION := 2.10.1
+AUDIT_SERVICE ?= pypi
+
+$(AUDIT_VENV)/.installed:
+	@test -x $(AUDIT_VENV)/bin/python || $(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/python -m pip install -q --disable-pip-version-check pip-audit==$(PIP_AUDIT_VERSION)
+	@touch $@
+
+audit: $(AUDIT_VENV)/.installed
+	$(AUDIT_VENV)/bin/python scripts/audit.py --pip-audit $(AUDIT_VENV)/bin/pip-audit \
+	  --requirements requirements.lock --service $(AUDIT_SERVICE) --out var
 
 clean:
 	rm -rf var

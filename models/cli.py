@@ -244,8 +244,11 @@ def _ingest(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from models.replay import replay
 
-    url = args.url or get_settings().ingest_url
-    totals = replay(args.file, url, args.speedup, max_batch=args.batch, limit=args.limit)
+    settings = get_settings()
+    url = args.url or settings.ingest_url
+    totals = replay(
+        args.file, url, args.speedup, max_batch=args.batch, limit=args.limit, token=settings.api_token
+    )
     print(
         json.dumps(
             {

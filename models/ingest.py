@@ -7,6 +7,8 @@ An event older than everything a full state keeps ("late") cannot be told from a
 evicted one: it is logged, not pushed, and the batch job drops any id it reads twice.
 
 One writer per user at a time: the service runs one worker and serialises batches with a lock.
+With CTR_USER_ID_KEY set, user ids are pseudonymised (models/privacy.py) before anything is read,
+logged or pushed: the event log and the online store hold pseudonyms only.
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ class Ingestor:
 
         self.store = store or open_store(settings)
         self.log = EventLog(settings.event_log_dir)
+        self.user_id_key = settings.user_id_key
         self._lock = threading.Lock()
         self._refs = [f"{RECENT_VIEW}:{name}" for name in RECENT_FEATURES]
 
@@ -161,11 +164,14 @@ class Ingestor:
         return states
 
     def ingest(self, events: pd.DataFrame) -> IngestResult:
+        """Log and apply canonical events that carry the shop's user ids."""
         from feast.data_source import PushMode
 
         from models.events import event_ids
         from models.features import merge_recent
+        from models.privacy import pseudonymise
 
+        events = events.assign(**{USER_ID: pseudonymise(events[USER_ID], self.user_id_key)})
         events = events.assign(**{EVENT_ID: event_ids(events)})
         unique = events.drop_duplicates(EVENT_ID)
         with self._lock:

@@ -30,10 +30,12 @@ class ReplayTotals:
 
 
 def load_stream(path: Path | str) -> pd.DataFrame:
-    """A raw Taobao CSV as canonical events in time order; rows that do not parse are skipped."""
+    """A raw Taobao CSV as canonical events in time order, with the shop's own user ids (the ingest
+    service pseudonymises them); rows that do not parse are skipped."""
     from models.events import load_events
 
-    events = load_events(path).dropna(subset=[USER_ID, ITEM_ID, CATEGORY_ID, BEHAVIOR, EVENT_TIMESTAMP])
+    events = load_events(path, user_id_key="")
+    events = events.dropna(subset=[USER_ID, ITEM_ID, CATEGORY_ID, BEHAVIOR, EVENT_TIMESTAMP])
     return events.sort_values(EVENT_TIMESTAMP, kind="stable").reset_index(drop=True)
 
 
@@ -73,7 +75,9 @@ def replay(
     max_batch: int = 500,
     limit: int | None = None,
     out: TextIO = sys.stderr,
+    token: str = "",
 ) -> ReplayTotals:
+    """Send the events of `path` to the ingest service at `url`; `token`: its CTR_API_TOKEN, if any."""
     import httpx
 
     events = load_stream(path)
@@ -85,7 +89,8 @@ def replay(
     first = events[EVENT_TIMESTAMP].iloc[0]
     started = time.perf_counter()
     last_shown = 0.0
-    with httpx.Client(base_url=url.rstrip("/"), timeout=60) as client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=url.rstrip("/"), timeout=60, headers=headers) as client:
         for send_at, batch in batches(events, speedup, max_batch):
             wait = send_at - (time.perf_counter() - started)
             if wait > 0:

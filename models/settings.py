@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +17,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _SHARED_EVENTS = PROJECT_ROOT.parent / "shared/data/taobao_userbehavior/userbehavior_user_slice.csv"
 _SAMPLE_EVENTS = PROJECT_ROOT / "data/sample/userbehavior_user_slice.csv.gz"
+# The shortest CTR_API_TOKEN / CTR_USER_ID_KEY accepted: shorter ones can be guessed.
+MIN_SECRET_LENGTH = 16
 
 
 def _env(name: str, default: str) -> str:
@@ -84,6 +86,11 @@ class Settings:
     monitor_min_online_auc: float
     monitor_max_fallback_share: float
     monitor_min_requests: int
+    # Secrets: kept out of repr() so that printing or logging settings never shows them.
+    api_token: str = field(repr=False)
+    user_id_key: str = field(repr=False)
+    max_request_bytes: int
+    ingest_max_request_bytes: int
 
     @cached_property
     def lake_dir(self) -> Path:
@@ -153,6 +160,7 @@ def default_raw_events() -> Path:
 def get_settings() -> Settings:
     data_dir = Path(_env("CTR_DATA_DIR", str(PROJECT_ROOT / "var"))).resolve()
     feast_repo = Path(_env("CTR_FEAST_REPO", str(PROJECT_ROOT / "feature_repo"))).resolve()
+    ingest_max_events = int(_env("CTR_INGEST_MAX_EVENTS", "10000"))
     settings = Settings(
         data_dir=data_dir,
         raw_events=Path(_env("CTR_RAW_EVENTS", str(default_raw_events()))),
@@ -196,7 +204,7 @@ def get_settings() -> Settings:
         feast_registry=Path(_env("CTR_FEAST_REGISTRY", str(data_dir / "feast/registry.db"))),
         feast_registry_ttl_s=int(_env("CTR_FEAST_REGISTRY_TTL_S", "10")),
         event_log_dir=Path(_env("CTR_EVENT_LOG", str(data_dir / "events"))).resolve(),
-        ingest_max_events=int(_env("CTR_INGEST_MAX_EVENTS", "10000")),
+        ingest_max_events=ingest_max_events,
         ingest_url=_env("CTR_INGEST_URL", "http://127.0.0.1:3001"),
         # The running ranker the deployment DAG tells to reload; empty: none to tell.
         service_url=_env("CTR_SERVICE_URL", ""),
@@ -210,11 +218,34 @@ def get_settings() -> Settings:
         monitor_min_online_auc=float(_env("CTR_MONITOR_MIN_ONLINE_AUC", "0.55")),
         monitor_max_fallback_share=float(_env("CTR_MONITOR_MAX_FALLBACK_SHARE", "0.05")),
         monitor_min_requests=int(_env("CTR_MONITOR_MIN_REQUESTS", "1")),
+        # Bearer token the write endpoints (ingest POST /events, ranker POST /reload) require; empty: open.
+        api_token=_env("CTR_API_TOKEN", ""),
+        # Key of the user-id pseudonyms (models/privacy.py); empty: user ids are kept as the shop sends them.
+        user_id_key=_env("CTR_USER_ID_KEY", ""),
+        # Larger request bodies get a 413 before they are parsed: the ranker's, and the ingest
+        # service's (by default room for CTR_INGEST_MAX_EVENTS events of up to 512 bytes each).
+        max_request_bytes=int(_env("CTR_MAX_REQUEST_BYTES", str(2**20))),
+        ingest_max_request_bytes=int(
+            _env("CTR_INGEST_MAX_REQUEST_BYTES", str(max(2**20, 512 * ingest_max_events)))
+        ),
     )
     if settings.online_store not in ("sqlite", "redis"):
         raise ValueError(f"CTR_ONLINE_STORE={settings.online_store!r}: expected sqlite or redis")
     if not 0.0 <= settings.challenger_share <= 1.0:
         raise ValueError(f"CTR_CHALLENGER_SHARE={settings.challenger_share}: expected a share in [0, 1]")
+    if settings.user_id_key and len(settings.user_id_key) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"CTR_USER_ID_KEY is too short: use at least {MIN_SECRET_LENGTH} random characters, "
+            "e.g. from `python -c 'import secrets; print(secrets.token_hex(32))'`"
+        )
+    if settings.api_token and len(settings.api_token) < MIN_SECRET_LENGTH:
+        raise ValueError(f"CTR_API_TOKEN is too short: use at least {MIN_SECRET_LENGTH} random characters")
+    for name, value in (
+        ("CTR_MAX_REQUEST_BYTES", settings.max_request_bytes),
+        ("CTR_INGEST_MAX_REQUEST_BYTES", settings.ingest_max_request_bytes),
+    ):
+        if value <= 0:
+            raise ValueError(f"{name}={value}: expected a positive number of bytes")
     if not settings.window_start < settings.valid_start < settings.test_start < settings.window_end:
         raise ValueError(
             "Expected CTR_WINDOW_START < CTR_VALID_START < CTR_TEST_START < CTR_WINDOW_END, got "

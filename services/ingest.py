@@ -4,6 +4,10 @@ POST /events with a batch of behaviour events. Each event is validated, logged d
 offline event log under CTR_DATA_DIR (read by the next batch run) and merged into the user's
 short-term state in the online store, through the Feast push source. Redelivered events are
 recognised by their content and counted once.
+
+With CTR_API_TOKEN set, POST /events needs `Authorization: Bearer <CTR_API_TOKEN>`; bodies over
+CTR_INGEST_MAX_REQUEST_BYTES get a 413 (services/security.py). With CTR_USER_ID_KEY set, user ids
+are pseudonymised before anything is logged or pushed (models/ingest.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from feature_repo.contract import BEHAVIORS
 from models.settings import get_settings
+from services.security import RequestGuard, hide_request_inputs_in_logs
 
 SETTINGS = get_settings()
 Behavior = Literal[BEHAVIORS]  # type: ignore[valid-type]
@@ -45,6 +50,7 @@ class Ingest:
     def __init__(self) -> None:
         from models.ingest import Ingestor
 
+        hide_request_inputs_in_logs()
         self.ingestor = Ingestor(SETTINGS)
 
     @bentoml.api(route="/events")
@@ -55,8 +61,18 @@ class Ingest:
             Field(min_length=1, max_length=SETTINGS.ingest_max_events, description="The events, any order."),
         ],
     ) -> IngestResponse:
-        """Ingest a batch of behaviour events; safe to retry."""
+        """Ingest a batch of behaviour events; safe to retry. With CTR_API_TOKEN set, needs the
+        header `Authorization: Bearer <CTR_API_TOKEN>`."""
         from models.ingest import canonical
 
         frame = canonical(event.model_dump() for event in events)
         return IngestResponse(**self.ingestor.ingest(frame).as_dict())
+
+
+Ingest.add_asgi_middleware(
+    RequestGuard,
+    settings=SETTINGS,
+    max_bytes=SETTINGS.ingest_max_request_bytes,
+    limit_name="CTR_INGEST_MAX_REQUEST_BYTES",
+    protected=["/events"],
+)

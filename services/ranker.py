@@ -6,6 +6,11 @@ through the FeatureService each model version was trained with. Most users are s
 MLflow `champion` of CTR_SERVED_MODEL, a stable CTR_CHALLENGER_SHARE of them by its `challenger`;
 both follow their aliases while the service runs. When the store fails or is slow, responses are
 ranked by popularity and flagged. Every response is logged for the online A/B readout.
+
+With CTR_USER_ID_KEY set, the user id of a request is the shop's own and is pseudonymised
+(models/privacy.py) before features are read, a variant is picked or anything is logged; the
+response echoes the id as sent. With CTR_API_TOKEN set, POST /reload needs it as a bearer token.
+Request bodies over CTR_MAX_REQUEST_BYTES get a 413 (services/security.py).
 """
 
 from __future__ import annotations
@@ -33,14 +38,16 @@ from feature_repo.contract import (
     USER_TOP_CATEGORIES,
     USER_VIEW,
 )
+from models.privacy import pseudonym
 from models.settings import get_settings
 from services import metrics
 from services.schemas import Contribution, ModelRef, RankContext, RankResponse, ScoredItem
+from services.security import RequestGuard, hide_request_inputs_in_logs
 
 SETTINGS = get_settings()
 log = logging.getLogger(__name__)
 
-UserId = Annotated[int, Field(ge=0, description="The shopper's id.")]
+UserId = Annotated[int, Field(ge=0, description="The shopper's id, as the shop knows it.")]
 Explain = Annotated[bool, Field(description="Add each item's top feature contributions to its score.")]
 
 
@@ -62,6 +69,7 @@ class Ranker:
         from services.degradation import StoreGuard
         from services.features import RankerFeatures
 
+        hide_request_inputs_in_logs()
         self.store = open_store(SETTINGS)
         self.pool = ModelPool(SETTINGS, self._check_binding, on_reload=self._count_reload)
         self.pool.start()
@@ -263,7 +271,8 @@ class Ranker:
             repeated = sorted(i for i, n in Counter(item_ids).items() if n > 1)
             raise InvalidArgument(f"item_ids must be unique; repeated: {repeated[:10]}")
         request_ts = context.request_ts if context and context.request_ts is not None else int(time.time())
-        return self._score("rank", user_id, item_ids, request_ts, explain)
+        user = pseudonym(user_id, SETTINGS.user_id_key)
+        return _as_sent(self._score("rank", user, item_ids, request_ts, explain), user_id)
 
     @bentoml.api
     def recommend(
@@ -275,6 +284,10 @@ class Ranker:
     ) -> RankResponse:
         """Top-k items for a user: candidates from co-visitation, the user's categories and
         popularity, ranked by the CTR model. A user without history gets popularity by hour."""
+        user = pseudonym(user_id, SETTINGS.user_id_key)
+        return _as_sent(self._recommend(user, k, context, explain), user_id)
+
+    def _recommend(self, user_id: int, k: int, context: RankContext | None, explain: bool) -> RankResponse:
         from services.degradation import StoreUnavailable
 
         if self.candidates is None:
@@ -311,7 +324,8 @@ class Ranker:
 
     @bentoml.api(route="/reload")
     def reload(self) -> dict:
-        """Check the MLflow aliases now instead of at the next CTR_MODEL_RELOAD_S tick."""
+        """Check the MLflow aliases now instead of at the next CTR_MODEL_RELOAD_S tick. With
+        CTR_API_TOKEN set, needs the header `Authorization: Bearer <CTR_API_TOKEN>`."""
         changed = self.pool.refresh()
         variants = self.pool.variants
         return {
@@ -321,3 +335,13 @@ class Ranker:
             "reload_failures": self.pool.reload_failures,
             "last_error": self.pool.last_error,
         }
+
+
+def _as_sent(response: RankResponse, user_id: int) -> RankResponse:
+    """The response with the user id the caller sent (the logs hold its pseudonym)."""
+    return response.model_copy(update={"user_id": user_id})
+
+
+Ranker.add_asgi_middleware(
+    RequestGuard, settings=SETTINGS, max_bytes=SETTINGS.max_request_bytes, protected=["/reload"]
+)
