@@ -185,6 +185,20 @@ def test_dockerfile_installs_the_lock_with_the_makefiles_uv():
         assert (PROJECT_ROOT / source).exists(), source
 
 
+def test_the_lock_has_what_the_production_profile_runs():
+    """The image installs requirements.lock: the Celery executor, its Redis transport, and the
+    PostgreSQL drivers (psycopg2 for the URLs here, asyncpg for Airflow's async engine)."""
+    pinned = set(re.findall(r"^([a-z0-9_.-]+)==", (PROJECT_ROOT / "requirements.lock").read_text(), re.M))
+    assert {
+        "apache-airflow-providers-celery",
+        "celery",
+        "kombu",
+        "redis",
+        "psycopg2-binary",
+        "asyncpg",
+    } <= pinned
+
+
 # --- Kubernetes ---------------------------------------------------------------------------------
 
 
