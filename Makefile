@@ -25,10 +25,11 @@ airflow: venv
 	$(VENV)/bin/ctr airflow-ui --port $(AIRFLOW_PORT)
 
 # Debian packages the tests use, as command:package: a real redis-server for the Redis online
-# store, and headless Chromium with its WebDriver for the Airflow UI test.
-TEST_DEBS := redis-server:redis-server chromium:chromium chromedriver:chromium-driver
+# store, headless Chromium with its WebDriver for the Airflow UI test, and PostgreSQL for the
+# production-profile test (Debian keeps its programs in /usr/lib/postgresql/<major>/bin).
+TEST_DEBS := redis-server:redis-server chromium:chromium chromedriver:chromium-driver initdb:postgresql
 test-deps:
-	@missing=; for dep in $(TEST_DEBS); do \
+	@missing=; PATH="$$PATH$$(printf ':%s' /usr/lib/postgresql/*/bin)"; for dep in $(TEST_DEBS); do \
 	  command -v $${dep%%:*} > /dev/null || missing="$$missing $${dep#*:}"; done; \
 	[ -z "$$missing" ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -1,0 +1,246 @@
+"""Real servers for the production-profile tests: PostgreSQL from the Debian package and an
+`mlflow server` process, each on a free loopback port and stopped afterwards.
+
+PostgreSQL refuses to run as root, and CI runs as root: then the server runs as the unprivileged
+`postgres` account the Debian package creates (else `nobody`), in a data directory owned by it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+POSTGRES_USER = "ctr"  # the database role the tests connect as (trust authentication, loopback only)
+
+
+def postgres_bindir() -> Path:
+    """Where initdb and postgres live: on PATH, else Debian's /usr/lib/postgresql/<major>/bin."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = glob.glob("/usr/lib/postgresql/*/bin/initdb")
+    if not candidates:
+        pytest.fail(
+            "PostgreSQL is not installed: `make test-deps` installs it, or `apt-get install postgresql`"
+        )
+    newest = max(candidates, key=lambda p: int(re.search(r"/postgresql/(\d+)/", p).group(1)))
+    return Path(newest).parent
+
+
+def _server_account() -> pwd.struct_passwd | None:
+    """The account PostgreSQL runs as: None (this user) unless this process is root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    pytest.fail("running as root, and neither a 'postgres' nor a 'nobody' account exists for PostgreSQL")
+
+
+class PostgresProcess:
+    """initdb into a fresh directory, then `postgres` on 127.0.0.1:<free port> (no TCP elsewhere,
+    its Unix socket inside the data directory). Durability is off: these databases are throwaway."""
+
+    def __init__(self) -> None:
+        self.bindir = postgres_bindir()
+        self.account = _server_account()
+        # Not under pytest's tmp dir: that is private to this user, and the server may run as another.
+        self.root = Path(tempfile.mkdtemp(prefix="ctr-postgres-"))
+        self.data = self.root / "data"
+        self.log = self.root / "postgres.log"
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        if self.account is not None:
+            os.chown(self.root, self.account.pw_uid, self.account.pw_gid)
+
+    def _as_server(self) -> dict:
+        if self.account is None:
+            return {}
+        return {"user": self.account.pw_uid, "group": self.account.pw_gid, "extra_groups": []}
+
+    def url(self, database: str, driver: str = "") -> str:
+        scheme = f"postgresql+{driver}" if driver else "postgresql"
+        return f"{scheme}://{POSTGRES_USER}@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        init = subprocess.run(
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                POSTGRES_USER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **self._as_server(),
+        )
+        assert init.returncode == 0, init.stdout[-2000:] + init.stderr[-2000:]
+        with self.log.open("w") as out:
+            if self.account is not None:
+                os.chown(self.log, self.account.pw_uid, self.account.pw_gid)
+            self.process = subprocess.Popen(
+                [
+                    str(self.bindir / "postgres"),
+                    "-D",
+                    str(self.data),
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self.data),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=200",
+                ],
+                cwd=self.root,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                **self._as_server(),
+            )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        import psycopg2
+
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            try:
+                psycopg2.connect(self.url("postgres"), connect_timeout=1).close()
+                return
+            except psycopg2.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database; returns its libpq URL."""
+        import psycopg2
+
+        connection = psycopg2.connect(self.url("postgres"))
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            connection.close()
+        return self.url(name)
+
+    def query(self, database: str, sql: str) -> list[tuple]:
+        import psycopg2
+
+        connection = psycopg2.connect(self.url(database))
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+                return cursor.fetchall()
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT: roll back open transactions, close connections), then remove the files."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_process() -> Iterator[PostgresProcess]:
+    server = PostgresProcess()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def mlflow_server(
+    backend_store_uri: str,
+    artifacts: Path,
+    log: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+) -> Iterator[str]:
+    """`mlflow server` with a database backend store and proxied artifacts (`--serve-artifacts`: clients
+    upload and download through the server, which keeps them under `artifacts`); yields its URL."""
+    import httpx
+
+    port = free_port()
+    mlflow = Path(sys.executable).parent / "mlflow"
+    command = [
+        str(mlflow),
+        "server",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    # No job runner: it starts seven more processes for MLflow jobs, which the project never submits.
+    env = {**(os.environ if env is None else env), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with log.open("w") as out:
+        # A process group of its own: the server's web workers are stopped with it.
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail("mlflow server did not answer /health:\n" + log.read_text()[-3000:])
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
