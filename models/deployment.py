@@ -354,7 +354,8 @@ def reload_service(settings: Settings | None = None, timeout_s: float = 120) -> 
     if url is None:
         return {"reloaded": False, "reason": f"no running service configured ({SERVICE_URL_VARIABLE})"}
     try:
-        response = httpx.post(f"{url}/reload", json={}, timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
+        response = httpx.post(f"{url}/reload", json={}, headers=headers, timeout=timeout_s)
     except httpx.HTTPError as exc:
         raise DeploymentError(f"the ranking service at {url} did not answer POST /reload: {exc!r}") from exc
     if response.status_code != 200:

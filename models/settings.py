@@ -74,7 +74,7 @@ class Settings:
     seed: int
     online_store: str
     redis_connection: str
-    feast_registry: Path
+    feast_registry: str  # a file path, or a URL Feast reads (s3://, gs://, postgresql://…)
     feast_registry_ttl_s: int
     event_log_dir: Path
     ingest_max_events: int
@@ -135,7 +135,7 @@ class Settings:
     def feast_variables(self) -> dict[str, str]:
         """The ${VARS} feature_store.yaml refers to, with their values for these settings."""
         return {
-            "CTR_FEAST_REGISTRY": str(self.feast_registry),
+            "CTR_FEAST_REGISTRY": self.feast_registry,
             "CTR_FEAST_REGISTRY_TTL_S": str(self.feast_registry_ttl_s),
             "CTR_FEAST_ONLINE_STORE": self.feast_online_store,
         }
@@ -201,7 +201,7 @@ def get_settings() -> Settings:
         seed=int(_env("CTR_SEED", "42")),
         online_store=_env("CTR_ONLINE_STORE", "sqlite").lower(),
         redis_connection=_env("CTR_REDIS_CONNECTION", "127.0.0.1:6379"),
-        feast_registry=Path(_env("CTR_FEAST_REGISTRY", str(data_dir / "feast/registry.db"))),
+        feast_registry=_env("CTR_FEAST_REGISTRY", str(data_dir / "feast/registry.db")),
         feast_registry_ttl_s=int(_env("CTR_FEAST_REGISTRY_TTL_S", "10")),
         event_log_dir=Path(_env("CTR_EVENT_LOG", str(data_dir / "events"))).resolve(),
         ingest_max_events=ingest_max_events,

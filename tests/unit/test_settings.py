@@ -35,3 +35,8 @@ def test_env_example_lists_every_variable_the_settings_read():
     listed = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (PROJECT_ROOT / ".env.example").read_text(), re.M))
     assert len(read) > 40
     assert read - listed == set(), "variables the settings read but .env.example does not list"
+
+
+def test_a_feast_registry_url_is_kept_as_it_is(monkeypatch):
+    monkeypatch.setenv("CTR_FEAST_REGISTRY", "s3://shop-features/registry.db")
+    assert get_settings().feast_variables()["CTR_FEAST_REGISTRY"] == "s3://shop-features/registry.db"
