@@ -53,7 +53,7 @@ SECRET_PATTERNS = re.compile(
     | \bAKIA[0-9A-Z]{16}\b
     | \bgh[pousr]_[A-Za-z0-9]{30,}\b
     | \bsk-[A-Za-z0-9]{20,}\b
-    | ://[^/\s:@'"]+:[^/\s@'"]{3,}@
+    | ://[^/\s:@'"]+:(?!PASSWORD@|change-me@)[^/\s@'"]{3,}@   # the documented placeholders are fine
     """
 )
 
@@ -86,3 +86,5 @@ def test_the_secret_scan_finds_what_it_looks_for():
     ):
         assert SECRET_PATTERNS.search(line), line
     assert not SECRET_PATTERNS.search('api_token=_env("CTR_API_TOKEN", "")')
+    assert not SECRET_PATTERNS.search("postgresql+psycopg2://ctr:change-me@postgres:5432/airflow")
+    assert SECRET_PATTERNS.search("postgresql+psycopg2://ctr:change-me-now@postgres:5432/airflow")
