@@ -74,6 +74,10 @@ def ingest(
             {c: "Int64" for c in ("user_id", "item_id", "category_id")}
         )
         logged.insert(0, SOURCE_ROW, -np.arange(1, len(logged) + 1))  # negative: a row of the event log
+        # one timestamp type on both sides, or the concatenation falls back to objects
+        logged[EVENT_TIMESTAMP] = pd.to_datetime(logged[EVENT_TIMESTAMP], utc=True).astype(
+            events[EVENT_TIMESTAMP].dtype
+        )
         before = len(events) + len(logged)
         events = pd.concat([events, logged], ignore_index=True)
         events = events[~events.duplicated(list(EVENT_COLUMNS), keep="first")].reset_index(drop=True)
