@@ -23,10 +23,11 @@ _FILE = "events.parquet"
 
 
 def days_of(start: datetime, end: datetime, timezone: str) -> list[pd.Timestamp]:
-    """The local midnights of the days in [start, end): the partitions an interval covers."""
-    first = pd.Timestamp(start).tz_convert(timezone).normalize()
-    last = (pd.Timestamp(end).tz_convert(timezone) - pd.Timedelta(microseconds=1)).normalize()
-    return list(pd.date_range(first, last, freq="D")) if last >= first else []
+    """The local midnights of the days in [start, end): the partitions an interval covers, the days
+    of the feature job's grid."""
+    from models.features import DayGrid
+
+    return list(DayGrid.covering(pd.Timestamp(start), pd.Timestamp(end), timezone).days)
 
 
 def partition_name(day: pd.Timestamp) -> str:

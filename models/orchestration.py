@@ -48,12 +48,11 @@ def inside_window(context: dict[str, Any], settings: Settings | None = None) -> 
     return start is None or pd.Timestamp(start) < pd.Timestamp(settings.window_end)
 
 
-def monitored_window(context: dict[str, Any], settings: Settings | None = None) -> tuple[datetime, datetime]:
+def monitored_window(context: dict[str, Any]) -> tuple[datetime, datetime]:
     """The serving window a monitoring run judges: its data interval moved back by the label window,
     so every served row has had LABEL_WINDOW for its outcome (a run at 06:00 judges the day before)."""
     from feature_repo.contract import LABEL_WINDOW
 
-    settings = settings or get_settings()
     end = context.get("data_interval_end") or datetime.now().astimezone()
     start = context.get("data_interval_start") or pd.Timestamp(end) - pd.Timedelta(days=1)
     return (

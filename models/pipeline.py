@@ -64,7 +64,8 @@ def ingest(
     start, end = _interval(settings, start, end)
     days = days_of(start, end, settings.timezone)
     events = load_events(settings.raw_events)
-    events = events[day_of_rows(events, settings).isin(days)]
+    partition = day_of_rows(events, settings)
+    events, partition = events[partition.isin(days)], partition[partition.isin(days)]
     logged = EventLog(settings.event_log_dir).read(
         max(start, settings.window_start), min(end, settings.window_end)
     )
@@ -80,9 +81,10 @@ def ingest(
         )
         before = len(events) + len(logged)
         events = pd.concat([events, logged], ignore_index=True)
-        events = events[~events.duplicated(list(EVENT_COLUMNS), keep="first")].reset_index(drop=True)
+        partition = pd.concat([partition, day_of_rows(logged, settings)], ignore_index=True)
+        first_seen = ~events.duplicated(list(EVENT_COLUMNS), keep="first")
+        events, partition = events[first_seen], partition[first_seen]
         duplicates = before - len(events)
-    partition = day_of_rows(events, settings)
     per_day = {}
     for day in days:
         rows = events[partition == day]
@@ -197,7 +199,8 @@ def build_features(
     missing = missing_days(settings, ACCEPTED, start, end)
     if missing:
         raise FileNotFoundError(f"No accepted events for {', '.join(missing)}: validate those days first")
-    first, last = _days(settings, start, end)[0], _days(settings, start, end)[-1] + pd.Timedelta(days=1)
+    days = _days(settings, start, end)
+    first, last = days[0], days[-1] + pd.Timedelta(days=1)
     events = read_events(
         settings,
         ACCEPTED,
@@ -220,7 +223,7 @@ def build_features(
         last + RECENT_STATE_DELAY,
         include_end=False,
     )
-    return {"rows": rows, "days": len(_days(settings, start, end)), "events_read": len(events)}
+    return {"rows": rows, "days": len(days), "events_read": len(events)}
 
 
 def materialize(
