@@ -257,20 +257,29 @@ def log_candidate(
 
 def load_by_alias(settings: Settings, alias: str = CHAMPION, name: str | None = None) -> ServedModel:
     """Load a registered version by alias (native model, safe formats) with its feature binding."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    from models.scoring import wrap
-
     name = name or settings.served_model_name
-    tracking = client(settings)
     try:
-        version = tracking.get_model_version_by_alias(name, alias)
+        version = client(settings).get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         raise NoChampionError(
             f"No model version of '{name}' has alias '{alias}' in {settings.mlflow_tracking_uri}; "
             "run the training pipeline first (make demo, or the ctr_features then ctr_training DAGs)"
         ) from exc
+    return _load(name, version)
+
+
+def load_version(settings: Settings, name: str, version: str) -> ServedModel:
+    """Load one registered version exactly as the service would."""
+    return _load(name, client(settings).get_model_version(name, version))
+
+
+def _load(name: str, version: Any) -> ServedModel:
+    import mlflow
+
+    from models.scoring import wrap
+
     kind = version.tags.get(TAG_KIND, XGBOOST)
     uri = f"models:/{name}/{version.version}"
     if kind == XGBOOST:
@@ -330,6 +339,25 @@ def sanity_failures(
     return failures
 
 
+def artifact_failures(
+    settings: Settings, name: str, version: str, test: pd.DataFrame, scores: np.ndarray
+) -> list[str]:
+    """What the service would hit: the registered version must load, and score the test rows as the
+    trained model did. A version that fails here can never become champion."""
+    try:
+        loaded = load_version(settings, name, version)
+        served = loaded.predict(test)
+    except Exception as exc:
+        return [f"the registered artifact of {name} v{version} cannot be loaded and scored: {exc}"]
+    if served.shape != scores.shape or not np.allclose(served, scores, rtol=1e-4, atol=1e-6, equal_nan=True):
+        worst = float(np.nanmax(np.abs(served - scores))) if served.shape == scores.shape else float("nan")
+        return [
+            f"the registered artifact of {name} v{version} scores differently from the trained "
+            f"model (largest difference {worst:.3g})"
+        ]
+    return []
+
+
 def promote_if_better(
     settings: Settings,
     model: ScoringModel,
@@ -354,6 +382,7 @@ def promote_if_better(
     candidate_auc = metrics["auc"]
     decision: dict[str, Any] = {"model": name, "version": version, "candidate_auc": candidate_auc}
     failures = sanity_failures(settings, model, test, metrics, scores, popularity_auc)
+    failures += artifact_failures(settings, name, version, test, scores)
     try:
         champion = load_by_alias(settings, CHAMPION, name)
     except NoChampionError:

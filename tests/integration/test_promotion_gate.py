@@ -124,3 +124,27 @@ def test_nan_scores_and_a_model_no_better_than_popularity_fail_the_sanity_checks
     failures = sanity_failures(registry(), model, TEST, metrics, scores, popularity_auc=0.99)
     assert any("7 of 8000 test scores are NaN" in f for f in failures)
     assert any("does not beat the popularity baseline 0.9900" in f for f in failures)
+
+
+def test_a_version_whose_artifact_cannot_be_loaded_is_never_promoted(registry):
+    import shutil
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    from models.registry import CHALLENGER, client, log_candidate, promote_if_better
+
+    settings = registry()
+    model = _model(FEATURES)
+    y = TEST["label"].to_numpy()
+    metrics = ctr_metrics(y, model.predict(TEST), TEST["user_id"].to_numpy())
+    version = log_candidate(settings, model, TEST, y, metrics, {"rows": len(TRAIN)}, "svc_v1", FINGERPRINT)
+    tracking = client(settings)
+    # The artifact store lost the model files (a failed upload, a wiped bucket).
+    source = tracking.get_model_version_download_uri("ctr-xgboost", version)
+    shutil.rmtree(Path(urlparse(source).path))
+
+    decision = promote_if_better(settings, model, version, metrics, TEST, y, FINGERPRINT, 0.55)
+    assert not decision["promoted"]
+    assert f"the registered artifact of ctr-xgboost v{version} cannot be loaded" in decision["reason"]
+    aliases = tracking.get_registered_model("ctr-xgboost").aliases
+    assert "champion" not in aliases and CHALLENGER not in aliases
