@@ -13,15 +13,16 @@ logged or pushed: the event log and the online store hold pseudonyms only.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
@@ -46,7 +47,17 @@ from models.settings import Settings
 if TYPE_CHECKING:
     from feast import FeatureStore
 
+logger = logging.getLogger(__name__)
+
 INGESTED_AT = "ingested_at"
+
+
+class StoreCalls(Protocol):
+    """What runs the ingestor's store calls: fn(*args), or an exception saying why not."""
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+
+
 _LOG_COLUMNS = [*EVENT_COLUMNS, EVENT_ID, INGESTED_AT]
 
 
@@ -131,20 +142,60 @@ class IngestResult:
     duplicates: int  # already in the user's state, or repeated in the batch: ignored
     late: int  # older than all RECENT_EVENTS events the state keeps: logged only
     users_updated: int
+    deferred: int = 0  # logged, and applied to the online state once the store is reachable again
+    pending: int = 0  # events of this and earlier batches still waiting for the online store
 
     def as_dict(self) -> dict[str, int]:
         return self.__dict__.copy()
 
 
-class Ingestor:
-    """Event log + online push for one store; thread-safe."""
+class PendingEvents:
+    """Logged events the online store has not taken yet (it was down): whole Parquet files under
+    `root`, oldest first, each removed once applied. They are in the event log already, so the batch
+    job has them whatever happens here."""
 
-    def __init__(self, settings: Settings, store: FeatureStore | None = None) -> None:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def add(self, events: pd.DataFrame) -> None:
+        if events.empty:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        target = self.root / f"part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+        partial = target.with_name(f".{target.name}.partial")
+        events[[*EVENT_COLUMNS, EVENT_ID]].to_parquet(partial, index=False)
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+        partial.replace(target)
+
+    def files(self) -> list[Path]:
+        return sorted(self.root.glob("part-*.parquet"))
+
+    def count(self) -> int:
+        import pyarrow.parquet as pq
+
+        return sum(pq.read_metadata(f).num_rows for f in self.files())
+
+
+class Ingestor:
+    """Event log + online push for one store; thread-safe.
+
+    When the online store cannot be read or written, a batch is still logged (nothing is lost) and
+    kept as pending; pending batches are applied, oldest first, before the next batch and by
+    `retry_pending` (the ingest service calls it every CTR_INGEST_RETRY_S) once the store is back.
+    """
+
+    def __init__(
+        self, settings: Settings, store: FeatureStore | None = None, guard: StoreCalls | None = None
+    ) -> None:
         from models.feature_store import open_store
 
         self.store = store or open_store(settings)
+        self.guard = guard
         self.log = EventLog(settings.event_log_dir)
+        self.pending = PendingEvents(settings.event_log_dir / "pending")
         self.user_id_key = settings.user_id_key
+        self.store_error = ""  # why the last store call failed; empty while the store works
         self._lock = threading.Lock()
         self._refs = [f"{RECENT_VIEW}:{name}" for name in RECENT_FEATURES]
 
@@ -163,52 +214,125 @@ class Ingestor:
                 states[user] = (lists, int(response[f"{RECENT_EVENT_IDS}__ts"][i] or 0))
         return states
 
-    def ingest(self, events: pd.DataFrame) -> IngestResult:
-        """Log and apply canonical events that carry the shop's user ids."""
+    def _plan(self, unique: pd.DataFrame) -> tuple[list[dict], pd.DataFrame, pd.DataFrame]:
+        """Read the users' states: the rows to push, the new events and the late ones."""
+        from models.features import merge_recent
+
+        users = sorted(unique[USER_ID].unique().tolist())
+        states = self._call(self.current_state, users) if users else {}
+        rows, fresh, late = [], [], []
+        delay = int(RECENT_STATE_DELAY.total_seconds())
+        for user, group in unique.groupby(USER_ID, sort=True):
+            state, stamped = states[user]
+            known = set(state[RECENT_EVENT_IDS]) if state else set()
+            new = group[~group[EVENT_ID].isin(known)]
+            if state and len(state[RECENT_EVENT_IDS]) >= RECENT_EVENTS:
+                oldest = pd.Timestamp(min(state[RECENT_TIMESTAMPS]), unit="s", tz="UTC")
+                is_late = new[EVENT_TIMESTAMP] < oldest
+                late.append(new[is_late])
+                new = new[~is_late]
+            if new.empty:
+                continue
+            fresh.append(new)
+            merged = merge_recent(state, new)
+            if merged is None:
+                continue
+            # Later than the stored stamp, so that every store keeps the newer state.
+            stamp = max(max(merged[RECENT_TIMESTAMPS]) + delay, stamped + 1)
+            rows.append({USER_ID: user, EVENT_TIMESTAMP: pd.Timestamp(stamp, unit="s", tz="UTC"), **merged})
+        new_events = pd.concat(fresh, ignore_index=True) if fresh else unique.iloc[:0]
+        late_events = pd.concat(late, ignore_index=True) if late else unique.iloc[:0]
+        return rows, new_events, late_events
+
+    def _push(self, rows: list[dict]) -> None:
         from feast.data_source import PushMode
 
+        if rows:
+            frame = pd.DataFrame(rows)
+            self._call(lambda: self.store.push(RECENT_PUSH_SOURCE, frame, to=PushMode.ONLINE))
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A store call, through the guard when there is one (a deadline, and no retry storm)."""
+        return self.guard.call(fn, *args) if self.guard is not None else fn(*args)
+
+    def _store_failed(self, exc: Exception) -> None:
+        self.store_error = f"{type(exc).__name__}: {exc}"[:300]
+        logger.warning("online store unavailable, events are logged and kept for later: %s", self.store_error)
+
+    def _apply_pending(self) -> bool:
+        """Apply pending batches, oldest first; False when the store still fails (they stay)."""
+        for path in self.pending.files():
+            events = pd.read_parquet(path)
+            events[EVENT_TIMESTAMP] = pd.to_datetime(events[EVENT_TIMESTAMP], utc=True)
+            try:
+                rows, _, _ = self._plan(events)
+                self._push(rows)
+            except Exception as exc:  # any store client error: refused, reset, timed out
+                self._store_failed(exc)
+                return False
+            path.unlink()
+        self.store_error = ""
+        return True
+
+    def retry_pending(self) -> int:
+        """Apply what waits for the online store, if it is back; returns the events still pending."""
+        if not self.pending.files():
+            return 0
+        try:  # is it back? asked outside the lock, so that new batches are not held up meanwhile
+            self._call(self.current_state, [0])
+        except Exception as exc:
+            self._store_failed(exc)
+            return self.pending.count()
+        with self._lock:
+            self._apply_pending()
+            return self.pending.count()
+
+    def ingest(self, events: pd.DataFrame) -> IngestResult:
+        """Log and apply canonical events that carry the shop's user ids."""
         from models.events import event_ids
-        from models.features import merge_recent
         from models.privacy import pseudonymise
 
         events = events.assign(**{USER_ID: pseudonymise(events[USER_ID], self.user_id_key)})
         events = events.assign(**{EVENT_ID: event_ids(events)})
         unique = events.drop_duplicates(EVENT_ID)
+        now = pd.Timestamp.now(tz="UTC")
         with self._lock:
-            users = sorted(unique[USER_ID].unique().tolist())
-            states = self.current_state(users) if users else {}
-            rows, fresh, late = [], [], []
-            delay = int(RECENT_STATE_DELAY.total_seconds())
-            for user, group in unique.groupby(USER_ID, sort=True):
-                state, stamped = states[user]
-                known = set(state[RECENT_EVENT_IDS]) if state else set()
-                new = group[~group[EVENT_ID].isin(known)]
-                if state and len(state[RECENT_EVENT_IDS]) >= RECENT_EVENTS:
-                    oldest = pd.Timestamp(min(state[RECENT_TIMESTAMPS]), unit="s", tz="UTC")
-                    is_late = new[EVENT_TIMESTAMP] < oldest
-                    late.append(new[is_late])
-                    new = new[~is_late]
-                if new.empty:
-                    continue
-                fresh.append(new)
-                merged = merge_recent(state, new)
-                if merged is None:
-                    continue
-                # Later than the stored stamp, so that every store keeps the newer state.
-                stamp = max(max(merged[RECENT_TIMESTAMPS]) + delay, stamped + 1)
-                rows.append(
-                    {USER_ID: user, EVENT_TIMESTAMP: pd.Timestamp(stamp, unit="s", tz="UTC"), **merged}
+            try:
+                if not self._apply_pending():
+                    raise ConnectionError(self.store_error)
+                rows, new_events, late_events = self._plan(unique)
+            except Exception as exc:
+                # Without the users' states, redeliveries cannot be told apart: log the whole batch
+                # (the batch job reads each id once) and apply it when the store is back.
+                if self.store_error == "":
+                    self._store_failed(exc)
+                self.log.append(unique.assign(**{INGESTED_AT: now}))
+                self.pending.add(unique)
+                return IngestResult(
+                    received=len(events),
+                    accepted=0,
+                    duplicates=len(events) - len(unique),
+                    late=0,
+                    users_updated=0,
+                    deferred=len(unique),
+                    pending=self.pending.count(),
                 )
-            new_events = pd.concat(fresh, ignore_index=True) if fresh else unique.iloc[:0]
-            late_events = pd.concat(late, ignore_index=True) if late else unique.iloc[:0]
             to_log = pd.concat([new_events, late_events], ignore_index=True)
-            self.log.append(to_log.assign(**{INGESTED_AT: pd.Timestamp.now(tz="UTC")}))
-            if rows:
-                self.store.push(RECENT_PUSH_SOURCE, pd.DataFrame(rows), to=PushMode.ONLINE)
-        return IngestResult(
-            received=len(events),
-            accepted=len(new_events),
-            duplicates=len(events) - len(new_events) - len(late_events),
-            late=len(late_events),
-            users_updated=len(rows),
-        )
+            self.log.append(to_log.assign(**{INGESTED_AT: now}))
+            try:
+                self._push(rows)
+            except Exception as exc:
+                self._store_failed(exc)
+                self.pending.add(new_events)
+                deferred = len(new_events)
+            else:
+                deferred = 0
+            return IngestResult(
+                received=len(events),
+                accepted=len(new_events) - deferred,
+                duplicates=len(events) - len(new_events) - len(late_events),
+                late=len(late_events),
+                users_updated=0 if deferred else len(rows),
+                deferred=deferred,
+                pending=self.pending.count(),
+            )

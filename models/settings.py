@@ -79,6 +79,8 @@ class Settings:
     event_log_dir: Path
     ingest_max_events: int
     ingest_url: str
+    ingest_retry_s: float
+    ingest_store_timeout_ms: float
     service_url: str
     alert_webhook: str
     monitor_max_psi: float
@@ -206,6 +208,10 @@ def get_settings() -> Settings:
         event_log_dir=Path(_env("CTR_EVENT_LOG", str(data_dir / "events"))).resolve(),
         ingest_max_events=ingest_max_events,
         ingest_url=_env("CTR_INGEST_URL", "http://127.0.0.1:3001"),
+        # Events taken while the online store was down are logged, then applied this often until it is back.
+        ingest_retry_s=float(_env("CTR_INGEST_RETRY_S", "2")),
+        # An online-store read or push of the ingest service that takes longer counts as the store being down.
+        ingest_store_timeout_ms=float(_env("CTR_INGEST_STORE_TIMEOUT_MS", "2000")),
         # The running ranker the deployment DAG tells to reload; empty: none to tell.
         service_url=_env("CTR_SERVICE_URL", ""),
         # Failed tasks and crossed monitoring thresholds are POSTed here as JSON; empty: log and file only.

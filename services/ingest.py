@@ -3,7 +3,8 @@
 POST /events with a batch of behaviour events. Each event is validated, logged durably to the
 offline event log under CTR_DATA_DIR (read by the next batch run) and merged into the user's
 short-term state in the online store, through the Feast push source. Redelivered events are
-recognised by their content and counted once.
+recognised by their content and counted once. While the online store is down, batches are still
+logged and answered (`deferred`), and applied to it every CTR_INGEST_RETRY_S once it is back.
 
 With CTR_API_TOKEN set, POST /events needs `Authorization: Bearer <CTR_API_TOKEN>`; bodies over
 CTR_INGEST_MAX_REQUEST_BYTES get a 413 (services/security.py). With CTR_USER_ID_KEY set, user ids
@@ -12,6 +13,8 @@ are pseudonymised before anything is logged or pushed (models/ingest.py).
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Annotated, Literal
 
 import bentoml
@@ -19,6 +22,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from feature_repo.contract import BEHAVIORS
 from models.settings import get_settings
+from services.degradation import StoreGuard
 from services.security import RequestGuard, hide_request_inputs_in_logs
 
 SETTINGS = get_settings()
@@ -43,6 +47,10 @@ class IngestResponse(BaseModel):
     duplicates: int = Field(description="Events already ingested (same content), or repeated in the batch.")
     late: int = Field(description="Older than the user's kept recent events: logged for the batch job only.")
     users_updated: int
+    deferred: int = Field(
+        description="Logged while the online store was unreachable: applied to it once it is back."
+    )
+    pending: int = Field(description="Events of this and earlier batches still waiting for the online store.")
 
 
 @bentoml.service(traffic={"timeout": 30}, workers=1)
@@ -51,7 +59,25 @@ class Ingest:
         from models.ingest import Ingestor
 
         hide_request_inputs_in_logs()
-        self.ingestor = Ingestor(SETTINGS)
+        # A deadline on store calls, and after a failure none for CTR_INGEST_RETRY_S: while the store
+        # is down a batch is logged and answered at once instead of waiting on client retries.
+        guard = StoreGuard(SETTINGS.ingest_store_timeout_ms / 1000, retry_after_s=SETTINGS.ingest_retry_s)
+        self.ingestor = Ingestor(SETTINGS, guard=guard)
+        self._stop = threading.Event()
+        self._retry = threading.Thread(target=self._retry_pending, name="ingest-retry", daemon=True)
+        self._retry.start()
+
+    def _retry_pending(self) -> None:
+        """Apply events logged while the online store was down, as soon as it is back."""
+        while not self._stop.wait(SETTINGS.ingest_retry_s):
+            try:
+                self.ingestor.retry_pending()
+            except Exception:  # a bad pending file must not stop the retries of the others
+                logging.getLogger(__name__).exception("retrying pending events failed")
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self._stop.set()
 
     @bentoml.api(route="/events")
     def events(

@@ -16,7 +16,7 @@ from feature_repo.contract import (
     RECENT_VIEW,
     REQUEST_TS,
 )
-from tests.conftest import ROOT, bentoml_serve, project_environment
+from tests.conftest import ROOT, bentoml_serve, project_environment, redis_process
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +108,43 @@ def test_logged_events_reach_the_next_batch_run(ingestor, tmp_path):
     settings = get_settings()
     summary = pipeline.ingest(type(settings)(**{**settings.__dict__, "raw_events": raw}))
     assert summary["rows"] == 3 and summary["event_log_rows"] == 2 and summary["duplicates_dropped"] == 1
+
+
+def test_events_sent_while_redis_is_down_are_logged_and_applied_when_it_is_back(tmp_path, use_environment):
+    from models.feature_store import apply_repo
+    from models.ingest import Ingestor
+    from models.settings import get_settings
+    from services.degradation import StoreGuard
+
+    (tmp_path / "redis").mkdir()
+    with redis_process(tmp_path / "redis") as redis:
+        use_environment(
+            project_environment(tmp_path, CTR_ONLINE_STORE="redis", CTR_REDIS_CONNECTION=redis.connection)
+        )
+        settings = get_settings()
+        apply_repo(settings)
+        # As the ingest service does: a deadline on store calls instead of the client's retries.
+        ingestor = Ingestor(settings, guard=StoreGuard(0.5, retry_after_s=0))
+        ingestor.ingest(_events([(5, 50, 500, "pv", 0)]))
+
+        redis.stop()
+        first = ingestor.ingest(_events([(5, 51, 500, "cart", 10), (6, 60, 600, "pv", 12)]))
+        second = ingestor.ingest(_events([(5, 52, 501, "pv", 20), (5, 52, 501, "pv", 20)]))
+        assert (first.received, first.accepted, first.deferred, first.pending) == (2, 0, 2, 2)
+        assert (second.deferred, second.duplicates, second.pending) == (1, 1, 3)
+        assert "online store read" in ingestor.store_error
+        assert len(ingestor.log.read()) == 4  # every event is in the offline log at once
+        assert ingestor.retry_pending() == 3  # still down: kept
+
+        redis.start()
+        assert ingestor.retry_pending() == 0
+        assert ingestor.store_error == ""
+        assert _state(ingestor, 5)[RECENT_ITEMS] == [[50, 51, 52]]
+        assert _state(ingestor, 6)[RECENT_ITEMS] == [[60]]
+        # Delivered again after the recovery: recognised, nothing counted twice.
+        again = ingestor.ingest(_events([(5, 51, 500, "cart", 10)]))
+        assert (again.accepted, again.duplicates, again.pending) == (0, 1, 0)
+        assert len(ingestor.log.read()) == 4
 
 
 @pytest.fixture(scope="module")
