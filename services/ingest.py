@@ -15,30 +15,43 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import bentoml
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from feature_repo.contract import BEHAVIORS
 from models.settings import get_settings
 from services.degradation import StoreGuard
+from services.schemas import EntityId
 from services.security import RequestGuard, hide_request_inputs_in_logs
 
 SETTINGS = get_settings()
 Behavior = Literal[BEHAVIORS]  # type: ignore[valid-type]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_CLOCK_SKEW = timedelta(hours=1)
 
 
 class Event(BaseModel):
     """One shopper action, in the canonical schema of feature_repo/contract.py."""
 
-    user_id: Annotated[int, Field(ge=0)]
-    item_id: Annotated[int, Field(ge=0)]
-    category_id: Annotated[int, Field(ge=0)]
+    user_id: EntityId
+    item_id: EntityId
+    category_id: EntityId
     behavior: Behavior = Field(description="pv (view), cart, fav or buy.")
     event_timestamp: AwareDatetime = Field(
-        description="When it happened: Unix seconds, or ISO-8601 with a UTC offset."
+        description="When it happened: Unix seconds, or ISO-8601 with a UTC offset; not before 1970 "
+        "and not more than an hour ahead of the service's clock."
     )
+
+    @field_validator("event_timestamp")
+    @classmethod
+    def _plausible(cls, value: datetime) -> datetime:
+        # A time from the future would make a shopper look active until then.
+        if not EPOCH <= value <= datetime.now(UTC) + MAX_CLOCK_SKEW:
+            raise ValueError("must be between 1970-01-01 and an hour from now")
+        return value
 
 
 class IngestResponse(BaseModel):

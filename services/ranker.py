@@ -41,13 +41,13 @@ from feature_repo.contract import (
 from models.privacy import pseudonym
 from models.settings import get_settings
 from services import metrics
-from services.schemas import Contribution, ModelRef, RankContext, RankResponse, ScoredItem
+from services.schemas import Contribution, EntityId, ModelRef, RankContext, RankResponse, ScoredItem
 from services.security import RequestGuard, hide_request_inputs_in_logs
 
 SETTINGS = get_settings()
 log = logging.getLogger(__name__)
 
-UserId = Annotated[int, Field(ge=0, description="The shopper's id, as the shop knows it.")]
+UserId = Annotated[EntityId, Field(description="The shopper's id, as the shop knows it.")]
 Explain = Annotated[bool, Field(description="Add each item's top feature contributions to its score.")]
 
 
@@ -258,7 +258,7 @@ class Ranker:
         self,
         user_id: UserId,
         item_ids: Annotated[
-            list[Annotated[int, Field(ge=0)]],
+            list[EntityId],
             Field(
                 min_length=1, max_length=SETTINGS.max_candidates, description="Candidate item ids, unique."
             ),

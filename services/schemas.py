@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, Field
+
+# Feast keys entities as 64-bit integers: a larger id could never match and is refused up front.
+MAX_ENTITY_ID = 2**63 - 1
+LAST_UNIX_SECOND = 253_402_300_799  # 9999-12-31 23:59:59 UTC, the last time pandas and Python both hold
+
+EntityId = Annotated[int, Field(ge=0, le=MAX_ENTITY_ID)]
 
 
 class RankContext(BaseModel):
     request_ts: int | None = Field(
         default=None,
         ge=0,
+        le=LAST_UNIX_SECOND,
         description="The request's time, Unix seconds (default: now). Request-time features such as "
         "seconds since the user's last event are computed relative to it; set it to replay the past.",
     )
