@@ -30,26 +30,44 @@ SOURCE_ROW = "source_row"
 
 
 def read_raw_events(path: Path | str) -> pd.DataFrame:
-    """Read a headerless Taobao UserBehavior CSV (plain or gzip) as strings, one row per line."""
-    raw = pd.read_csv(
+    """Read a headerless Taobao UserBehavior CSV (plain or gzip) as strings, one row per line.
+
+    Each line is split here rather than by the CSV parser, which would take an extra field on the
+    first line for an index and cut extra fields elsewhere silently. A line with missing fields gets
+    empty ones; a line with extra fields keeps its first four with the timestamp blanked. Either
+    way validation quarantines it.
+    """
+    import csv
+
+    lines = pd.read_csv(
         path,
         header=None,
-        names=list(RAW_COLUMNS),
+        names=["line"],
         dtype=str,
         keep_default_na=False,
-        # A line with extra fields is kept with its timestamp blanked, so validation quarantines it.
-        on_bad_lines=lambda fields: [*fields[:4], ""],
-        engine="python",
-    )
+        sep="\x01",  # no field separator: one column holding the whole line
+        quoting=csv.QUOTE_NONE,
+        engine="c",
+    )["line"]
+    width = len(RAW_COLUMNS)
+    parts = lines.str.split(",", expand=True) if len(lines) else pd.DataFrame(index=lines.index)
+    parts = parts.reindex(columns=range(max(width + 1, parts.shape[1])))
+    extra = parts.iloc[:, width:].notna().any(axis=1)
+    raw = parts.iloc[:, :width].fillna("").astype(object).set_axis(list(RAW_COLUMNS), axis=1)
+    raw.loc[extra, RAW_COLUMNS[-1]] = ""
     raw.insert(0, SOURCE_ROW, range(1, len(raw) + 1))
-    return raw
+    return raw.reset_index(drop=True)
 
 
 def to_canonical(raw: pd.DataFrame) -> pd.DataFrame:
     """Parse ids as nullable integers and Unix seconds as UTC timestamps."""
     events = pd.DataFrame({SOURCE_ROW: raw[SOURCE_ROW].astype("int64")})
     for column in ID_COLUMNS:
-        events[column] = pd.to_numeric(raw[column].str.strip(), errors="coerce").astype("Int64")
+        values = pd.to_numeric(raw[column].str.strip(), errors="coerce")
+        if not pd.api.types.is_integer_dtype(values):
+            # Not a whole number in the int64 range ("3.5", "1e400"): null, which validation quarantines.
+            values = values.where((values % 1 == 0) & values.abs().lt(2.0**63))
+        events[column] = values.astype("Int64")
     behavior = raw[BEHAVIOR].astype("string").str.strip().str.lower()
     events[BEHAVIOR] = behavior.mask(behavior == "")
     seconds = pd.to_numeric(raw["timestamp"].str.strip(), errors="coerce")

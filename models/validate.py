@@ -17,9 +17,13 @@ from typing import Any
 import pandas as pd
 
 from feature_repo.contract import BEHAVIOR, BEHAVIORS, EVENT_COLUMNS, EVENT_TIMESTAMP, ID_COLUMNS
+from models.events import SOURCE_ROW
 
 SUITE_NAME = "canonical_events"
 FAILED_CHECKS = "failed_checks"
+# Set on a row that repeats an earlier row of the batch field for field: the earlier row's source
+# line. A repeated delivery is one event; the repeat is quarantined, the first copy kept.
+REPEAT_OF = "repeat_of"
 
 
 class DataValidationError(RuntimeError):
@@ -54,7 +58,8 @@ def _gx():
 
 
 def build_suite(window_start: datetime, window_end: datetime, mostly: float) -> Any:
-    """The event suite: schema, ids present, known behaviours, timestamps inside the window."""
+    """The event suite: schema, ids present, known behaviours, timestamps inside the window, no
+    repeated rows."""
     gx = _gx()
     ex = gx.expectations
     suite = gx.ExpectationSuite(name=SUITE_NAME)
@@ -77,7 +82,18 @@ def build_suite(window_start: datetime, window_end: datetime, mostly: float) -> 
             mostly=mostly,
         )
     )
+    suite.add_expectation(ex.ExpectColumnValuesToBeNull(column=REPEAT_OF, mostly=mostly))
     return suite
+
+
+def repeat_of(events: pd.DataFrame) -> pd.Series:
+    """For each row, the source line of an earlier identical row of the batch, else null."""
+    columns = list(EVENT_COLUMNS)
+    if not set(columns) <= set(events.columns) or events.empty:
+        return pd.Series(pd.NA, index=events.index, dtype="Int64")
+    line = events[SOURCE_ROW] if SOURCE_ROW in events else pd.Series(events.index, index=events.index)
+    first = line.groupby([events[c] for c in columns], dropna=False, sort=False).transform("first")
+    return first.where(events.duplicated(columns, keep="first")).astype("Int64")
 
 
 def _describe(result: Any) -> str:
@@ -132,6 +148,7 @@ def validate_events(
         )
     )
     frame = events.reset_index(drop=True)
+    frame[REPEAT_OF] = repeat_of(frame)
     span = f"{pd.Timestamp(window_start):%Y-%m-%d %H:%M}..{pd.Timestamp(window_end):%Y-%m-%d %H:%M}"
     run_id = gx.RunIdentifier(run_name=span)
     run = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
@@ -156,7 +173,7 @@ def validate_events(
     quarantined[FAILED_CHECKS] = [";".join(bad_rows[i]) for i in quarantined.index]
     return ValidationOutcome(
         success=bool(result.success) and not failures,
-        accepted=frame[~is_bad].reset_index(drop=True),
+        accepted=frame[~is_bad].drop(columns=REPEAT_OF).reset_index(drop=True),
         quarantined=quarantined.reset_index(drop=True),
         failures=failures,
         statistics=dict(result.statistics),
