@@ -226,19 +226,29 @@ def _feast(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    return _exec(
-        "bentoml",
-        ["serve", "services.ranker:Ranker", "--host", args.host, "--port", str(args.port), *args.args],
-        dict(os.environ),
-    )
+    from models.registry import NoChampionError, aliased_version
+
+    try:  # refuse to start, rather than a server whose worker fails and restarts forever
+        aliased_version(get_settings())
+    except NoChampionError as exc:
+        print(f"ctr serve: cannot start: {exc}", file=sys.stderr)
+        return 2
+    return _bentoml_serve("services.ranker:Ranker", args)
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    return _exec(
-        "bentoml",
-        ["serve", "services.ingest:Ingest", "--host", args.host, "--port", str(args.port), *args.args],
-        dict(os.environ),
-    )
+    return _bentoml_serve("services.ingest:Ingest", args)
+
+
+def _bentoml_serve(service: str, args: argparse.Namespace) -> int:
+    """`bentoml serve` with a BentoML home of the service's own (unless BENTOML_HOME is set): BentoML
+    keeps its Prometheus multiprocess files there and empties them at start, so two services sharing
+    a home would wipe each other's metrics."""
+    env = dict(os.environ)
+    name = service.rpartition(":")[2].lower()
+    env.setdefault("BENTOML_HOME", str(get_settings().data_dir / "services" / name))
+    argv = ["serve", service, "--host", args.host, "--port", str(args.port), *args.args]
+    return _exec("bentoml", argv, env)
 
 
 def _replay(args: argparse.Namespace) -> int:

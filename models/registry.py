@@ -257,17 +257,22 @@ def log_candidate(
 
 def load_by_alias(settings: Settings, alias: str = CHAMPION, name: str | None = None) -> ServedModel:
     """Load a registered version by alias (native model, safe formats) with its feature binding."""
+    name = name or settings.served_model_name
+    return _load(name, aliased_version(settings, alias, name))
+
+
+def aliased_version(settings: Settings, alias: str = CHAMPION, name: str | None = None) -> Any:
+    """The registered version an alias points to, or NoChampionError saying what to run."""
     from mlflow.exceptions import MlflowException
 
     name = name or settings.served_model_name
     try:
-        version = client(settings).get_model_version_by_alias(name, alias)
+        return client(settings).get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         raise NoChampionError(
             f"No model version of '{name}' has alias '{alias}' in {settings.mlflow_tracking_uri}; "
             "run the training pipeline first (make demo, or the ctr_features then ctr_training DAGs)"
         ) from exc
-    return _load(name, version)
 
 
 def load_version(settings: Settings, name: str, version: str) -> ServedModel:
