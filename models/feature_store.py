@@ -43,6 +43,24 @@ def open_store(settings: Settings) -> FeatureStore:
     return FeatureStore(repo_path=str(settings.feast_repo), config=load_config(settings))
 
 
+def fail_fast(store: FeatureStore) -> FeatureStore:
+    """For request paths: a Redis online store answers or fails at once. redis-py otherwise retries
+    a refused or dropped connection with back-off for ~10 s, so a read outlives the caller's deadline
+    and, after Redis restarts, keeps the caller's threads asleep well after it is back. Other online
+    stores are left as they are."""
+    from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
+
+    config = store.config.online_store
+    if isinstance(config, RedisOnlineStoreConfig) and config.redis_type == RedisType.redis:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # Feast keeps one client per online store; this sets the retry policy of its connections.
+        client = store._get_provider().online_store._get_client(config)
+        client.set_retry(Retry(NoBackoff(), 0))
+    return store
+
+
 @contextlib.contextmanager
 def _inside_repo(repo: Path) -> Iterator[None]:
     """Feast imports repo files as top-level modules from the repo folder, as `feast apply` does.

@@ -69,13 +69,14 @@ class IngestResponse(BaseModel):
 @bentoml.service(traffic={"timeout": 30}, workers=1)
 class Ingest:
     def __init__(self) -> None:
+        from models.feature_store import fail_fast, open_store
         from models.ingest import Ingestor
 
         hide_request_inputs_in_logs()
         # A deadline on store calls, and after a failure none for CTR_INGEST_RETRY_S: while the store
         # is down a batch is logged and answered at once instead of waiting on client retries.
         guard = StoreGuard(SETTINGS.ingest_store_timeout_ms / 1000, retry_after_s=SETTINGS.ingest_retry_s)
-        self.ingestor = Ingestor(SETTINGS, guard=guard)
+        self.ingestor = Ingestor(SETTINGS, store=fail_fast(open_store(SETTINGS)), guard=guard)
         self._stop = threading.Event()
         self._retry = threading.Thread(target=self._retry_pending, name="ingest-retry", daemon=True)
         self._retry.start()

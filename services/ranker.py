@@ -63,14 +63,14 @@ def _hour(request_ts: int) -> int:
 class Ranker:
     def __init__(self) -> None:
         from models.candidates import CandidateIndex
-        from models.feature_store import open_store
+        from models.feature_store import fail_fast, open_store
         from models.serving_log import ServingLog
         from services.champion_challenger import ModelPool
         from services.degradation import StoreGuard
         from services.features import RankerFeatures
 
         hide_request_inputs_in_logs()
-        self.store = open_store(SETTINGS)
+        self.store = fail_fast(open_store(SETTINGS))
         self.pool = ModelPool(SETTINGS, self._check_binding, on_reload=self._count_reload)
         self.pool.start()
         self.guard = StoreGuard(SETTINGS.feature_timeout_ms / 1000)

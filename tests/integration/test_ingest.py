@@ -111,7 +111,7 @@ def test_logged_events_reach_the_next_batch_run(ingestor, tmp_path):
 
 
 def test_events_sent_while_redis_is_down_are_logged_and_applied_when_it_is_back(tmp_path, use_environment):
-    from models.feature_store import apply_repo
+    from models.feature_store import apply_repo, fail_fast, open_store
     from models.ingest import Ingestor
     from models.settings import get_settings
     from services.degradation import StoreGuard
@@ -123,8 +123,9 @@ def test_events_sent_while_redis_is_down_are_logged_and_applied_when_it_is_back(
         )
         settings = get_settings()
         apply_repo(settings)
-        # As the ingest service does: a deadline on store calls instead of the client's retries.
-        ingestor = Ingestor(settings, guard=StoreGuard(0.5, retry_after_s=0))
+        # As the ingest service does: no client retries, and a deadline on store calls.
+        store = fail_fast(open_store(settings))
+        ingestor = Ingestor(settings, store=store, guard=StoreGuard(0.5, retry_after_s=0))
         ingestor.ingest(_events([(5, 50, 500, "pv", 0)]))
 
         redis.stop()
@@ -132,7 +133,7 @@ def test_events_sent_while_redis_is_down_are_logged_and_applied_when_it_is_back(
         second = ingestor.ingest(_events([(5, 52, 501, "pv", 20), (5, 52, 501, "pv", 20)]))
         assert (first.received, first.accepted, first.deferred, first.pending) == (2, 0, 2, 2)
         assert (second.deferred, second.duplicates, second.pending) == (1, 1, 3)
-        assert "online store read" in ingestor.store_error
+        assert "ConnectionError" in ingestor.store_error
         assert len(ingestor.log.read()) == 4  # every event is in the offline log at once
         assert ingestor.retry_pending() == 3  # still down: kept
 
