@@ -15,7 +15,6 @@ Usage: python benchmarks/service_load.py [--data-dir var] [--rate 50] [--seconds
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -32,6 +31,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import environment, free_port, percentiles, print_table, redis_server, write_results  # noqa: E402
+from benchmarks.load import open_loop, summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CTR = str(Path(sys.executable).parent / "ctr")  # the project's CLI in the same environment
@@ -70,35 +70,11 @@ def serve(env: dict, log: Path):
     raise SystemExit("bentoml serve did not become ready:\n" + log.read_text()[-3000:])
 
 
-async def open_loop(url: str, bodies: list[dict], rate: float, seconds: float) -> dict:
-    """Requests sent at fixed times; latency = response time - scheduled time."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    fallbacks = 0
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-
-        async def one(i: int, scheduled: float) -> None:
-            nonlocal fallbacks
-            response = await client.post(f"{url}/rank", json=bodies[i % len(bodies)])
-            latencies.append(time.perf_counter() - scheduled)
-            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-            fallbacks += response.status_code == 200 and response.json()["fallback"]
-
-        start = time.perf_counter() + 0.1
-        tasks = []
-        for i in range(int(rate * seconds)):
-            scheduled = start + i / rate
-            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            tasks.append(asyncio.create_task(one(i, scheduled)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
-    return {
-        **percentiles(latencies),
-        "req_per_s": len(latencies) / elapsed,
-        "non_200": sum(n for code, n in statuses.items() if code != 200),
-        "fallbacks": int(fallbacks),
-    }
+def open_loop_row(url: str, bodies: list[dict], rate: float, seconds: float) -> dict:
+    """A fixed arrival rate (benchmarks/load.py): latency from each request's scheduled time."""
+    result = summary(open_loop(url, bodies, rate, seconds))
+    keys = ("p50_ms", "p99_ms", "req_per_s", "non_200", "fallbacks")
+    return {"n": result["requests"], **{k: result[k] for k in keys}}
 
 
 WRK_SCRIPT = """
@@ -219,7 +195,7 @@ def main() -> None:
             try:
                 for body in bodies[:20]:
                     httpx.post(f"{url}/rank", json=body, timeout=30)
-                result = asyncio.run(open_loop(url, bodies, args.rate, args.seconds))
+                result = open_loop_row(url, bodies, args.rate, args.seconds)
                 rows.append({"model": model, "load": f"open loop {args.rate:g} req/s", **result})
                 for c in (int(x) for x in args.connections.split(",")):
                     result = closed_loop(url, bodies, c, int(args.seconds), folder)
