@@ -219,3 +219,35 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server for the whole session; yields its Feast connection string."""
     with redis_process(tmp_path_factory.mktemp("redis")) as server:
         yield server.connection
+
+
+# --- The reliability report ----------------------------------------------------------------------
+# Each reliability scenario adds one row: what load it held, which faults and bad inputs it met, and
+# what was lost (requests without an answer, rows that ended neither accepted nor quarantined). The
+# rows are printed at the end of the run and, with CTR_RELIABILITY_REPORT=path, written there as JSON.
+RELIABILITY_COLUMNS = ("scenario", "load", "faults", "bad_inputs", "requests_lost", "rows_lost", "measured")
+_RELIABILITY_ROWS: list[dict] = []
+
+
+@pytest.fixture(scope="session")
+def reliability_report():
+    def add(**row) -> None:
+        assert set(row) == set(RELIABILITY_COLUMNS), sorted(set(row) ^ set(RELIABILITY_COLUMNS))
+        _RELIABILITY_ROWS.append(row)
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _RELIABILITY_ROWS:
+        return
+    import json
+
+    terminalreporter.section("reliability report")
+    terminalreporter.write_line("| " + " | ".join(RELIABILITY_COLUMNS) + " |")
+    terminalreporter.write_line("|" + "---|" * len(RELIABILITY_COLUMNS))
+    for row in _RELIABILITY_ROWS:
+        terminalreporter.write_line("| " + " | ".join(str(row[c]) for c in RELIABILITY_COLUMNS) + " |")
+    target = os.environ.get("CTR_RELIABILITY_REPORT")
+    if target:
+        Path(target).write_text(json.dumps(_RELIABILITY_ROWS, indent=2) + "\n")
