@@ -261,7 +261,9 @@ def test_fuzzed_requests_never_get_a_server_error(stack, reliability_report):
     )
 
 
-def test_a_failed_reload_keeps_the_current_champion_serving(stack, tmp_path, use_environment):
+def test_a_failed_reload_keeps_the_current_champion_serving(
+    stack, tmp_path, use_environment, reliability_report
+):
     ranker = stack["ranker"]
     use_environment(stack["env"])
     from models.registry import CHAMPION, client
@@ -285,9 +287,19 @@ def test_a_failed_reload_keeps_the_current_champion_serving(stack, tmp_path, use
         assert 'result="failed"' in metrics
     finally:
         tracking.set_registered_model_alias("ctr-xgboost", CHAMPION, current.version)
+    reliability_report(
+        scenario="champion alias moved to a version whose artifact is gone",
+        load="/reload, then /rank",
+        faults=f"v{broken.version} registered with an empty artifact folder",
+        bad_inputs="none",
+        requests_lost=0,
+        rows_lost="-",
+        measured=f"still serving v{current.version}; the reload failure reported by /reload and counted "
+        "in /metrics",
+    )
 
 
-def test_the_ranker_refuses_to_start_without_a_champion(tmp_path):
+def test_the_ranker_refuses_to_start_without_a_champion(tmp_path, reliability_report):
     from tests.conftest import project_environment
 
     done = subprocess.run(
@@ -301,3 +313,12 @@ def test_the_ranker_refuses_to_start_without_a_champion(tmp_path):
     assert done.returncode == 2
     assert "cannot start: No model version of 'ctr-xgboost' has alias 'champion'" in done.stderr
     assert "run the training pipeline first" in done.stderr
+    reliability_report(
+        scenario="ranker started on an empty registry",
+        load="ctr serve",
+        faults="no champion version",
+        bad_inputs="none",
+        requests_lost="-",
+        rows_lost="-",
+        measured="exit code 2 with the reason, instead of a worker restarting forever",
+    )
