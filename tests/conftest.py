@@ -214,6 +214,29 @@ def redis_process(workdir: Path) -> Iterator[RedisProcess]:
         server.stop()
 
 
+@contextlib.contextmanager
+def redis_copy_of(dag_run: dict, tmp_path_factory: pytest.TempPathFactory, name: str, **extra: str):
+    """The DAG run's registry, features and candidates copied to a data dir of their own, with the
+    features applied and materialized into a fresh redis-server that the caller may stop and restart.
+    Yields (data_dir, env, redis)."""
+    assert dag_run["result"].returncode == 0, dag_run["output"][-3000:]
+    data_dir = tmp_path_factory.mktemp(name)
+    for part in ("mlflow", "offline", "lake", "candidates"):
+        shutil.copytree(dag_run["data_dir"] / part, data_dir / part)
+    with redis_process(tmp_path_factory.mktemp(f"redis-{name}")) as redis:
+        env = {
+            **dag_run["env"],
+            "CTR_DATA_DIR": str(data_dir),
+            "CTR_ONLINE_STORE": "redis",
+            "CTR_REDIS_CONNECTION": redis.connection,
+            **extra,
+        }
+        stages = ["ctr", "run", "--stage", "apply_features", "--stage", "materialize"]
+        done = subprocess.run(stages, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        yield data_dir, env, redis
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server for the whole session; yields its Feast connection string."""

@@ -4,7 +4,6 @@ fuzzing, and with registry faults. Each scenario adds a row to the reliability r
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import threading
 import time
@@ -15,7 +14,7 @@ import pytest
 
 from benchmarks.load import open_loop, summary
 from feature_repo.contract import RECENT_EVENT_IDS, RECENT_FEATURES, RECENT_VIEW
-from tests.conftest import ROOT, bentoml_serve, redis_process
+from tests.conftest import ROOT, bentoml_serve, redis_copy_of
 
 pytestmark = pytest.mark.integration
 
@@ -30,26 +29,16 @@ NEW_USERS = 10**12  # added to real user ids: shoppers no batch data has seen
 def stack(dag_run, tmp_path_factory):
     """The DAG's registry and features in a Redis this module can stop, served by the ranker and fed
     by the ingest service."""
-    assert dag_run["result"].returncode == 0, dag_run["output"][-3000:]
-    data_dir = tmp_path_factory.mktemp("reliability")
-    for part in ("mlflow", "offline", "lake", "candidates"):
-        shutil.copytree(dag_run["data_dir"] / part, data_dir / part)
-    with redis_process(tmp_path_factory.mktemp("redis-reliability")) as redis:
-        env = {
-            **dag_run["env"],
-            "CTR_DATA_DIR": str(data_dir),
-            "CTR_ONLINE_STORE": "redis",
-            "CTR_REDIS_CONNECTION": redis.connection,
-            "CTR_INGEST_RETRY_S": "1",
-        }
-        stages = ["ctr", "run", "--stage", "apply_features", "--stage", "materialize"]
-        done = subprocess.run(stages, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        with (
-            bentoml_serve(["ctr", "serve"], env, data_dir / "serve.log") as ranker,
-            bentoml_serve(["ctr", "ingest"], env, data_dir / "ingest.log") as ingest,
-        ):
-            yield {"ranker": ranker, "ingest": ingest, "env": env, "redis": redis, "data_dir": data_dir}
+    with (
+        redis_copy_of(dag_run, tmp_path_factory, "reliability", CTR_INGEST_RETRY_S="1") as (
+            data_dir,
+            env,
+            redis,
+        ),
+        bentoml_serve(["ctr", "serve"], env, data_dir / "serve.log") as ranker,
+        bentoml_serve(["ctr", "ingest"], env, data_dir / "ingest.log") as ingest,
+    ):
+        yield {"ranker": ranker, "ingest": ingest, "env": env, "redis": redis, "data_dir": data_dir}
 
 
 @pytest.fixture(scope="module")

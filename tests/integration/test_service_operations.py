@@ -4,16 +4,14 @@ an MLflow alias moves, and fallback while Redis is stopped or hung, with recover
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, bentoml_serve, redis_process
+from tests.conftest import bentoml_serve, redis_copy_of
 
 pytestmark = pytest.mark.integration
 
@@ -24,25 +22,12 @@ ITEMS = [283, 2268318, 2333346, 4365585]
 @pytest.fixture(scope="module")
 def deployment(dag_run, tmp_path_factory):
     """The DAG's registry and features, served from a Redis this module can stop and restart."""
-    assert dag_run["result"].returncode == 0, dag_run["output"][-3000:]
-    data_dir = tmp_path_factory.mktemp("operations")
-    for part in ("mlflow", "offline", "lake", "candidates"):
-        shutil.copytree(dag_run["data_dir"] / part, data_dir / part)
-    with redis_process(tmp_path_factory.mktemp("redis-ops")) as redis:
-        env = {
-            **dag_run["env"],
-            "CTR_DATA_DIR": str(data_dir),
-            "CTR_ONLINE_STORE": "redis",
-            "CTR_REDIS_CONNECTION": redis.connection,
-            "CTR_MODEL_RELOAD_S": "1",
-            "CTR_CHALLENGER_SHARE": "0.3",
-            "CTR_FEATURE_TIMEOUT_MS": "300",
-        }
-        stages = ["ctr", "run", "--stage", "apply_features", "--stage", "materialize"]
-        done = subprocess.run(stages, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        with bentoml_serve(["ctr", "serve"], env, data_dir / "serve.log") as url:
-            yield {"url": url, "env": env, "redis": redis, "data_dir": data_dir}
+    extra = {"CTR_MODEL_RELOAD_S": "1", "CTR_CHALLENGER_SHARE": "0.3", "CTR_FEATURE_TIMEOUT_MS": "300"}
+    with (
+        redis_copy_of(dag_run, tmp_path_factory, "operations", **extra) as (data_dir, env, redis),
+        bentoml_serve(["ctr", "serve"], env, data_dir / "serve.log") as url,
+    ):
+        yield {"url": url, "env": env, "redis": redis, "data_dir": data_dir}
 
 
 def _rank(url: str, user: int, timeout: float = 30) -> httpx.Response:
