@@ -56,7 +56,7 @@ def read_raw_events(path: Path | str) -> pd.DataFrame:
     raw = parts.iloc[:, :width].fillna("").astype(object).set_axis(list(RAW_COLUMNS), axis=1)
     raw.loc[extra, RAW_COLUMNS[-1]] = ""
     raw.insert(0, SOURCE_ROW, range(1, len(raw) + 1))
-    return raw.reset_index(drop=True)
+    return raw
 
 
 def to_canonical(raw: pd.DataFrame) -> pd.DataFrame:

@@ -297,15 +297,15 @@ class Ingestor:
         unique = events.drop_duplicates(EVENT_ID)
         now = pd.Timestamp.now(tz="UTC")
         with self._lock:
-            try:
-                if not self._apply_pending():
-                    raise ConnectionError(self.store_error)
-                rows, new_events, late_events = self._plan(unique)
-            except Exception as exc:
+            planned = None
+            if self._apply_pending():  # older batches first; False: the store still fails
+                try:
+                    planned = self._plan(unique)
+                except Exception as exc:
+                    self._store_failed(exc)
+            if planned is None:
                 # Without the users' states, redeliveries cannot be told apart: log the whole batch
                 # (the batch job reads each id once) and apply it when the store is back.
-                if self.store_error == "":
-                    self._store_failed(exc)
                 self.log.append(unique.assign(**{INGESTED_AT: now}))
                 self.pending.add(unique)
                 return IngestResult(
@@ -317,6 +317,7 @@ class Ingestor:
                     deferred=len(unique),
                     pending=self.pending.count(),
                 )
+            rows, new_events, late_events = planned
             to_log = pd.concat([new_events, late_events], ignore_index=True)
             self.log.append(to_log.assign(**{INGESTED_AT: now}))
             try:

@@ -387,13 +387,13 @@ def promote_if_better(
     candidate_auc = metrics["auc"]
     decision: dict[str, Any] = {"model": name, "version": version, "candidate_auc": candidate_auc}
     failures = sanity_failures(settings, model, test, metrics, scores, popularity_auc)
-    failures += artifact_failures(settings, name, version, test, scores)
     try:
         champion = load_by_alias(settings, CHAMPION, name)
     except NoChampionError:
         champion = None
     if champion is not None and champion.version == version:
         return {**decision, "promoted": True, "champion_changed": False, "reason": "already champion"}
+    failures += artifact_failures(settings, name, version, test, scores)
     if failures:
         decision.update(promoted=False, reason="sanity checks failed: " + "; ".join(failures))
     elif champion is None:
