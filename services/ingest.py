@@ -71,6 +71,7 @@ class Ingest:
     def __init__(self) -> None:
         from models.feature_store import fail_fast, open_store
         from models.ingest import Ingestor
+        from services.heap import freeze_loaded
 
         hide_request_inputs_in_logs()
         # A deadline on store calls, and after a failure none for CTR_INGEST_RETRY_S: while the store
@@ -80,6 +81,7 @@ class Ingest:
         self._stop = threading.Event()
         self._retry = threading.Thread(target=self._retry_pending, name="ingest-retry", daemon=True)
         self._retry.start()
+        freeze_loaded()
 
     def _retry_pending(self) -> None:
         """Apply events logged while the online store was down, as soon as it is back."""

@@ -68,6 +68,7 @@ class Ranker:
         from services.champion_challenger import ModelPool
         from services.degradation import StoreGuard
         from services.features import RankerFeatures
+        from services.heap import freeze_loaded
 
         hide_request_inputs_in_logs()
         self.store = fail_fast(open_store(SETTINGS))
@@ -85,6 +86,7 @@ class Ranker:
                 self.pool.variants.champion.feature_service,
                 lambda: index.cold_start(SETTINGS.warm_items, None),
             )
+        freeze_loaded()
 
     def _check_binding(self, served) -> None:
         """Refuse a model whose FeatureService is missing or has other features than it was trained on."""
@@ -108,7 +110,11 @@ class Ranker:
 
     @staticmethod
     def _count_reload(result: str) -> None:
+        from services.heap import freeze_loaded
+
         metrics.MODEL_RELOADS.labels(result=result).inc()
+        if result == "swapped":
+            freeze_loaded()  # the new models join the long-lived objects; the old ones are collected
 
     @bentoml.on_shutdown
     def close(self) -> None:
