@@ -93,22 +93,41 @@ def realtime_context(
         inputs.get(key) or [None] * len(now) for key in _keys
     )
     out: dict[str, list[float]] = {name: [] for name in _outputs}
+    user = None  # what depends on the user's events and the request time only
     for i, t in enumerate(now):
-        ts = list(stamps[i]) if stamps[i] is not None else []
-        known = [j for j, s in enumerate(ts) if s <= t]  # events after the request are not known at it
-        ages = [t - ts[j] for j in known]
+        # A ranking request repeats one user's lists (the same objects) for every candidate: their
+        # part is worked out once per user, the candidate's part per row.
+        if not (
+            user is not None
+            and t == now[i - 1]
+            and stamps[i] is stamps[i - 1]
+            and items[i] is items[i - 1]
+            and categories[i] is categories[i - 1]
+            and behaviors[i] is behaviors[i - 1]
+        ):
+            ts = list(stamps[i]) if stamps[i] is not None else []
+            known = [j for j, s in enumerate(ts) if s <= t]  # events after the request are not known at it
+            ages = [t - ts[j] for j in known]
+            user = (
+                [
+                    float(((t + _offset_s) // 3600) % 24),
+                    float(min(min(ages), _cap_s)) if ages else _cap_s,
+                    *[float(sum(1 for a in ages if a < w)) for w in _windows],
+                    float(
+                        sum(
+                            1
+                            for j, a in zip(known, ages, strict=True)
+                            if a < _hour and behaviors[i][j] in _intents
+                        )
+                    ),
+                ],
+                {items[i][j] for j in known},
+                {categories[i][j] for j in known},
+            )
         values = [
-            float(((t + _offset_s) // 3600) % 24),
-            float(min(min(ages), _cap_s)) if ages else _cap_s,
-            *[float(sum(1 for a in ages if a < w)) for w in _windows],
-            float(
-                sum(1 for j, a in zip(known, ages, strict=True) if a < _hour and behaviors[i][j] in _intents)
-            ),
-            float(candidates[i] is not None and any(items[i][j] == candidates[i] for j in known)),
-            float(
-                candidate_categories[i] is not None
-                and any(categories[i][j] == candidate_categories[i] for j in known)
-            ),
+            *user[0],
+            float(candidates[i] is not None and candidates[i] in user[1]),
+            float(candidate_categories[i] is not None and candidate_categories[i] in user[2]),
         ]
         for name, value in zip(_outputs, values, strict=True):
             out[name].append(value)

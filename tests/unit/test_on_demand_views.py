@@ -1,0 +1,77 @@
+"""The request-time on-demand view on events built so each feature's value is known by hand."""
+
+import copy
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2] / "feature_repo"
+T = 1_512_000_000  # the request time; 2017-11-30 00:00 UTC = 08:00 in the shop
+
+
+@pytest.fixture(scope="module")
+def realtime_context():
+    """The view's own function, imported as Feast imports the repo (its files as top-level modules)."""
+    sys.path.insert(0, str(REPO))
+    try:
+        view = importlib.import_module("on_demand_views").realtime_context
+    finally:
+        sys.path.remove(str(REPO))
+    return view.feature_transformation.udf
+
+
+def _user_lists():
+    # Oldest first: a view 4,000 s ago, a cart 200 s ago, a view 100 s ago, and a buy 50 s after the
+    # request (not known at it).
+    return {
+        "recent_timestamps": [T - 4000, T - 200, T - 100, T + 50],
+        "recent_items": [1, 2, 3, 4],
+        "recent_categories": [10, 20, 10, 30],
+        "recent_behaviors": [0, 1, 0, 3],  # codes of ('pv', 'cart', 'fav', 'buy')
+    }
+
+
+def _request(candidates, categories, lists, copies=False):
+    """One user's rows as the ranker passes them (the same list objects on every row), or as
+    independent copies per row (as a training set's rows come)."""
+    n = len(candidates)
+    inputs = {k: [copy.copy(v) if copies else v for _ in range(n)] for k, v in lists.items()}
+    return {**inputs, "item_id": candidates, "category_id": categories, "request_ts": [T] * n}
+
+
+def test_features_of_one_user_and_three_candidates(realtime_context):
+    out = realtime_context(_request([2, 4, 9], [10, 30, None], _user_lists()))
+    assert out["request_hour"] == [8.0] * 3
+    assert out["user_seconds_since_last_event"] == [100.0] * 3
+    assert out["user_events_5m"] == [2.0] * 3  # 200 s and 100 s ago
+    assert out["user_events_1h"] == [2.0] * 3  # 4,000 s ago is outside the hour
+    assert out["user_intents_1h"] == [1.0] * 3  # the cart
+    assert out["item_seen_recently"] == [1.0, 0.0, 0.0]  # item 4 is only seen after the request
+    assert out["category_seen_recently"] == [1.0, 0.0, 0.0]
+
+
+def test_shared_and_copied_lists_give_the_same_values(realtime_context):
+    """Rows that share one user's lists are worked out once per user: the values must be those of
+    rows computed one by one, also where the user or the request time changes between rows."""
+    other = {
+        "recent_timestamps": [T - 10],
+        "recent_items": [9],
+        "recent_categories": [30],
+        "recent_behaviors": [3],
+    }
+    lists = _user_lists()
+    a, b = _request([2, 4, 9], [10, 30, None], lists), _request([9, 2], [30, 10], other)
+    later = _request([4, 3], [30, 10], lists)
+    later["request_ts"] = [T + 300] * 2  # the same user's lists, five minutes on
+    empty = _request([2], [10], dict.fromkeys(lists))  # a user with no recent events
+    rows = [a, later, b, empty]
+    shared = {k: sum((r[k] for r in rows), []) for k in a}
+    copied = {k: sum((copy.deepcopy(r[k]) for r in rows), []) for k in a}
+    assert realtime_context(shared) == realtime_context(copied)
+    out = realtime_context(shared)
+    assert out["item_seen_recently"] == [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    assert out["user_events_1h"][3:5] == [3.0, 3.0]  # the buy is known now; the first view is 4,300 s old
+    assert out["user_seconds_since_last_event"][5:7] == [10.0, 10.0]
+    assert out["user_seconds_since_last_event"][7] == 7 * 86400.0  # no events: the cap
