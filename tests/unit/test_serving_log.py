@@ -70,3 +70,19 @@ def test_features_are_logged_in_served_order():
     rows = rows_of([fields])
     assert rows["item_id"].tolist() == [12, 10, 11]
     assert rows["f_item_pv_7d"].tolist() == [3.0, 1.0, 2.0]
+
+
+def test_a_batch_mixing_fallbacks_top_k_and_missing_features_logs_each_row_its_own_values():
+    full = pd.DataFrame(
+        {"user_id": 1, "item_id": [10, 11, 12], "item_pv_7d": [1.0, 2.0, 3.0], "user_pv_7d": 5.0}
+    )
+    unknown_user = full.assign(user_pv_7d=None)  # Feast has nothing for the user: None, not NaN
+    top_two = {**_response("a", 1, [12, 11]), "features": full, "order": [2, 1], "scores": [0.3, 0.2]}
+    fallback = {**_response("b", 2, [10, 11]), "features": None, "fallback": True}
+    cold = {**_response("c", 3, [10, 11, 12]), "features": unknown_user}
+    rows = rows_of([top_two, fallback, cold]).set_index("request_id")
+    assert rows.loc["a", "f_item_pv_7d"].tolist() == [3.0, 2.0]
+    assert rows.loc["a", "f_user_pv_7d"].tolist() == [5.0, 5.0]
+    assert rows.loc["b", ["f_item_pv_7d", "f_user_pv_7d"]].isna().all().all()
+    assert rows.loc["c", "f_item_pv_7d"].tolist() == [1.0, 2.0, 3.0]
+    assert rows.loc["c", "f_user_pv_7d"].isna().all()
