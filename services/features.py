@@ -50,7 +50,7 @@ class RankerFeatures:
         def loop() -> None:
             while True:
                 try:
-                    reader.warm(items(), pause_s=0.005)
+                    reader.warm(items(), chunk=25, pause_s=0.02)
                 except Exception:  # the store being down is the request path's business
                     log.warning("could not refresh the item cache", exc_info=True)
                 time.sleep(max(ttl / 2, 1.0))
