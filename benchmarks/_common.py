@@ -93,6 +93,8 @@ def print_table(title: str, rows: list[dict]) -> None:
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return ""
     if isinstance(value, float):
         return f"{value:,.2f}" if abs(value) < 1e5 else f"{value:,.0f}"
     if isinstance(value, int):
