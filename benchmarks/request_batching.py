@@ -1,0 +1,92 @@
+"""What merging concurrent /rank requests into one model call would save (adaptive batching).
+
+Each /rank request already scores its 100 candidates in one call. Adaptive batching would merge
+the calls of k concurrent requests into one of k x 100 rows; what it can save per request is the
+difference between one 100-row call and 1/k of a k x 100-row call, and it can only do so when k
+requests are waiting at once. This script measures that difference for both trained models, on
+the rows of the pipeline's training set (the FeatureService's features, as served).
+
+Data: a finished pipeline run under --data-dir (`make demo` or `ctr run` makes var/).
+Usage: python benchmarks/request_batching.py [--data-dir var] [--repeats 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import percentiles, print_table, write_results  # noqa: E402
+from models.scoring import KINDS, ScoringModel, load_saved  # noqa: E402
+
+CANDIDATES = 100
+MERGED = (1, 2, 4, 8, 16)
+
+
+def call_times(model: ScoringModel, frame: pd.DataFrame, repeats: int) -> list[float]:
+    """Seconds per predict call on `frame`, after a warm-up call (tracing, caches)."""
+    model.predict(frame)
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model.predict(frame)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def measure(model: ScoringModel, rows: pd.DataFrame, repeats: int) -> list[dict]:
+    out: list[dict] = []
+    for k in MERGED:
+        frame = rows.sample(CANDIDATES * k, random_state=k, replace=len(rows) < CANDIDATES * k)
+        stats = percentiles(call_times(model, frame, repeats))
+        per_request = stats["p50_ms"] / k
+        single = out[0]["per_request_ms"] if out else per_request
+        out.append(
+            {
+                "model": model.kind,
+                "requests_merged": k,
+                "rows": len(frame),
+                "call_p50_ms": stats["p50_ms"],
+                "call_p99_ms": stats["p99_ms"],
+                "per_request_ms": per_request,
+                "saved_per_request_ms": single - per_request,
+            }
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", type=Path, default=Path("var"), help="a finished pipeline run")
+    parser.add_argument("--repeats", type=int, default=200, help="timed calls per batch size")
+    args = parser.parse_args()
+
+    rows = pd.read_parquet(args.data_dir / "datasets/training_set.parquet")
+    results = []
+    for kind in KINDS:
+        folder = args.data_dir / "models/candidates" / kind
+        if not folder.exists():
+            raise SystemExit(f"no trained {kind} model under {folder}: run the pipeline first (ctr run)")
+        print(f"timing {kind} ...", flush=True)
+        results += measure(load_saved(folder), rows, args.repeats)
+    print_table(f"Model scoring of k merged /rank requests ({CANDIDATES} candidates each)", results)
+    notes = [
+        f"Rows: {CANDIDATES} x k rows drawn from the pipeline's training set (the FeatureService's "
+        "features); the trained candidates of the last pipeline run; one process, no HTTP.",
+        f"{args.repeats} timed calls per size after one warm-up call. XGBoost through "
+        "`predict_ctr` on the feature matrix, Wide&Deep through its traced request scorer.",
+        "saved_per_request_ms: one 100-row call minus 1/k of the merged call, the most that "
+        "merging k waiting requests can save each of them before any cost of the merging itself.",
+    ]
+    write_results("request_batching", "Adaptive batching: what merging /rank requests saves", results, notes)
+
+
+if __name__ == "__main__":
+    main()
