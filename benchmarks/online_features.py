@@ -28,7 +28,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import environment, free_port, percentiles, print_table, redis_server, write_results  # noqa: E402
+from benchmarks._common import environment, percentiles, print_table, redis_server, write_results  # noqa: E402
 from feature_repo.contract import (  # noqa: E402
     ITEM_FEATURES,
     ITEM_VIEW,
@@ -42,6 +42,7 @@ from feature_repo.contract import (  # noqa: E402
     USER_LIST_FEATURES,
     USER_VIEW,
 )
+from models.processes import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 POPULAR_ITEMS = 5000  # the realistic mix draws candidates from this many most-viewed items

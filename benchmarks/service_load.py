@@ -30,8 +30,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import environment, free_port, percentiles, print_table, redis_server, write_results  # noqa: E402
+from benchmarks._common import environment, percentiles, print_table, redis_server, write_results  # noqa: E402
 from benchmarks.load import open_loop, summary  # noqa: E402
+from models.processes import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CTR = str(Path(sys.executable).parent / "ctr")  # the project's CLI in the same environment

@@ -17,8 +17,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from models.processes import free_port, stop_process_group
 from models.registry import CHAMPION, client
 from models.settings import PROJECT_ROOT, Settings, get_settings
 
@@ -114,12 +113,6 @@ def champion_version(settings: Settings, name: str) -> str:
         raise DeploymentError(
             f"'{name}' has no '{CHAMPION}' version in {settings.mlflow_tracking_uri}: nothing to deploy"
         ) from exc
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- build -----------------------------------------------------------------------------------
@@ -225,17 +218,6 @@ def response_failures(body: dict[str, Any], item_ids: list[int], model_name: str
     return failures
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """Terminate the server's process group (bentoml serve and its workers), then kill it."""
-    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 30)):
-        if process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=wait_s)
-
-
 def _wait_ready(process: subprocess.Popen, url: str, log: Path, timeout_s: float) -> float:
     import httpx
 
@@ -286,7 +268,7 @@ def smoke_test(
     workdir = settings.data_dir / "deployments" / "smoke" / bento_tag.replace(":", "-")
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "serve.log"
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = _serving_environment(settings, name, workdir / "serving_log")
     command = [_bentoml(), "serve", bento_tag, "--host", "127.0.0.1", "--port", str(port)]
@@ -321,7 +303,7 @@ def smoke_test(
                 f"smoke test of {bento_tag} failed: {reasons}\nits log ({log}):\n{_tail(log.read_text())}"
             )
     finally:
-        _stop(process)
+        stop_process_group(process)
     return {
         "bento_tag": bento_tag,
         "passed": True,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from models.processes import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 FEAST_STORE_VARIABLES = ("CTR_ONLINE_STORE", "CTR_REDIS_CONNECTION", "CTR_FEAST_REGISTRY_TTL_S")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def project_environment(data_dir: Path, **extra: str) -> dict[str, str]:

@@ -22,7 +22,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import ROOT, free_port, project_environment
+from models.processes import free_port
+from tests.conftest import ROOT, project_environment
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 
 from models import deployment
 from models.deployment import DeploymentError, record_deployment, reload_service, response_failures
-from tests.conftest import free_port
+from models.processes import free_port
 
 MODEL = "ctr-xgboost"
 
