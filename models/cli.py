@@ -243,11 +243,15 @@ def _ingest(args: argparse.Namespace) -> int:
 def _bentoml_serve(service: str, args: argparse.Namespace) -> int:
     """`bentoml serve` with a BentoML home of the service's own (unless BENTOML_HOME is set): BentoML
     keeps its Prometheus multiprocess files there and empties them at start, so two services sharing
-    a home would wipe each other's metrics."""
+    a home would wipe each other's metrics. Idle connections stay open CTR_HTTP_KEEP_ALIVE_S unless
+    --timeout-keep-alive is passed on."""
+    settings = get_settings()
     env = dict(os.environ)
     name = service.rpartition(":")[2].lower()
-    env.setdefault("BENTOML_HOME", str(get_settings().data_dir / "services" / name))
+    env.setdefault("BENTOML_HOME", str(settings.data_dir / "services" / name))
     argv = ["serve", service, "--host", args.host, "--port", str(args.port), *args.args]
+    if not any(arg.startswith("--timeout-keep-alive") for arg in args.args):
+        argv += ["--timeout-keep-alive", str(settings.http_keep_alive_s)]
     return _exec("bentoml", argv, env)
 
 

@@ -66,6 +66,7 @@ class Settings:
     challenger_share: float
     model_reload_s: float
     feature_timeout_ms: float
+    http_keep_alive_s: int
     item_cache_ttl_s: float
     warm_items: int
     serving_log_dir: Path
@@ -193,6 +194,10 @@ def get_settings() -> Settings:
         challenger_share=float(_env("CTR_CHALLENGER_SHARE", "0.1")),
         model_reload_s=float(_env("CTR_MODEL_RELOAD_S", "15")),
         feature_timeout_ms=float(_env("CTR_FEATURE_TIMEOUT_MS", "200")),
+        # `ctr serve` and `ctr ingest` keep an idle client connection open this long. It must exceed
+        # the idle timeout of any proxy pooling connections to them (nginx, cloud load balancers:
+        # often 60 s): uvicorn's own 5 s lets the server close a connection as a request arrives on it.
+        http_keep_alive_s=int(_env("CTR_HTTP_KEEP_ALIVE_S", "75")),
         # Item features change only when a batch is materialized; the ranker caches them this long.
         item_cache_ttl_s=float(_env("CTR_ITEM_CACHE_TTL_S", "30")),
         # The most popular items are re-read ahead of their expiry, so requests rarely miss them.
@@ -246,6 +251,8 @@ def get_settings() -> Settings:
         )
     if settings.api_token and len(settings.api_token) < MIN_SECRET_LENGTH:
         raise ValueError(f"CTR_API_TOKEN is too short: use at least {MIN_SECRET_LENGTH} random characters")
+    if settings.http_keep_alive_s <= 0:
+        raise ValueError(f"CTR_HTTP_KEEP_ALIVE_S={settings.http_keep_alive_s}: expected a positive number")
     for name, value in (
         ("CTR_MAX_REQUEST_BYTES", settings.max_request_bytes),
         ("CTR_INGEST_MAX_REQUEST_BYTES", settings.ingest_max_request_bytes),

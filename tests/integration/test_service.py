@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import time
 
 import httpx
@@ -168,3 +169,20 @@ def test_malformed_json_gets_a_400(server):
     )
     assert response.status_code == 400
     assert "Invalid JSON" in response.text
+
+
+def test_an_idle_keep_alive_connection_stays_open_past_uvicorns_default(server):
+    """A proxy pooling connections to the service reuses one after seconds of quiet; had the server
+    closed it (uvicorn's default: after 5 s), the next request on it would be lost."""
+    host, port = server[0].removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", "/readyz")
+        first = connection.getresponse()
+        first.read()
+        assert first.status == 200
+        time.sleep(6)
+        connection.request("GET", "/readyz")  # the same socket: http.client does not reconnect
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
