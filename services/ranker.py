@@ -41,6 +41,7 @@ from feature_repo.contract import (
 from models.privacy import pseudonym
 from models.settings import get_settings
 from services import metrics
+from services.heap import freeze_loaded
 from services.schemas import Contribution, EntityId, ModelRef, RankContext, RankResponse, ScoredItem
 from services.security import RequestGuard, hide_request_inputs_in_logs
 
@@ -68,11 +69,10 @@ class Ranker:
         from services.champion_challenger import ModelPool
         from services.degradation import StoreGuard
         from services.features import RankerFeatures
-        from services.heap import freeze_loaded
 
         hide_request_inputs_in_logs()
         self.store = fail_fast(open_store(SETTINGS))
-        self.pool = ModelPool(SETTINGS, self._check_binding, on_reload=self._count_reload)
+        self.pool = ModelPool(SETTINGS, self._check_binding, on_reload=self._after_reload)
         self.pool.start()
         self.guard = StoreGuard(SETTINGS.feature_timeout_ms / 1000)
         self.serving_log = ServingLog(SETTINGS.serving_log_dir)
@@ -109,12 +109,12 @@ class Ranker:
             )
 
     @staticmethod
-    def _count_reload(result: str) -> None:
-        from services.heap import freeze_loaded
-
+    def _after_reload(result: str) -> None:
+        """Count each reload check; after a swap, the new models join the long-lived (frozen)
+        objects and the old ones are collected."""
         metrics.MODEL_RELOADS.labels(result=result).inc()
         if result == "swapped":
-            freeze_loaded()  # the new models join the long-lived objects; the old ones are collected
+            freeze_loaded()
 
     @bentoml.on_shutdown
     def close(self) -> None:
