@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -22,28 +21,17 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import percentiles, print_table, write_results  # noqa: E402
-from models.scoring import KINDS, ScoringModel, load_saved  # noqa: E402
+from models.scoring import KINDS, ScoringModel, load_saved, scoring_times_s  # noqa: E402
 
 CANDIDATES = 100
 MERGED = (1, 2, 4, 8, 16)
-
-
-def call_times(model: ScoringModel, frame: pd.DataFrame, repeats: int) -> list[float]:
-    """Seconds per predict call on `frame`, after a warm-up call (tracing, caches)."""
-    model.predict(frame)
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        model.predict(frame)
-        samples.append(time.perf_counter() - started)
-    return samples
 
 
 def measure(model: ScoringModel, rows: pd.DataFrame, repeats: int) -> list[dict]:
     out: list[dict] = []
     for k in MERGED:
         frame = rows.sample(CANDIDATES * k, random_state=k, replace=len(rows) < CANDIDATES * k)
-        stats = percentiles(call_times(model, frame, repeats))
+        stats = percentiles(scoring_times_s(model, frame, repeats))
         per_request = stats["p50_ms"] / k
         single = out[0]["per_request_ms"] if out else per_request
         out.append(

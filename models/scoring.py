@@ -95,13 +95,18 @@ def load_saved(folder: Path) -> ScoringModel:
     return wrap(kind, load_model_file(kind, folder / _MODEL_FILES[kind]), meta)
 
 
-def scoring_latency_ms(model: ScoringModel, frame: pd.DataFrame, rows: int = 100, repeats: int = 15) -> float:
-    """Median wall time to score one request of `rows` candidates (first call excluded: warm-up)."""
-    batch = frame.head(rows)
-    model.predict(batch)
+def scoring_times_s(model: ScoringModel, frame: pd.DataFrame, repeats: int) -> list[float]:
+    """Wall time of each of `repeats` predict calls on `frame`, after one untimed warm-up call
+    (tracing, caches)."""
+    model.predict(frame)
     timings = []
     for _ in range(repeats):
         started = time.perf_counter()
-        model.predict(batch)
-        timings.append((time.perf_counter() - started) * 1000)
-    return float(np.median(timings))
+        model.predict(frame)
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def scoring_latency_ms(model: ScoringModel, frame: pd.DataFrame, rows: int = 100, repeats: int = 15) -> float:
+    """Median wall time to score one request of `rows` candidates (first call excluded: warm-up)."""
+    return float(np.median(scoring_times_s(model, frame.head(rows), repeats)) * 1000)
