@@ -353,10 +353,11 @@ class RequestScorer:
     """Scores request-sized frames through one traced TensorFlow function of two matrices.
 
     `predict_on_batch` converts each of the model's ~50 named inputs to a tensor and flattens the
-    dict on every call: ~2.5 ms for 100 rows on 2 cores, nearly all of it per-input overhead. Here the
+    dict on every call: 3.1 ms for 100 rows on 2 cores, nearly all of it per-input overhead. Here the
     inputs cross into TensorFlow as one float matrix and one id matrix and are split into the named
-    inputs inside the graph: ~0.7 ms, the same scores to float32 rounding. TensorFlow backend only
-    (`for_model` returns None under another backend, where `predict_wide_deep` is used instead).
+    inputs inside the graph: 1.1 ms, the same scores to float32 rounding (benchmarks/RESULTS.md).
+    TensorFlow backend only (`for_model` returns None under another backend, where
+    `predict_wide_deep` is used instead).
     """
 
     def __init__(self, model: Any, spec: WideDeepSpec) -> None:
