@@ -17,6 +17,7 @@ import httpx
 import psutil
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -205,6 +206,22 @@ def test_rest_api_lists_the_project_dags_without_import_errors(api: httpx.Client
     assert not any(dags[dag_id]["is_stale"] for dag_id in DAG_IDS)
 
 
+def _once_navigated(condition):
+    """`condition`, read as "not yet" while the page is navigating: the UI redirects to its login
+    page and back, and a query that meets a navigation fails with "aborted by navigation" instead of
+    finding nothing. Any other error still fails the wait."""
+
+    def check(driver):
+        try:
+            return condition(driver)
+        except WebDriverException as exc:
+            if "aborted by navigation" in (exc.msg or ""):
+                return False
+            raise
+
+    return check
+
+
 def test_ui_login_shows_the_project_dags(airflow_ui: AirflowUI, api: httpx.Client, tmp_path: Path):
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if missing:
@@ -224,14 +241,15 @@ def test_ui_login_shows_the_project_dags(airflow_ui: AirflowUI, api: httpx.Clien
         driver.get(f"{airflow_ui.url}/dags")
         # SimpleAuthManager's own login page (a React form), then back to the DAG list.
         login_form = expected_conditions.visibility_of_element_located((By.NAME, "username"))
-        username = wait.until(login_form, "no login form")
+        username = wait.until(_once_navigated(login_form), "no login form")
         username.send_keys(airflow_ui.user)
         driver.find_element(By.NAME, "password").send_keys(airflow_ui.password)
         driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         wait.until(lambda d: "/auth/login" not in d.current_url, "the login form did not go away")
         for dag_id in DAG_IDS:
             link = (By.XPATH, f"//a[normalize-space()='{dag_id}']")
-            wait.until(expected_conditions.visibility_of_element_located(link), f"no link to {dag_id}")
+            visible = expected_conditions.visibility_of_element_located(link)
+            wait.until(_once_navigated(visible), f"no link to {dag_id}")
     except Exception as exc:
         driver.save_screenshot(str(screenshot))
         page.write_text(driver.page_source)
