@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.processes import free_port
+from models.ops.processes import free_port
 
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "RESULTS.md"

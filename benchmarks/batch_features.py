@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import print_table, write_results  # noqa: E402
 from feature_repo.contract import BEHAVIOR, CATEGORY_ID, EVENT_TIMESTAMP, ITEM_ID, USER_ID  # noqa: E402
-from models.features import (  # noqa: E402
+from models.features.batch import (  # noqa: E402
     DayGrid,
     category_snapshots,
     item_snapshots,
@@ -36,7 +36,7 @@ END = pd.Timestamp("2017-12-04T00:00:00+08:00")
 
 
 def real_events() -> pd.DataFrame:
-    from models.events import load_events
+    from models.data.events import load_events
     from models.settings import default_raw_events
 
     events = load_events(default_raw_events()).dropna()
@@ -88,7 +88,7 @@ def synthetic_events(real: pd.DataFrame, n: int, seed: int = 7) -> pd.DataFrame:
 
 
 def run(label: str, events: pd.DataFrame, out: Path) -> list[dict]:
-    from models.feature_store import write_offline, write_offline_batches
+    from models.features.store import write_offline, write_offline_batches
 
     grid = DayGrid.covering(START, END, "Asia/Shanghai")
     rows = []

@@ -1,4 +1,4 @@
-"""Candidate generation (models/candidates.py): recall on the real test days, build time, lookup latency.
+"""Candidate generation (models/retrieval/candidates.py): recall on the real test days, build time, lookup latency.
 
 Quality: the index is built on the events before CTR_TEST_START and every user with events on the
 test days asks once, at the shop hour of their first test-day event, with their last 20 events;
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import HERE, machine, percentiles, print_table  # noqa: E402
 from feature_repo.contract import EVENT_COLUMNS, EVENT_TIMESTAMP, USER_ID  # noqa: E402
-from models.candidates import (  # noqa: E402
+from models.retrieval.candidates import (  # noqa: E402
     RECALL_METHODS,
     CandidateIndex,
     build_candidates,
@@ -48,7 +48,7 @@ STREAM = PROJECT_ROOT.parent / "shared/data/taobao_userbehavior/userbehavior_str
 
 
 def window_events(path: Path) -> pd.DataFrame:
-    from models.events import load_events
+    from models.data.events import load_events
 
     settings = get_settings()
     events = load_events(path).dropna()

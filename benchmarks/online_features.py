@@ -3,7 +3,7 @@
 * freshness: an event POSTed to the ingest service (a real `bentoml serve`), then read back by
   another process through Feast; p50/p99 of (readable - ingest call returned), and of the call itself;
 * read latency of the rankers' FeatureServices for 1 user + 100 candidate items, through Feast's
-  get_online_features and through models.online_features.OnlineFeatureReader (item cache warm, a
+  get_online_features and through models.features.online_reader.OnlineFeatureReader (item cache warm, a
   realistic candidate mix, cache off), next to the floor: the same Redis hashes read with redis-py
   in one pipeline.
 
@@ -42,7 +42,7 @@ from feature_repo.contract import (  # noqa: E402
     USER_LIST_FEATURES,
     USER_VIEW,
 )
-from models.processes import free_port  # noqa: E402
+from models.ops.processes import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 POPULAR_ITEMS = 5000  # the realistic mix draws candidates from this many most-viewed items
@@ -101,8 +101,8 @@ def time_reads(fn: Callable[[], object], n: int, warmup: int = 20) -> list[float
 
 
 def read_latency(store_name: str, c: Candidates, n: int, redis_url: str | None) -> list[dict]:
-    from models.feature_store import open_store
-    from models.online_features import OnlineFeatureReader
+    from models.features.store import open_store
+    from models.features.online_reader import OnlineFeatureReader
     from models.settings import get_settings
 
     settings = get_settings()
@@ -217,7 +217,7 @@ def redis_floor(store, redis_url: str, user: int, items: list[int], realtime: bo
 
 
 def freshness(store_name: str, data_dir: Path, n: int, env: dict) -> list[dict]:
-    from models.feature_store import open_store
+    from models.features.store import open_store
     from models.settings import get_settings
 
     port = free_port()
@@ -244,8 +244,8 @@ def freshness(store_name: str, data_dir: Path, n: int, env: dict) -> list[dict]:
         stream = Path(
             ROOT.parent / "shared/data/taobao_userbehavior/userbehavior_stream_20171126T0100Z_0200Z.csv"
         )
-        from models.events import event_ids
-        from models.replay import load_stream, payload
+        from models.data.events import event_ids
+        from models.data.replay import load_stream, payload
 
         # The hour of real traffic, moved after the batch data so that every event is the user's newest
         # (an event older than a user's kept last events is logged but not applied, and would never show).
@@ -331,7 +331,7 @@ def main() -> None:
         "Read: in-process FeatureStore.get_online_features, registry cache warm "
         "(CTR_FEAST_REGISTRY_TTL_S=10); 20 warm-up reads (100 requests for the drawn mix), then the "
         "samples.",
-        f"OnlineFeatureReader (models/online_features.py) returns the same frame as "
+        f"OnlineFeatureReader (models/features/online_reader.py) returns the same frame as "
         f"`pd.DataFrame(get_online_features(service, rows).to_dict())` for {MODEL_FEATURE_SERVICE}: the "
         f"user's rows read once through Feast, item rows through a {ITEM_CACHE_TTL_S:.0f} s cache (misses "
         f"in one Feast read), the on-demand views run in process by their own transformation. Drawn mix: "

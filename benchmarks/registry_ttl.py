@@ -25,7 +25,7 @@ USER_VIEW = "user_behavior_stats"
 # Another process applies a new FeatureService, as `feast apply` would.
 WRITER = """
 from feast import FeatureService
-from models.feature_store import open_store
+from models.features.store import open_store
 from models.settings import get_settings
 store = open_store(get_settings())
 view = store.get_feature_view("%s")
@@ -39,7 +39,7 @@ print("applied", flush=True)
 def measure(ttl: int) -> dict:
     from feast.errors import FeatureServiceNotFoundException
 
-    from models.feature_store import apply_repo, open_store
+    from models.features.store import apply_repo, open_store
     from models.settings import get_settings
 
     with (

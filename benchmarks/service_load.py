@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import environment, percentiles, print_table, redis_server, write_results  # noqa: E402
 from benchmarks.load import open_loop, summary  # noqa: E402
-from models.processes import free_port  # noqa: E402
+from models.ops.processes import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CTR = str(Path(sys.executable).parent / "ctr")  # the project's CLI in the same environment
@@ -124,7 +124,7 @@ def closed_loop(url: str, bodies: list[dict], connections: int, seconds: int, fo
 
 def floor(model_name: str, bodies: list[dict], n: int) -> dict:
     """Features + model in this process for the same requests: what the HTTP path adds to."""
-    from models.feature_store import open_store
+    from models.features.store import open_store
     from models.registry import load_by_alias
     from models.settings import get_settings
     from services.features import RankerFeatures

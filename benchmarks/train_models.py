@@ -45,7 +45,7 @@ NON_FEATURES = {USER_ID, ITEM_ID, CATEGORY_ID, EVENT_TIMESTAMP, REQUEST_TS, LABE
 
 def fit_generator(real: pd.DataFrame, seed: int):
     """Return make(rows, seed) -> DataFrame of synthetic rows shaped like `real`."""
-    from models.evaluate import LogisticBaseline
+    from models.evaluation.metrics import LogisticBaseline
 
     # Scalar numeric features; list-valued ones (top categories) feed on-demand features only.
     features = [c for c in real.select_dtypes("number").columns if c not in NON_FEATURES]
@@ -78,8 +78,8 @@ def fit_generator(real: pd.DataFrame, seed: int):
 def bench_xgboost(train, valid, test, features, device: str, seed: int) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    from models.dataset import feature_matrix
-    from models.xgb import predict_ctr, train_xgb
+    from models.features.training_set import feature_matrix
+    from models.kinds.xgb import predict_ctr, train_xgb
 
     started = time.perf_counter()
     x, xv = feature_matrix(train, features), feature_matrix(valid, features)
@@ -117,7 +117,7 @@ def bench_wide_deep(train, valid, test, features, device: str, seed: int, epochs
     import keras
     from sklearn.metrics import roc_auc_score
 
-    from models.wide_deep import DEFAULT_CROSSES, WideDeepSpec, predict_wide_deep, train_wide_deep
+    from models.kinds.wide_deep import DEFAULT_CROSSES, WideDeepSpec, predict_wide_deep, train_wide_deep
 
     spec = WideDeepSpec.for_columns(features, ID_COLUMNS, DEFAULT_CROSSES)  # as in the pipeline
     gpu = device == "cuda"
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/train_models.json"))
     args = parser.parse_args(argv)
 
-    from models.device import cuda_available
+    from models.training.device import cuda_available
 
     devices = ["cuda", "cpu"] if args.devices == "auto" and cuda_available() else args.devices.split(",")
     if devices == ["auto"]:

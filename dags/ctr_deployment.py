@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, dag, task
 
-from models.orchestration import CHAMPION_MODEL, DEFAULT_ARGS
+from models.ops.orchestration import CHAMPION_MODEL, DEFAULT_ARGS
 from models.settings import get_settings
 
 settings = get_settings()
@@ -34,25 +34,25 @@ settings = get_settings()
 def ctr_deployment():
     @task
     def build_bento() -> dict:
-        from models import deployment
+        from models.ops import deployment
 
         return deployment.build_bento(get_settings())
 
     @task(retries=1)
     def smoke_test(bento: dict) -> dict:
-        from models import deployment
+        from models.ops import deployment
 
         return deployment.smoke_test(get_settings(), bento["tag"])
 
     @task
     def reload_service(smoke: dict) -> dict:
-        from models import deployment
+        from models.ops import deployment
 
         return deployment.reload_service(get_settings())
 
     @task
     def record_deployment(bento: dict, smoke: dict, reload: dict) -> dict:
-        from models import deployment
+        from models.ops import deployment
 
         summary = {"build": bento, "smoke_test": smoke, "reload": reload}
         return deployment.record_deployment(get_settings(), summary)

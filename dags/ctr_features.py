@@ -22,7 +22,7 @@ from __future__ import annotations
 from airflow.sdk import Asset, Param, chain, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from models.orchestration import DEFAULT_ARGS, ONLINE_FEATURES, inside_window, run_interval
+from models.ops.orchestration import DEFAULT_ARGS, ONLINE_FEATURES, inside_window, run_interval
 from models.settings import get_settings
 
 settings = get_settings()

@@ -17,7 +17,7 @@ from __future__ import annotations
 from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from models.orchestration import DEFAULT_ARGS, monitored_window
+from models.ops.orchestration import DEFAULT_ARGS, monitored_window
 from models.settings import get_settings
 
 settings = get_settings()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, chain, dag, task
 
-from models.orchestration import CHAMPION_MODEL, DEFAULT_ARGS, ONLINE_FEATURES
+from models.ops.orchestration import CHAMPION_MODEL, DEFAULT_ARGS, ONLINE_FEATURES
 from models.settings import get_settings
 
 settings = get_settings()

@@ -1,4 +1,4 @@
-"""Sources: Parquet files written by the batch feature job (models/features.py), and the push
+"""Sources: Parquet files written by the batch feature job (models/features/batch.py), and the push
 source the ingest service (services/ingest.py) writes live updates through.
 
 Paths are absolute, under CTR_DATA_DIR (see models/settings.py), because Feast's offline stores

@@ -256,7 +256,7 @@ def _bentoml_serve(service: str, args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from models.replay import replay
+    from models.data.replay import replay
 
     settings = get_settings()
     url = args.url or settings.ingest_url

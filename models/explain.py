@@ -25,8 +25,8 @@ def _logit(p: np.ndarray) -> np.ndarray:
 def contributions(model: ScoringModel, frame: pd.DataFrame) -> pd.DataFrame:
     """[candidates x features] contributions in log-odds, same row order as `frame`."""
     if model.kind == XGBOOST:
-        from models.dataset import feature_matrix
-        from models.xgb import shap_contributions
+        from models.features.training_set import feature_matrix
+        from models.kinds.xgb import shap_contributions
 
         values = shap_contributions(model.model, feature_matrix(frame, model.features), model.features)[
             :, :-1

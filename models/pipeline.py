@@ -24,7 +24,7 @@ from feature_repo.contract import (
     USER_ID,
     USER_VIEW,
 )
-from models.feature_store import write_offline
+from models.features.store import write_offline
 from models.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,9 @@ def ingest(
     the log, or logged twice, is kept once.
     """
     from feature_repo.contract import EVENT_COLUMNS
-    from models.events import SOURCE_ROW, load_events
-    from models.ingest import EventLog
-    from models.lake import INGESTED, day_of_rows, days_of, write_partition
+    from models.data.events import SOURCE_ROW, load_events
+    from models.data.event_log import EventLog
+    from models.data.lake import INGESTED, day_of_rows, days_of, write_partition
 
     settings = settings or get_settings()
     start, end = _interval(settings, start, end)
@@ -108,8 +108,8 @@ def validate(
     A day that breaks the suite gets no accepted partition (an older one is removed) and the stage
     raises DataValidationError after every day has its report, so nothing downstream reads it.
     """
-    from models.lake import ACCEPTED, INGESTED, partition_name, read_events, remove_partition, write_partition
-    from models.validate import DataValidationError, raise_for_failures, validate_events, write_outcome
+    from models.data.lake import ACCEPTED, INGESTED, partition_name, read_events, remove_partition, write_partition
+    from models.data.validation import DataValidationError, raise_for_failures, validate_events, write_outcome
 
     settings = settings or get_settings()
     start, end = _interval(settings, start, end)
@@ -163,13 +163,13 @@ def validation_totals(settings: Settings | None = None) -> dict[str, Any]:
 
 
 def _days(settings: Settings, start: datetime, end: datetime) -> list[pd.Timestamp]:
-    from models.lake import days_of
+    from models.data.lake import days_of
 
     return days_of(start, end, settings.timezone)
 
 
 def apply_features(settings: Settings | None = None) -> dict[str, Any]:
-    from models.feature_store import apply_repo
+    from models.features.store import apply_repo
 
     settings = settings or get_settings()
     return {"feature_services": apply_repo(settings)}
@@ -181,8 +181,8 @@ def build_features(
     """The interval's daily user/item/category snapshots and the users' short-term state, written
     into the offline sources the Feast repo declares in place of the interval's earlier rows."""
     from feature_repo.contract import RECENT_STATE_DELAY
-    from models.feature_store import open_store, source_path, upsert_offline
-    from models.features import (
+    from models.features.store import open_store, source_path, upsert_offline
+    from models.features.batch import (
         RECENT_LOOKBACK,
         SNAPSHOT_LOOKAHEAD,
         SNAPSHOT_LOOKBACK,
@@ -192,7 +192,7 @@ def build_features(
         snapshots_between,
         user_snapshots,
     )
-    from models.lake import ACCEPTED, missing_days, read_events
+    from models.data.lake import ACCEPTED, missing_days, read_events
 
     settings = settings or get_settings()
     start, end = _interval(settings, start, end)
@@ -232,9 +232,9 @@ def materialize(
     """Load the interval's feature rows, and any newer ones, into the online store: re-running an
     old day never leaves older values online than the newest day processed."""
     from feature_repo.contract import RECENT_STATE_DELAY
-    from models.feature_store import materialize as feast_materialize
-    from models.feature_store import open_store
-    from models.lake import ACCEPTED, partitions
+    from models.features.store import materialize as feast_materialize
+    from models.features.store import open_store
+    from models.data.lake import ACCEPTED, partitions
 
     settings = settings or get_settings()
     start, end = _interval(settings, start, end)
@@ -248,7 +248,7 @@ def materialize(
 
 def training_readiness(settings: Settings | None = None) -> dict[str, Any]:
     """Whether every day of the training window has accepted events (the training DAG waits for it)."""
-    from models.lake import ACCEPTED, missing_days
+    from models.data.lake import ACCEPTED, missing_days
 
     settings = settings or get_settings()
     missing = missing_days(settings, ACCEPTED, settings.window_start, settings.window_end)
@@ -258,7 +258,7 @@ def training_readiness(settings: Settings | None = None) -> dict[str, Any]:
 def build_candidates(settings: Settings | None = None) -> dict[str, Any]:
     """Co-visitation, per-category and per-hour popularity lists for /recommend, from all accepted
     events; the ranker loads them at start."""
-    from models.candidates import build_candidates_stage
+    from models.retrieval.candidates import build_candidates_stage
 
     return build_candidates_stage(settings or get_settings())
 
@@ -266,10 +266,10 @@ def build_candidates(settings: Settings | None = None) -> dict[str, Any]:
 def build_training_set(settings: Settings | None = None) -> dict[str, Any]:
     """Label page views and join their features point-in-time through the models' FeatureService
     (request-time features computed as if each view had been ranked at its own time)."""
-    from models.dataset import join_features
-    from models.feature_store import open_store
-    from models.labels import label_page_views
-    from models.lake import ACCEPTED, read_events
+    from models.features.training_set import join_features
+    from models.features.store import open_store
+    from models.data.labels import label_page_views
+    from models.data.lake import ACCEPTED, read_events
 
     settings = settings or get_settings()
     readiness = training_readiness(settings)
@@ -290,7 +290,7 @@ def build_training_set(settings: Settings | None = None) -> dict[str, Any]:
 
 
 def _split(settings: Settings):
-    from models.dataset import split_by_time
+    from models.features.training_set import split_by_time
 
     frame = pd.read_parquet(_paths(settings)["training"])
     return split_by_time(frame, settings.valid_start, settings.test_start)
@@ -298,7 +298,7 @@ def _split(settings: Settings):
 
 def _service_binding(settings: Settings) -> tuple[list[str], str]:
     """The models' FeatureService: its numeric features and fingerprint, from the Feast registry."""
-    from models.feature_store import feature_names, fingerprint, open_store
+    from models.features.store import feature_names, fingerprint, open_store
 
     service = open_store(settings).get_feature_service(MODEL_FEATURE_SERVICE)
     numeric = [name for name in feature_names(service) if name not in CATEGORICAL_COLUMNS]
@@ -306,7 +306,7 @@ def _service_binding(settings: Settings) -> tuple[list[str], str]:
 
 
 def _wide_deep_spec(features: list[str], frame: pd.DataFrame):
-    from models.wide_deep import DEFAULT_CROSSES, WideDeepSpec
+    from models.kinds.wide_deep import DEFAULT_CROSSES, WideDeepSpec
 
     categorical = [c for c in CATEGORICAL_COLUMNS if c in frame.columns]
     return WideDeepSpec.for_columns(features, categorical, DEFAULT_CROSSES)
@@ -330,10 +330,10 @@ def train_xgboost(settings: Settings | None = None) -> dict[str, Any]:
     """XGBoost on the training days, early-stopped on the validation day; GPU when present."""
     import time
 
-    from models.dataset import feature_matrix
-    from models.device import resolve_device
+    from models.features.training_set import feature_matrix
+    from models.training.device import resolve_device
     from models.scoring import XGBOOST, ScoringModel
-    from models.xgb import train_xgb
+    from models.kinds.xgb import train_xgb
 
     settings = settings or get_settings()
     split = _split(settings)
@@ -366,9 +366,9 @@ def train_xgboost(settings: Settings | None = None) -> dict[str, Any]:
 
 def train_wide_deep(settings: Settings | None = None) -> dict[str, Any]:
     """Keras Wide&Deep on the same rows; mixed precision and large batches on a GPU."""
-    from models.device import resolve_device
+    from models.training.device import resolve_device
     from models.scoring import WIDE_DEEP, ScoringModel
-    from models.wide_deep import train_wide_deep as fit
+    from models.kinds.wide_deep import train_wide_deep as fit
 
     settings = settings or get_settings()
     split = _split(settings)
@@ -425,7 +425,7 @@ def _trained_candidates(settings: Settings) -> dict[str, Any]:
 
 
 def _baselines(settings: Settings, split, features: list[str]) -> dict[str, Any]:
-    from models.evaluate import LogisticBaseline, PopularityBaseline
+    from models.evaluation.metrics import LogisticBaseline, PopularityBaseline
 
     y = split.train[LABEL].to_numpy()
     return {
@@ -445,7 +445,7 @@ def _format_table(rows: dict[str, dict[str, float]]) -> str:
 def evaluate(settings: Settings | None = None) -> dict[str, Any]:
     """Every trained model and both baselines on the test window: AUC, logloss, calibration and
     per-user ranking quality (GAUC, NDCG@10, HitRate@10)."""
-    from models.evaluate import ctr_metrics
+    from models.evaluation.metrics import ctr_metrics
 
     settings = settings or get_settings()
     split = _split(settings)
@@ -524,12 +524,12 @@ def monitor(
     """The serving log of [start, end) joined with what shoppers did next (accepted events and the
     live event log up to LABEL_WINDOW later): A/B readout, drift against the training set, catalogue
     coverage; logged to MLflow. Threshold breaches are listed, `check_thresholds` raises them."""
-    from models.candidates import CandidateIndex
-    from models.ingest import EventLog
-    from models.lake import ACCEPTED, read_events
-    from models.monitoring import Thresholds
-    from models.monitoring import monitor as readout
-    from models.serving_log import read_serving_log
+    from models.retrieval.candidates import CandidateIndex
+    from models.data.event_log import EventLog
+    from models.data.lake import ACCEPTED, read_events
+    from models.monitoring.readout import Thresholds
+    from models.monitoring.readout import monitor as readout
+    from models.monitoring.serving_log import read_serving_log
 
     settings = settings or get_settings()
     start, end = _interval(settings, start, end)
@@ -563,7 +563,7 @@ def monitor(
 
 def check_thresholds(summary: dict[str, Any]) -> dict[str, Any]:
     """Raise MonitoringAlert listing every crossed threshold (the failure callback alerts)."""
-    from models.monitoring import raise_for_breaches
+    from models.monitoring.readout import raise_for_breaches
 
     raise_for_breaches(summary.get("breaches") or [])
     return {"breaches": 0}
@@ -578,7 +578,7 @@ def warm_start(settings: Settings | None = None) -> dict[str, Any]:
     """Continuous learning: continue each champion on the newest partition (the validation day,
     which full training only used to stop early), then evaluate and gate it exactly like a full
     retrain. A registry without a champion of a kind skips that kind."""
-    from models.evaluate import PopularityBaseline, ctr_metrics
+    from models.evaluation.metrics import PopularityBaseline, ctr_metrics
     from models.registry import (
         CHAMPION,
         NoChampionError,
@@ -613,8 +613,8 @@ def warm_start(settings: Settings | None = None) -> dict[str, Any]:
         # Before training: fine-tuning changes the loaded Keras model in place.
         champion_metrics = ctr_metrics(y, champion.predict(split.test), users)
         if kind == XGBOOST:
-            from models.dataset import feature_matrix
-            from models.xgb import continue_xgb
+            from models.features.training_set import feature_matrix
+            from models.kinds.xgb import continue_xgb
 
             trained = continue_xgb(
                 champion.scorer.model,
@@ -631,7 +631,7 @@ def warm_start(settings: Settings | None = None) -> dict[str, Any]:
             )
             history = trained.history
         else:
-            from models.wide_deep import TrainedWideDeep, continue_training
+            from models.kinds.wide_deep import TrainedWideDeep, continue_training
 
             base = TrainedWideDeep(champion.scorer.model, champion.scorer.spec, {}, 0)
             trained = continue_training(base, fit_rows, y_fit, stop_rows, y_stop)

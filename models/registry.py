@@ -85,8 +85,8 @@ def _importance(model: ScoringModel, test: pd.DataFrame, y: np.ndarray, p: np.nd
     from sklearn.metrics import roc_auc_score
 
     if model.kind == XGBOOST:
-        from models.dataset import feature_matrix
-        from models.xgb import shap_contributions
+        from models.features.training_set import feature_matrix
+        from models.kinds.xgb import shap_contributions
 
         gain = model.model.get_booster().get_score(importance_type="gain")
         contribs = shap_contributions(model.model, feature_matrix(test, model.features), model.features)
@@ -173,7 +173,7 @@ def _log_model(settings: Settings, model: ScoringModel, test: pd.DataFrame):
     example = test.head(5)
     name = model_name(settings, model.kind)
     if model.kind == XGBOOST:
-        from models.dataset import feature_matrix
+        from models.features.training_set import feature_matrix
 
         x = pd.DataFrame(feature_matrix(example, model.features), columns=model.features)
         return mlflow.xgboost.log_model(
@@ -185,7 +185,7 @@ def _log_model(settings: Settings, model: ScoringModel, test: pd.DataFrame):
             registered_model_name=name,
             pip_requirements=_pip_requirements(XGBOOST),
         )
-    from models.wide_deep import model_inputs
+    from models.kinds.wide_deep import model_inputs
 
     inputs = model_inputs(example, model.spec)
     # mlflow.keras 3.17 fails to save an input example (it writes before creating the folder):
@@ -290,7 +290,7 @@ def _load(name: str, version: Any) -> ServedModel:
     if kind == XGBOOST:
         native = mlflow.xgboost.load_model(uri)
     else:
-        from models.wide_deep import custom_layers
+        from models.kinds.wide_deep import custom_layers
 
         custom_layers()  # registered, so that safe-mode loading finds them
         native = mlflow.keras.load_model(uri)
@@ -379,7 +379,7 @@ def promote_if_better(
     The first version of an empty registry is promoted if it is sane. A champion trained on other
     features is compared by its recorded test AUC. Returns the decision with its reasons.
     """
-    from models.evaluate import ctr_metrics
+    from models.evaluation.metrics import ctr_metrics
 
     tracking = client(settings)
     name = model_name(settings, model.kind)

@@ -29,17 +29,17 @@ class ScoringModel:
     model: Any
     features: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
-    spec: Any = None  # models.wide_deep.WideDeepSpec for Wide&Deep
+    spec: Any = None  # models.kinds.wide_deep.WideDeepSpec for Wide&Deep
     _request_scorer: Any = field(default=None, init=False, repr=False, compare=False)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Probability of purchase intent per row of raw features (and ids for Wide&Deep)."""
         if self.kind == XGBOOST:
-            from models.dataset import feature_matrix
-            from models.xgb import predict_ctr
+            from models.features.training_set import feature_matrix
+            from models.kinds.xgb import predict_ctr
 
             return predict_ctr(self.model, feature_matrix(frame, self.features))
-        from models.wide_deep import RequestScorer, predict_wide_deep
+        from models.kinds.wide_deep import RequestScorer, predict_wide_deep
 
         if len(frame) > REQUEST_ROWS:
             return predict_wide_deep(self.model, frame, self.spec)
@@ -70,7 +70,7 @@ def load_model_file(kind: str, path: Path) -> Any:
         model = xgb.XGBClassifier()
         model.load_model(path)
         return model
-    from models.wide_deep import load_wide_deep
+    from models.kinds.wide_deep import load_wide_deep
 
     return load_wide_deep(str(path))
 
@@ -79,7 +79,7 @@ def wrap(kind: str, model: Any, meta: dict[str, Any]) -> ScoringModel:
     """A ScoringModel around a loaded native model; Wide&Deep reads its spec from the model."""
     spec = None
     if kind == WIDE_DEEP:
-        from models.wide_deep import spec_of
+        from models.kinds.wide_deep import spec_of
 
         spec = spec_of(model)
         features = list(meta.get("features") or spec.numeric)

@@ -231,7 +231,7 @@ def get_settings() -> Settings:
         monitor_min_requests=int(_env("CTR_MONITOR_MIN_REQUESTS", "1")),
         # Bearer token the write endpoints (ingest POST /events, ranker POST /reload) require; empty: open.
         api_token=_env("CTR_API_TOKEN", ""),
-        # Key of the user-id pseudonyms (models/privacy.py); empty: user ids are kept as the shop sends them.
+        # Key of the user-id pseudonyms (models/data/privacy.py); empty: user ids are kept as the shop sends them.
         user_id_key=_env("CTR_USER_ID_KEY", ""),
         # Larger request bodies get a 413 before they are parsed: the ranker's, and the ingest
         # service's (by default room for CTR_INGEST_MAX_EVENTS events of up to 512 bytes each).

@@ -54,7 +54,7 @@ done
 body=$(python - <<'PY'
 import json
 import pandas as pd
-from models.lake import read_events
+from models.data.lake import read_events
 from models.settings import get_settings
 events = read_events(get_settings())
 user = int(events["user_id"].value_counts().index[0])

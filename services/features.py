@@ -20,7 +20,7 @@ class RankerFeatures:
     """One OnlineFeatureReader per FeatureService (its item cache shared by every request)."""
 
     def __init__(self, store, settings: Settings) -> None:
-        from models.features import new_item_features
+        from models.features.batch import new_item_features
 
         self.store = store
         self.settings = settings
@@ -29,7 +29,7 @@ class RankerFeatures:
         self._lock = threading.Lock()
 
     def reader(self, feature_service: str):
-        from models.online_features import OnlineFeatureReader
+        from models.features.online_reader import OnlineFeatureReader
 
         with self._lock:
             if feature_service not in self._readers:

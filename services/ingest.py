@@ -8,7 +8,7 @@ logged and answered (`deferred`), and applied to it every CTR_INGEST_RETRY_S onc
 
 With CTR_API_TOKEN set, POST /events needs `Authorization: Bearer <CTR_API_TOKEN>`; bodies over
 CTR_INGEST_MAX_REQUEST_BYTES get a 413 (services/security.py). With CTR_USER_ID_KEY set, user ids
-are pseudonymised before anything is logged or pushed (models/ingest.py).
+are pseudonymised before anything is logged or pushed (models/data/event_log.py).
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ class IngestResponse(BaseModel):
 @bentoml.service(traffic={"timeout": 30}, workers=1)
 class Ingest:
     def __init__(self) -> None:
-        from models.feature_store import fail_fast, open_store
-        from models.ingest import Ingestor
+        from models.features.store import fail_fast, open_store
+        from models.data.event_log import Ingestor
         from services.heap import freeze_loaded
 
         hide_request_inputs_in_logs()
@@ -105,7 +105,7 @@ class Ingest:
     ) -> IngestResponse:
         """Ingest a batch of behaviour events; safe to retry. With CTR_API_TOKEN set, needs the
         header `Authorization: Bearer <CTR_API_TOKEN>`."""
-        from models.ingest import canonical
+        from models.data.event_log import canonical
 
         frame = canonical(event.model_dump() for event in events)
         return IngestResponse(**self.ingestor.ingest(frame).as_dict())

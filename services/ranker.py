@@ -8,7 +8,7 @@ both follow their aliases while the service runs. When the store fails or is slo
 ranked by popularity and flagged. Every response is logged for the online A/B readout.
 
 With CTR_USER_ID_KEY set, the user id of a request is the shop's own and is pseudonymised
-(models/privacy.py) before features are read, a variant is picked or anything is logged; the
+(models/data/privacy.py) before features are read, a variant is picked or anything is logged; the
 response echoes the id as sent. With CTR_API_TOKEN set, POST /reload needs it as a bearer token.
 Request bodies over CTR_MAX_REQUEST_BYTES get a 413 (services/security.py).
 """
@@ -38,7 +38,7 @@ from feature_repo.contract import (
     USER_TOP_CATEGORIES,
     USER_VIEW,
 )
-from models.privacy import pseudonym
+from models.data.privacy import pseudonym
 from models.settings import get_settings
 from services import metrics
 from services.heap import freeze_loaded
@@ -63,9 +63,9 @@ def _hour(request_ts: int) -> int:
 @bentoml.service(traffic={"timeout": 10}, workers=1)
 class Ranker:
     def __init__(self) -> None:
-        from models.candidates import CandidateIndex
-        from models.feature_store import fail_fast, open_store
-        from models.serving_log import ServingLog
+        from models.retrieval.candidates import CandidateIndex
+        from models.features.store import fail_fast, open_store
+        from models.monitoring.serving_log import ServingLog
         from services.champion_challenger import ModelPool
         from services.degradation import StoreGuard
         from services.features import RankerFeatures
@@ -90,7 +90,7 @@ class Ranker:
 
     def _check_binding(self, served) -> None:
         """Refuse a model whose FeatureService is missing or has other features than it was trained on."""
-        from models.feature_store import fingerprint
+        from models.features.store import fingerprint
 
         try:
             service = self.store.get_feature_service(served.feature_service)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from models.processes import free_port
+from models.ops.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from models.processes import free_port, stop_process_group
+from models.ops.processes import free_port, stop_process_group
 
 POSTGRES_USER = "ctr"  # the database role the tests connect as (trust authentication, loopback only)
 

@@ -23,7 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from models.processes import free_port
+from models.ops.processes import free_port
 from tests.conftest import ROOT, project_environment
 
 pytestmark = pytest.mark.integration
@@ -97,7 +97,7 @@ def _two_day_window(data_dir: Path) -> dict[str, str]:
     other day than the two the backfill runs."""
     import pandas as pd
 
-    from models.events import read_raw_events
+    from models.data.events import read_raw_events
     from models.settings import default_raw_events
 
     first = pd.Timestamp(f"{BACKFILL_DAYS[0]}T00:00:00+08:00")

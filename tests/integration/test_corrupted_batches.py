@@ -85,9 +85,9 @@ def test_every_corrupted_line_is_accounted_for_and_a_broken_batch_is_held_back(
     day_lines, tmp_path_factory, use_environment, monkeypatch, reliability_report
 ):
     from models import pipeline
-    from models.lake import ACCEPTED, partition_path
+    from models.data.lake import ACCEPTED, partition_path
     from models.settings import get_settings
-    from models.validate import DataValidationError
+    from models.data.validation import DataValidationError
 
     totals = {"lines": 0, "accepted": 0, "quarantined": 0}
     for kind, expected_quarantined, passes in CASES:

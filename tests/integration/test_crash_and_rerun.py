@@ -64,7 +64,7 @@ def _rows_in(database) -> int:
 
 
 def _offline(store) -> dict:
-    from models.feature_store import source_path
+    from models.features.store import source_path
 
     tables = {}
     for view in VIEWS:
@@ -85,7 +85,7 @@ def test_killed_feature_build_and_materialize_rerun_to_the_outputs_of_an_undistu
     assert dag_run["result"].returncode == 0, dag_run["output"][-3000:]
     import pandas as pd
 
-    from models.feature_store import open_store, source_path
+    from models.features.store import open_store, source_path
     from models.settings import get_settings
 
     use_environment(dag_run["env"])

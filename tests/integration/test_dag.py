@@ -141,7 +141,7 @@ def test_dag_runs_green_and_produces_validation_features_and_a_champion(dag_run,
     assert docs.is_file() and docs.as_uri() in dag_run["output"]
     assert len(list((data_dir / "gx/uncommitted/data_docs/local_site/validations").rglob("*.html"))) >= 9
 
-    from models.feature_store import open_store
+    from models.features.store import open_store
     from models.registry import load_by_alias
 
     settings = get_settings()
@@ -171,7 +171,7 @@ def test_dag_runs_green_and_produces_validation_features_and_a_champion(dag_run,
 def test_the_model_was_trained_on_exactly_the_feature_service(dag_run, use_environment):
     assert dag_run["result"].returncode == 0, dag_run["output"][-5000:]
     use_environment(dag_run["env"])
-    from models.feature_store import feature_names, open_store
+    from models.features.store import feature_names, open_store
     from models.registry import load_by_alias
 
     settings = get_settings()
@@ -225,7 +225,7 @@ def test_a_broken_batch_stops_the_run_at_validation(tmp_path):
 
 def _offline_and_online(data_dir) -> dict:
     from feature_repo.contract import CATEGORY_VIEW, ITEM_VIEW, RECENT_VIEW, USER_VIEW
-    from models.feature_store import open_store, source_path
+    from models.features.store import open_store, source_path
 
     settings = get_settings()
     store = open_store(settings)

@@ -31,7 +31,7 @@ def test_a_new_champion_is_built_smoke_tested_reloaded_and_recorded(
     deployment_env, use_environment, monkeypatch, tmp_path
 ):
     use_environment(deployment_env)
-    from models.deployment import build_bento, record_deployment, reload_service, smoke_test
+    from models.ops.deployment import build_bento, record_deployment, reload_service, smoke_test
     from models.registry import CHAMPION, client
     from models.settings import get_settings
 

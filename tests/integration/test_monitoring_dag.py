@@ -26,7 +26,7 @@ def _served_test_day(settings) -> tuple[int, int]:
     went on to view (their features and champion scores from the training set) among five items
     other users viewed; half the users in each variant. Returns (requests, rows)."""
     from models.registry import load_by_alias
-    from models.serving_log import ServingLog
+    from models.monitoring.serving_log import ServingLog
     from services.champion_challenger import user_bucket
 
     rows = pd.read_parquet(settings.datasets_dir / "training_set.parquet")

@@ -60,7 +60,7 @@ def online(request, dag_run, tmp_path_factory):
             if key in env:
                 patch.setenv(key, env[key])
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        from models.feature_store import apply_repo, open_store
+        from models.features.store import apply_repo, open_store
         from models.settings import get_settings
 
         settings = get_settings()
@@ -108,7 +108,7 @@ def _known_items(events: pd.DataFrame, settings, n: int) -> list[int]:
 
 
 def test_the_frame_equals_feast_for_users_items_and_request_times(online):
-    from models.online_features import OnlineFeatureReader
+    from models.features.online_reader import OnlineFeatureReader
 
     store, events, settings = online["store"], online["events"], online["settings"]
     counts = events["user_id"].value_counts()
@@ -136,7 +136,7 @@ def test_the_frame_equals_feast_for_users_items_and_request_times(online):
 
 
 def test_cached_items_are_reused_within_the_ttl_and_read_again_after_it(online):
-    from models.online_features import OnlineFeatureReader
+    from models.features.online_reader import OnlineFeatureReader
 
     store, events, settings = online["store"], online["events"], online["settings"]
     item, other = _known_items(events, settings, 60)[-2:]
@@ -184,8 +184,8 @@ def test_cached_items_are_reused_within_the_ttl_and_read_again_after_it(online):
 
 
 def test_a_pushed_event_is_visible_at_the_next_read(online):
-    from models.ingest import Ingestor, canonical
-    from models.online_features import OnlineFeatureReader
+    from models.data.event_log import Ingestor, canonical
+    from models.features.online_reader import OnlineFeatureReader
 
     store, events, settings = online["store"], online["events"], online["settings"]
     user = int(events["user_id"].value_counts().index[1])

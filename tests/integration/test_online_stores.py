@@ -23,7 +23,7 @@ def store_settings(request, tmp_path, use_environment):
 
 
 def test_materialized_snapshot_is_read_back_from_the_configured_store(store_settings):
-    from models.feature_store import apply_repo, open_store, source_path, write_offline
+    from models.features.store import apply_repo, open_store, source_path, write_offline
 
     apply_repo(store_settings)
     store = open_store(store_settings)

@@ -46,7 +46,7 @@ def _seconds(t: pd.Timestamp) -> int:
 @pytest.fixture
 def store(tmp_path, use_environment):
     use_environment(project_environment(tmp_path))
-    from models.feature_store import apply_repo, open_store, source_path, write_offline
+    from models.features.store import apply_repo, open_store, source_path, write_offline
     from models.settings import get_settings
 
     settings = get_settings()
@@ -84,8 +84,8 @@ def store(tmp_path, use_environment):
 
 
 def test_a_value_written_after_the_row_time_never_leaks(store):
-    from models.dataset import join_features
-    from models.feature_store import feature_names
+    from models.features.training_set import join_features
+    from models.features.store import feature_names
 
     rows = pd.DataFrame(
         {
@@ -112,8 +112,8 @@ def test_a_value_written_after_the_row_time_never_leaks(store):
 
 
 def test_short_term_activity_only_counts_events_before_the_row(store):
-    from models.dataset import join_features
-    from models.feature_store import feature_names
+    from models.features.training_set import join_features
+    from models.features.store import feature_names
 
     view, cart = T + 2 * HOUR, T + 3 * HOUR
     times = [view - SECOND, view, view + 10 * SECOND, cart, cart + 30 * 60 * SECOND, cart + 2 * HOUR]

@@ -183,7 +183,7 @@ def test_the_dags_run_green_with_airflow_state_in_postgres(production):
 
 def test_validation_reconciles_and_features_are_online_in_redis(production, production_environment):
     _succeeded(production)
-    from models.feature_store import open_store
+    from models.features.store import open_store
     from models.pipeline import validation_totals
 
     settings = production_environment

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.evaluate import ctr_metrics
+from models.evaluation.metrics import ctr_metrics
 from models.scoring import XGBOOST, ScoringModel
-from models.xgb import train_xgb
+from models.kinds.xgb import train_xgb
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ TRAIN, VALID, TEST = _rows(20_000, 0), _rows(5_000, 1), _rows(8_000, 2)
 
 
 def _model(features: list[str], **params) -> ScoringModel:
-    from models.dataset import feature_matrix
+    from models.features.training_set import feature_matrix
 
     trained = train_xgb(
         feature_matrix(TRAIN, features),

@@ -77,7 +77,7 @@ def _stream_batches(n_batches: int, size: int) -> list[dict]:
     the batch data never saw (ids moved past the data's) and at most RECENT_EVENTS each, so that every
     event must end up in the online state."""
     from feature_repo.contract import RECENT_EVENTS
-    from models.replay import load_stream, payload
+    from models.data.replay import load_stream, payload
 
     shared = ROOT.parent / "shared/data/taobao_userbehavior/userbehavior_stream_20171126T0100Z_0200Z.csv"
     stream = load_stream(shared if shared.exists() else ROOT / "data/sample/userbehavior_user_slice.csv.gz")
@@ -100,9 +100,9 @@ def test_redis_stopped_under_load_degrades_to_flagged_fallback_and_loses_nothing
     stack, rank_bodies, reliability_report, use_environment
 ):
     use_environment(stack["env"])
-    from models.events import event_ids
-    from models.feature_store import open_store
-    from models.ingest import EventLog, canonical
+    from models.data.events import event_ids
+    from models.features.store import open_store
+    from models.data.event_log import EventLog, canonical
     from models.settings import get_settings
 
     ranker, ingest, redis = stack["ranker"], stack["ingest"], stack["redis"]

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from models.privacy import pseudonym
+from models.data.privacy import pseudonym
 from tests.conftest import bentoml_serve
 
 pytestmark = pytest.mark.integration
@@ -150,8 +150,8 @@ def test_a_shops_id_ranks_as_its_pseudonym_does_without_the_key(services):
 
 
 def test_only_pseudonyms_reach_the_event_log_the_serving_log_and_the_service_logs(services):
-    from models.ingest import EventLog
-    from models.serving_log import read_serving_log
+    from models.data.event_log import EventLog
+    from models.monitoring.serving_log import read_serving_log
 
     urls, work = services["urls"], services["work"]
     _ingest_history(services)

@@ -50,8 +50,8 @@ def test_rank_scores_equal_the_registered_model_on_online_features(server, dag_r
     use_environment(dag_run["env"])
     import pandas as pd
 
-    from models.feature_store import open_store
-    from models.features import new_item_features
+    from models.features.store import open_store
+    from models.features.batch import new_item_features
     from models.registry import load_by_alias
     from models.settings import get_settings
 
@@ -114,7 +114,7 @@ def test_every_response_is_in_the_serving_log(server):
     url, _, env = server
     from pathlib import Path
 
-    from models.serving_log import read_serving_log
+    from models.monitoring.serving_log import read_serving_log
 
     ids = set()
     for user in (1, 2, 3):

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from models.candidates import (
+from models.retrieval.candidates import (
     CATEGORY,
     COVISIT,
     POPULAR,
@@ -175,7 +175,7 @@ def test_stage_builds_from_accepted_events_up_to_the_last_one(shop, tmp_path, mo
 
     monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
     settings = get_settings()
-    from models.lake import ACCEPTED, day_of_rows, write_partition
+    from models.data.lake import ACCEPTED, day_of_rows, write_partition
 
     events = _events([(1, 10, 1, "pv", 0), (1, 11, 1, "buy", 5)])
     (day,) = set(day_of_rows(events, settings))
@@ -190,7 +190,7 @@ def test_stage_builds_from_accepted_events_up_to_the_last_one(shop, tmp_path, mo
 
 @pytest.fixture(scope="module")
 def real_events():
-    from models.events import load_events
+    from models.data.events import load_events
     from models.settings import default_raw_events
 
     return load_events(default_raw_events())

@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pandas as pd
 import pytest
 
-from models import deployment
-from models.deployment import DeploymentError, record_deployment, reload_service, response_failures
-from models.processes import free_port
+from models.ops import deployment
+from models.ops.deployment import DeploymentError, record_deployment, reload_service, response_failures
+from models.ops.processes import free_port
 
 MODEL = "ctr-xgboost"
 
@@ -129,7 +129,7 @@ def test_a_rank_answer_passes_only_from_the_champion_model_with_every_item_sorte
 
 def test_the_smoke_request_is_the_last_days_most_active_user_at_the_last_event(settings):
     from feature_repo.contract import EVENT_TIMESTAMP, ITEM_ID, USER_ID
-    from models.lake import ACCEPTED, day_of_rows, write_partition
+    from models.data.lake import ACCEPTED, day_of_rows, write_partition
 
     day = pd.Timestamp("2017-12-03 10:00", tz="UTC")
     rows = [

@@ -3,7 +3,7 @@ from pathlib import Path
 import pandas as pd
 
 from feature_repo.contract import EVENT_COLUMNS
-from models.events import SOURCE_ROW, load_events
+from models.data.events import SOURCE_ROW, load_events
 
 
 def test_every_line_is_kept_and_bad_values_become_nulls(tmp_path: Path):

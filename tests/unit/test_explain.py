@@ -5,7 +5,7 @@ import pandas as pd
 
 from models.explain import contributions, top_contributions
 from models.scoring import wrap
-from models.xgb import train_xgb
+from models.kinds.xgb import train_xgb
 
 FEATURES = ["item_pv_7d", "user_cart_7d", "noise"]
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from feature_repo.contract import BEHAVIORS, RECENT_EVENTS, RECENT_FEATURES
-from models.features import (
+from models.features.batch import (
     DayGrid,
     category_snapshots,
     item_snapshots,
@@ -164,7 +164,7 @@ def test_online_merge_equals_the_offline_state_and_ignores_redeliveries():
 
 
 def test_new_item_defaults_equal_the_jobs_row_for_an_item_before_its_first_event(grid):
-    from models.features import new_item_features
+    from models.features.batch import new_item_features
 
     events = _events([(1, 10, 100, "pv", T0 + pd.Timedelta(days=3, hours=5))])
     items = item_snapshots(events, grid).set_index("event_timestamp")

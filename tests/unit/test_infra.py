@@ -341,7 +341,7 @@ def test_production_feature_store_yaml_is_a_valid_feast_config(monkeypatch, tmp_
     monkeypatch.setenv("CTR_FEAST_SQL_REGISTRY", "postgresql+psycopg2://ctr@postgres:5432/feast")
     monkeypatch.setenv("CTR_ONLINE_STORE", "redis")
     monkeypatch.setenv("CTR_REDIS_CONNECTION", "redis:6379,db=1")
-    from models.feature_store import load_config
+    from models.features.store import load_config
     from models.settings import get_settings
 
     config = load_config(get_settings())

@@ -1,7 +1,7 @@
 import pandas as pd
 
 from feature_repo.contract import LABEL_WINDOW
-from models.labels import label_page_views
+from models.data.labels import label_page_views
 
 T0 = pd.Timestamp("2017-11-26 00:00", tz="UTC")
 END = T0 + pd.Timedelta(days=2)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from models.monitoring import (
+from models.monitoring.readout import (
     EPSILON,
     MonitoringAlert,
     Thresholds,
@@ -22,7 +22,7 @@ from models.monitoring import (
     population_stability_index,
     raise_for_breaches,
 )
-from models.serving_log import rows_of
+from models.monitoring.serving_log import rows_of
 
 AT = datetime(2017, 12, 3, 4, 0, tzinfo=UTC)
 
@@ -274,7 +274,7 @@ def test_monitor_logs_a_run_to_the_monitoring_experiment_and_reads_back(settings
 
 
 def test_an_empty_serving_log_gives_a_message_and_a_breach_not_an_error(settings):
-    from models.serving_log import read_serving_log
+    from models.monitoring.serving_log import read_serving_log
 
     served = read_serving_log(settings.serving_log_dir)
     events = pd.DataFrame(columns=["user_id", "item_id", "behavior", "event_timestamp"])

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from feature_repo.contract import EVENT_TIMESTAMP, USER_ID
-from models.features import (
+from models.features.batch import (
     DayGrid,
     category_snapshots,
     item_snapshots,
@@ -17,14 +17,14 @@ from models.features import (
     snapshots_between,
     user_snapshots,
 )
-from models.lake import day_of_rows, days_of
+from models.data.lake import day_of_rows, days_of
 from models.settings import get_settings
 
 
 @pytest.fixture(scope="module")
 def accepted():
-    from models.events import load_events
-    from models.validate import validate_events
+    from models.data.events import load_events
+    from models.data.validation import validate_events
 
     s = get_settings()
     events = load_events(s.raw_events)

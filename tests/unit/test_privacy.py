@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from feature_repo.contract import USER_ID
-from models.privacy import pseudonym, pseudonymise
+from models.data.privacy import pseudonym, pseudonymise
 from models.settings import default_raw_events
 
 KEY = "0123456789abcdef-test-key"
@@ -56,7 +56,7 @@ def raw_csv(tmp_path):
 
 
 def test_the_batch_path_pseudonymises_raw_ids_with_the_configured_key(raw_csv, monkeypatch):
-    from models.events import load_events
+    from models.data.events import load_events
 
     assert load_events(raw_csv)[USER_ID].tolist()[::2] == [1, 2]
     monkeypatch.setenv("CTR_USER_ID_KEY", KEY)
@@ -85,7 +85,7 @@ def test_secrets_are_not_in_the_settings_repr(monkeypatch):
 
 
 def test_the_live_ingestor_logs_and_pushes_pseudonyms_only(tmp_path, monkeypatch):
-    from models.ingest import Ingestor, canonical
+    from models.data.event_log import Ingestor, canonical
     from models.settings import get_settings
 
     monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))

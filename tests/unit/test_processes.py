@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from models.processes import free_port, stop_process_group
+from models.ops.processes import free_port, stop_process_group
 
 
 def _server(script: str) -> tuple[subprocess.Popen, psutil.Process]:

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
-from models.serving_log import ServingLog, join_outcomes, read_serving_log, rows_of
+from models.monitoring.serving_log import ServingLog, join_outcomes, read_serving_log, rows_of
 
 AT = datetime(2017, 12, 3, 4, 0, tzinfo=UTC)
 

@@ -2,12 +2,12 @@ import pandas as pd
 import pytest
 
 from models.settings import get_settings
-from models.validate import DataValidationError, raise_for_failures, validate_events, write_outcome
+from models.data.validation import DataValidationError, raise_for_failures, validate_events, write_outcome
 
 
 @pytest.fixture(scope="module")
 def real_events():
-    from models.events import load_events
+    from models.data.events import load_events
 
     return load_events(get_settings().raw_events)
 

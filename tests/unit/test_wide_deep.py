@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.wide_deep import (
+from models.kinds.wide_deep import (
     WideDeepSpec,
     load_wide_deep,
     model_inputs,
@@ -97,7 +97,7 @@ def test_same_seed_same_model():
 def test_warm_start_fine_tunes_towards_newer_data(trained):
     from sklearn.metrics import roc_auc_score
 
-    from models.wide_deep import TrainedWideDeep, continue_training
+    from models.kinds.wide_deep import TrainedWideDeep, continue_training
 
     def shifted(n, seed):
         frame, _ = _rows(n, seed)

@@ -1,7 +1,7 @@
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from models.xgb import continue_xgb, predict_ctr, train_xgb
+from models.kinds.xgb import continue_xgb, predict_ctr, train_xgb
 
 
 def _rows(n, seed, shift=0.0):

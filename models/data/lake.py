@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from feature_repo.contract import EVENT_COLUMNS, EVENT_TIMESTAMP
-from models.feature_store import write_offline
+from models.features.store import write_offline
 from models.settings import Settings
 
 INGESTED = "ingested"
@@ -25,7 +25,7 @@ _FILE = "events.parquet"
 def days_of(start: datetime, end: datetime, timezone: str) -> list[pd.Timestamp]:
     """The local midnights of the days in [start, end): the partitions an interval covers, the days
     of the feature job's grid."""
-    from models.features import DayGrid
+    from models.features.batch import DayGrid
 
     return list(DayGrid.covering(pd.Timestamp(start), pd.Timestamp(end), timezone).days)
 

@@ -52,7 +52,7 @@ from feature_repo.contract import (
     USER_TOP_CATEGORY_SHARES,
     WINDOWS_DAYS,
 )
-from models.events import event_ids, unix_seconds
+from models.data.events import event_ids, unix_seconds
 
 LONGEST_WINDOW = max(WINDOWS_DAYS, key=WINDOWS_DAYS.__getitem__)
 _DAY_S = 86_400.0

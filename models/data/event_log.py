@@ -7,7 +7,7 @@ An event older than everything a full state keeps ("late") cannot be told from a
 evicted one: it is logged, not pushed, and the batch job drops any id it reads twice.
 
 One writer per user at a time: the service runs one worker and serialises batches with a lock.
-With CTR_USER_ID_KEY set, user ids are pseudonymised (models/privacy.py) before anything is read,
+With CTR_USER_ID_KEY set, user ids are pseudonymised (models/data/privacy.py) before anything is read,
 logged or pushed: the event log and the online store hold pseudonyms only.
 """
 
@@ -188,7 +188,7 @@ class Ingestor:
     def __init__(
         self, settings: Settings, store: FeatureStore | None = None, guard: StoreCalls | None = None
     ) -> None:
-        from models.feature_store import open_store
+        from models.features.store import open_store
 
         self.store = store or open_store(settings)
         self.guard = guard
@@ -216,7 +216,7 @@ class Ingestor:
 
     def _plan(self, unique: pd.DataFrame) -> tuple[list[dict], pd.DataFrame, pd.DataFrame]:
         """Read the users' states: the rows to push, the new events and the late ones."""
-        from models.features import merge_recent
+        from models.features.batch import merge_recent
 
         users = sorted(unique[USER_ID].unique().tolist())
         states = self._call(self.current_state, users) if users else {}
@@ -289,8 +289,8 @@ class Ingestor:
 
     def ingest(self, events: pd.DataFrame) -> IngestResult:
         """Log and apply canonical events that carry the shop's user ids."""
-        from models.events import event_ids
-        from models.privacy import pseudonymise
+        from models.data.events import event_ids
+        from models.data.privacy import pseudonymise
 
         events = events.assign(**{USER_ID: pseudonymise(events[USER_ID], self.user_id_key)})
         events = events.assign(**{EVENT_ID: event_ids(events)})

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from feature_repo.contract import BEHAVIOR, BEHAVIORS, EVENT_COLUMNS, EVENT_TIMESTAMP, ID_COLUMNS
-from models.events import SOURCE_ROW
+from models.data.events import SOURCE_ROW
 
 SUITE_NAME = "canonical_events"
 FAILED_CHECKS = "failed_checks"

@@ -47,7 +47,7 @@ from feature_repo.contract import (
     SHOP_UTC_OFFSET_HOURS,
     USER_ID,
 )
-from models.events import unix_seconds
+from models.data.events import unix_seconds
 from models.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -491,7 +491,7 @@ def build_candidates_stage(settings: Settings | None = None) -> dict[str, Any]:
     """Build from the accepted events up to the last one present and save to `candidates_dir`."""
     settings = settings or get_settings()
     started = time.perf_counter()
-    from models.lake import ACCEPTED, read_events
+    from models.data.lake import ACCEPTED, read_events
 
     events = read_events(settings, ACCEPTED)
     if not len(events):

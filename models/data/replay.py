@@ -32,7 +32,7 @@ class ReplayTotals:
 def load_stream(path: Path | str) -> pd.DataFrame:
     """A raw Taobao CSV as canonical events in time order, with the shop's own user ids (the ingest
     service pseudonymises them); rows that do not parse are skipped."""
-    from models.events import load_events
+    from models.data.events import load_events
 
     events = load_events(path, user_id_key="")
     events = events.dropna(subset=[USER_ID, ITEM_ID, CATEGORY_ID, BEHAVIOR, EVENT_TIMESTAMP])
@@ -54,7 +54,7 @@ def batches(
 
 
 def payload(events: pd.DataFrame) -> dict:
-    from models.events import unix_seconds
+    from models.data.events import unix_seconds
 
     frame = pd.DataFrame(
         {

@@ -23,8 +23,8 @@ def join_features(store, labelled: pd.DataFrame, service) -> pd.DataFrame:
 
     Request-time features are computed as if the row had been ranked at its own timestamp.
     """
-    from models.events import unix_seconds
-    from models.feature_store import historical_features
+    from models.data.events import unix_seconds
+    from models.features.store import historical_features
 
     rows = labelled[[USER_ID, ITEM_ID, EVENT_TIMESTAMP, LABEL]].assign(
         **{REQUEST_TS: unix_seconds(labelled[EVENT_TIMESTAMP])}

@@ -2,7 +2,7 @@
 
 Nothing is dropped here. Values that do not parse become nulls, which validation quarantines,
 and every row keeps its line number in the source file so a quarantined row can be found again.
-With CTR_USER_ID_KEY set, user ids are replaced by their pseudonyms here (models/privacy.py): the
+With CTR_USER_ID_KEY set, user ids are replaced by their pseudonyms here (models/data/privacy.py): the
 lake, the quarantine and everything downstream hold no raw id, and a quarantined row's raw values
 are found through its line number in the source file.
 """
@@ -78,7 +78,7 @@ def to_canonical(raw: pd.DataFrame) -> pd.DataFrame:
 def load_events(path: Path | str, user_id_key: str | None = None) -> pd.DataFrame:
     """The canonical events of a raw CSV, user ids pseudonymised under `user_id_key` (None: the
     CTR_USER_ID_KEY setting; empty: the raw ids, as a shop would send them to the ingest service)."""
-    from models.privacy import pseudonymise
+    from models.data.privacy import pseudonymise
 
     if user_id_key is None:
         from models.settings import get_settings

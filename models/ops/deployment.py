@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.processes import free_port, stop_process_group
+from models.ops.processes import free_port, stop_process_group
 from models.registry import CHAMPION, client
 from models.settings import PROJECT_ROOT, Settings, get_settings
 
@@ -171,7 +171,7 @@ def sample_request(settings: Settings, n_items: int = 20) -> dict[str, Any]:
     import pandas as pd
 
     from feature_repo.contract import EVENT_TIMESTAMP, ITEM_ID, USER_ID
-    from models.lake import ACCEPTED, read_events
+    from models.data.lake import ACCEPTED, read_events
 
     events = read_events(settings, ACCEPTED)[[USER_ID, ITEM_ID, EVENT_TIMESTAMP]].dropna()
     if events.empty:

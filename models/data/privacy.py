@@ -1,8 +1,8 @@
 """Pseudonymous user ids.
 
 With CTR_USER_ID_KEY set, the project never keeps a shop's user id: every id is replaced by its
-pseudonym where it enters (the raw CSV in `models.events.load_events`, the live ingest service in
-`models.ingest.Ingestor`, the ranker's requests), so the lake, the features, the event log, the
+pseudonym where it enters (the raw CSV in `models.data.events.load_events`, the live ingest service in
+`models.data.event_log.Ingestor`, the ranker's requests), so the lake, the features, the event log, the
 serving log and the models only ever see pseudonyms, and the offline and online sides agree.
 
 The pseudonym is HMAC-SHA256 of the id's decimal digits under the key, truncated to its first 63

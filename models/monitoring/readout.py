@@ -1,6 +1,6 @@
 """Daily monitoring of the ranking service: the A/B readout, feature drift and catalogue coverage.
 
-It reads the served-ranking log (models/serving_log.py) joined with what shoppers did next,
+It reads the served-ranking log (models/monitoring/serving_log.py) joined with what shoppers did next,
 compares the features the model was served with the training set, and checks all of it against
 `Thresholds`. The summary is JSON. The caller decides whether breaches fail its task
 (`raise_for_breaches`). Runs go to the MLflow experiment `<CTR_EXPERIMENT>-monitoring`, so they
@@ -19,7 +19,7 @@ import pandas as pd
 
 from feature_repo.contract import CATEGORY_ID, ID_COLUMNS, ITEM_ID, USER_ID
 from models.registry import CHALLENGER, CHAMPION, client
-from models.serving_log import FEATURE_PREFIX, REQUEST_ID, SERVED_AT, join_outcomes
+from models.monitoring.serving_log import FEATURE_PREFIX, REQUEST_ID, SERVED_AT, join_outcomes
 from models.settings import Settings
 
 if TYPE_CHECKING:

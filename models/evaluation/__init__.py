@@ -1,0 +1,1 @@
+"""Judging models: metrics and baselines, the promotion gate, plots."""

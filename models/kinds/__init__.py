@@ -1,0 +1,1 @@
+"""The model kinds: one module per kind, behind one adapter protocol."""

@@ -1,0 +1,1 @@
+"""After serving: the serving log, the A/B readout, drift and coverage."""

@@ -1,0 +1,1 @@
+"""Running the system: deployment of the ranker, process control, the Airflow wiring constants."""

@@ -1,0 +1,1 @@
+"""Training a model kind on the training set: device choice, full training and warm start."""
