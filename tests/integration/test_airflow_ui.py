@@ -24,7 +24,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from models.ops.processes import free_port
-from tests.conftest import ROOT, project_environment
+from tests.integration.conftest import ROOT, project_environment
 
 pytestmark = pytest.mark.integration
 

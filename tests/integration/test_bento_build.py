@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, VENV_BIN
+from tests.integration.conftest import ROOT, VENV_BIN
 
 pytestmark = pytest.mark.integration
 

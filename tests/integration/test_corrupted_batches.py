@@ -11,7 +11,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.conftest import project_environment
+from tests.integration.conftest import project_environment
 
 pytestmark = pytest.mark.integration
 
@@ -86,8 +86,8 @@ def test_every_corrupted_line_is_accounted_for_and_a_broken_batch_is_held_back(
 ):
     from models import pipeline
     from models.data.lake import ACCEPTED, partition_path
-    from models.settings import get_settings
     from models.data.validation import DataValidationError
+    from models.settings import get_settings
 
     totals = {"lines": 0, "accepted": 0, "quarantined": 0}
     for kind, expected_quarantined, passes in CASES:

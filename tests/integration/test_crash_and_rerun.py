@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from feature_repo.contract import CATEGORY_VIEW, ITEM_VIEW, RANKER_FEATURE_SERVICE, RECENT_VIEW, USER_VIEW
-from tests.conftest import ROOT
+from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 

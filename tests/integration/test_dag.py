@@ -20,7 +20,7 @@ from feature_repo.contract import (
 )
 from models.pipeline import CATEGORICAL_COLUMNS
 from models.settings import airflow_environment, get_settings
-from tests.conftest import ROOT, VENV_BIN, migrate_airflow, project_environment, run_dag
+from tests.integration.conftest import ROOT, VENV_BIN, migrate_airflow, project_environment, run_dag
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import bentoml_serve
+from tests.integration.conftest import bentoml_serve
 
 pytestmark = pytest.mark.integration
 

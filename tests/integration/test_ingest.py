@@ -16,7 +16,7 @@ from feature_repo.contract import (
     RECENT_VIEW,
     REQUEST_TS,
 )
-from tests.conftest import ROOT, bentoml_serve, project_environment, redis_process
+from tests.integration.conftest import ROOT, bentoml_serve, project_environment, redis_process
 
 pytestmark = pytest.mark.integration
 
@@ -48,8 +48,8 @@ def ingestor(request, tmp_path, use_environment):
         host, port = extra["CTR_REDIS_CONNECTION"].split(":")
         redis.Redis(host=host, port=int(port)).flushall()  # the server is shared by the session
     use_environment(project_environment(tmp_path, **extra))
-    from models.features.store import apply_repo
     from models.data.event_log import Ingestor
+    from models.features.store import apply_repo
     from models.settings import get_settings
 
     settings = get_settings()
@@ -111,8 +111,8 @@ def test_logged_events_reach_the_next_batch_run(ingestor, tmp_path):
 
 
 def test_events_sent_while_redis_is_down_are_logged_and_applied_when_it_is_back(tmp_path, use_environment):
-    from models.features.store import apply_repo, fail_fast, open_store
     from models.data.event_log import Ingestor
+    from models.features.store import apply_repo, fail_fast, open_store
     from models.settings import get_settings
     from services.degradation import StoreGuard
 
@@ -194,9 +194,9 @@ def test_replaying_the_stream_twice_through_the_service_counts_each_event_once(
     first = _replay(ingest_server, 3000)
     assert first["sent"] == first["accepted"] == 3000
     use_environment(ingest_server["env"])
-    from models.features.store import open_store
     from models.data.event_log import EventLog
     from models.data.replay import load_stream
+    from models.features.store import open_store
     from models.settings import get_settings
 
     settings = get_settings()

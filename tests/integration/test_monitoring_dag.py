@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from feature_repo.contract import EVENT_TIMESTAMP, ITEM_ID, USER_ID
-from tests.conftest import run_dag
+from tests.integration.conftest import run_dag
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +25,8 @@ def _served_test_day(settings) -> tuple[int, int]:
     """Rankings as the service would have logged them on DAY: per user and hour, the items the user
     went on to view (their features and champion scores from the training set) among five items
     other users viewed; half the users in each variant. Returns (requests, rows)."""
-    from models.registry import load_by_alias
     from models.monitoring.serving_log import ServingLog
+    from models.registry import load_by_alias
     from services.champion_challenger import user_bucket
 
     rows = pd.read_parquet(settings.datasets_dir / "training_set.parquet")

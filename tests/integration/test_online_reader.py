@@ -21,7 +21,7 @@ from feature_repo.contract import (
     REQUEST_TS,
     USER_VIEW,
 )
-from tests.conftest import project_environment
+from tests.integration.conftest import project_environment
 
 pytestmark = pytest.mark.integration
 

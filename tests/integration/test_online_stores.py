@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from feature_repo.contract import USER_FEATURES, USER_TOP_CATEGORIES, USER_TOP_CATEGORY_SHARES, USER_VIEW
-from tests.conftest import project_environment
+from tests.integration.conftest import project_environment
 
 pytestmark = pytest.mark.integration
 

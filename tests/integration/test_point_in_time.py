@@ -22,7 +22,7 @@ from feature_repo.contract import (
     USER_TOP_CATEGORY_SHARES,
     USER_VIEW,
 )
-from tests.conftest import project_environment
+from tests.integration.conftest import project_environment
 
 pytestmark = pytest.mark.integration
 
@@ -84,8 +84,8 @@ def store(tmp_path, use_environment):
 
 
 def test_a_value_written_after_the_row_time_never_leaks(store):
-    from models.features.training_set import join_features
     from models.features.store import feature_names
+    from models.features.training_set import join_features
 
     rows = pd.DataFrame(
         {
@@ -112,8 +112,8 @@ def test_a_value_written_after_the_row_time_never_leaks(store):
 
 
 def test_short_term_activity_only_counts_events_before_the_row(store):
-    from models.features.training_set import join_features
     from models.features.store import feature_names
+    from models.features.training_set import join_features
 
     view, cart = T + 2 * HOUR, T + 3 * HOUR
     times = [view - SECOND, view, view + 10 * SECOND, cart, cart + 30 * 60 * SECOND, cart + 2 * HOUR]

@@ -24,8 +24,8 @@ import pytest
 
 from feature_repo.contract import MODEL_FEATURE_SERVICE, RANKER_FEATURE_SERVICE
 from models.settings import PROJECT_ROOT, default_raw_events
-from tests.conftest import bentoml_serve, project_environment, redis_process, run_dag
 from tests.integration._servers import mlflow_server, postgres_process
+from tests.integration.conftest import bentoml_serve, project_environment, redis_process, run_dag
 
 pytestmark = pytest.mark.integration
 

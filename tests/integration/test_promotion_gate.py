@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from models.evaluation.metrics import ctr_metrics
-from models.scoring import XGBOOST, ScoringModel
 from models.kinds.xgb import train_xgb
+from models.scoring import XGBOOST, ScoringModel
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from models.data.privacy import pseudonym
-from tests.conftest import bentoml_serve
+from tests.integration.conftest import bentoml_serve
 
 pytestmark = pytest.mark.integration
 

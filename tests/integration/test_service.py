@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from feature_repo.contract import MODEL_FEATURE_SERVICE
-from tests.conftest import bentoml_serve
+from tests.integration.conftest import bentoml_serve
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +50,8 @@ def test_rank_scores_equal_the_registered_model_on_online_features(server, dag_r
     use_environment(dag_run["env"])
     import pandas as pd
 
-    from models.features.store import open_store
     from models.features.batch import new_item_features
+    from models.features.store import open_store
     from models.registry import load_by_alias
     from models.settings import get_settings
 

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import bentoml_serve, redis_copy_of
+from tests.integration.conftest import bentoml_serve, redis_copy_of
 
 pytestmark = pytest.mark.integration
 
