@@ -49,37 +49,37 @@ def ctr_features():
     def ingest(**context) -> dict:
         from models import pipeline
 
-        return pipeline.ingest(None, *run_interval(context))
+        return pipeline.ingest(None, *run_interval(context)).to_dict()
 
     @task(retries=0)  # a batch that breaks the suite will not pass on a retry
     def validate(**context) -> dict:
         from models import pipeline
 
-        return pipeline.validate(None, *run_interval(context))
+        return pipeline.validate(None, *run_interval(context)).to_dict()
 
     @task
     def apply_features() -> dict:
         from models import pipeline
 
-        return pipeline.apply_features()
+        return pipeline.apply_features().to_dict()
 
     @task
     def build_features(**context) -> dict:
         from models import pipeline
 
-        return pipeline.build_features(None, *run_interval(context))
+        return pipeline.build_features(None, *run_interval(context)).to_dict()
 
     @task(outlets=[Asset(ONLINE_FEATURES)])
     def materialize(**context) -> dict:
         from models import pipeline
 
-        return pipeline.materialize(None, *run_interval(context))
+        return pipeline.materialize(None, *run_interval(context)).to_dict()
 
     @task
     def build_candidates() -> dict:
         from models import pipeline
 
-        return pipeline.build_candidates()
+        return pipeline.build_candidates().to_dict()
 
     validated = validate()
     chain(in_window(), ingest(), validated, apply_features(), build_features(), materialize())

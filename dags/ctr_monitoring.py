@@ -38,7 +38,7 @@ def ctr_monitoring():
     def readout(**context) -> dict:
         from models import pipeline
 
-        return pipeline.monitor(None, *monitored_window(context))
+        return pipeline.monitor(None, *monitored_window(context)).to_dict()
 
     @task(retries=0)  # a crossed threshold is an alert, not a transient failure
     def check_thresholds(summary: dict) -> dict:

@@ -39,26 +39,26 @@ def ctr_training():
         from models import pipeline
 
         readiness = pipeline.training_readiness()
-        print(f"days of the training window without accepted events: {readiness['missing_days'] or 'none'}")
-        return readiness["ready"]
+        print(f"days of the training window without accepted events: {readiness.missing_days or 'none'}")
+        return readiness.ready
 
     @task
     def build_training_set() -> dict:
         from models import pipeline
 
-        return pipeline.build_training_set()
+        return pipeline.build_training_set().to_dict()
 
     @task(queue="gpu")
     def train_xgboost() -> dict:
         from models import pipeline
 
-        return pipeline.train_xgboost()
+        return pipeline.train_xgboost().to_dict()
 
     @task(queue="gpu")
     def train_wide_deep() -> dict:
         from models import pipeline
 
-        return pipeline.train_wide_deep()
+        return pipeline.train_wide_deep().to_dict()
 
     @task
     def evaluate() -> dict:

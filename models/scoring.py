@@ -1,5 +1,5 @@
-"""One interface over both model kinds: score a frame of raw features, save and load in formats
-that never unpickle (XGBoost UBJ, Keras `.keras` in safe mode)."""
+"""What the service scores with: a trained model of any kind with its feature list, saved and
+loaded in formats that never unpickle. The kind's adapter (models.kinds) does the work."""
 
 from __future__ import annotations
 
@@ -12,79 +12,55 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-XGBOOST = "xgboost"
-WIDE_DEEP = "wide_deep"
-KINDS: tuple[str, ...] = (XGBOOST, WIDE_DEEP)
-_MODEL_FILES = {XGBOOST: "model.ubj", WIDE_DEEP: "model.keras"}
-# Frames up to this many rows (requests) go through Wide&Deep's request scorer; larger ones (whole
-# evaluation sets) through Keras' batched predict.
-REQUEST_ROWS = 8192
+from models.kinds import KINDS, kind_of
+from models.kinds.base import ModelKind, Scorer
+from models.kinds.wide_deep import WideDeepKind
+from models.kinds.xgb import XGBoostKind
+
+__all__ = ["KINDS", "WIDE_DEEP", "XGBOOST", "ScoringModel", "load_saved", "wrap"]
+
+# The kinds' names, for callers that name one.
+XGBOOST = XGBoostKind.name
+WIDE_DEEP = WideDeepKind.name
 
 
 @dataclass
 class ScoringModel:
-    """A trained model with what it needs to score: its kind, features and (Wide&Deep) spec."""
+    """A trained model with what it needs to score: its kind, features and (if it has one) spec."""
 
     kind: str
     model: Any
     features: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
-    spec: Any = None  # models.kinds.wide_deep.WideDeepSpec for Wide&Deep
-    _request_scorer: Any = field(default=None, init=False, repr=False, compare=False)
+    spec: Any = None  # what the model reads, for kinds whose native model does not say it
+    _scorer: Scorer | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def adapter(self) -> ModelKind:
+        return kind_of(self.kind)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Probability of purchase intent per row of raw features (and ids for Wide&Deep)."""
-        if self.kind == XGBOOST:
-            from models.features.training_set import feature_matrix
-            from models.kinds.xgb import predict_ctr
-
-            return predict_ctr(self.model, feature_matrix(frame, self.features))
-        from models.kinds.wide_deep import RequestScorer, predict_wide_deep
-
-        if len(frame) > REQUEST_ROWS:
-            return predict_wide_deep(self.model, frame, self.spec)
-        if self._request_scorer is None:  # traced once, on the first request-sized frame
-            self._request_scorer = RequestScorer.for_model(self.model, self.spec) or (
-                lambda f: predict_wide_deep(self.model, f, self.spec)
-            )
-        return self._request_scorer(frame)
+        """Probability of purchase intent per row of raw features (and ids)."""
+        if self._scorer is None:  # built once (Wide&Deep traces its request function on first use)
+            self._scorer = self.adapter.scorer(self)
+        return self._scorer(frame)
 
     def save(self, folder: Path) -> Path:
         """Model file plus meta.json; returns the model file."""
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / _MODEL_FILES[self.kind]
-        if self.kind == XGBOOST:
-            self.model.save_model(path)
-        else:
-            self.model.save(path)
+        path = folder / self.adapter.model_file
+        self.adapter.save(self.model, path)
         (folder / "meta.json").write_text(json.dumps({**self.meta, "kind": self.kind}, indent=2, default=str))
         return path
 
 
 def load_model_file(kind: str, path: Path) -> Any:
-    if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
-    if kind == XGBOOST:
-        import xgboost as xgb
-
-        model = xgb.XGBClassifier()
-        model.load_model(path)
-        return model
-    from models.kinds.wide_deep import load_wide_deep
-
-    return load_wide_deep(str(path))
+    return kind_of(kind).load(path)
 
 
 def wrap(kind: str, model: Any, meta: dict[str, Any]) -> ScoringModel:
-    """A ScoringModel around a loaded native model; Wide&Deep reads its spec from the model."""
-    spec = None
-    if kind == WIDE_DEEP:
-        from models.kinds.wide_deep import spec_of
-
-        spec = spec_of(model)
-        features = list(meta.get("features") or spec.numeric)
-    else:
-        features = list(meta["features"])
+    """A ScoringModel around a loaded native model; features and spec as the kind reads them."""
+    features, spec = kind_of(kind).spec_of(model, meta)
     return ScoringModel(kind=kind, model=model, features=features, meta=meta, spec=spec)
 
 
@@ -92,7 +68,7 @@ def load_saved(folder: Path) -> ScoringModel:
     """Load what `ScoringModel.save` wrote."""
     meta = json.loads((folder / "meta.json").read_text())
     kind = meta["kind"]
-    return wrap(kind, load_model_file(kind, folder / _MODEL_FILES[kind]), meta)
+    return wrap(kind, load_model_file(kind, folder / kind_of(kind).model_file), meta)
 
 
 def scoring_times_s(model: ScoringModel, frame: pd.DataFrame, repeats: int) -> list[float]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import numpy as np
 import pandas as pd
 
 from feature_repo.contract import EVENT_TIMESTAMP, ITEM_ID, LABEL, REQUEST_TS, USER_ID
+from models.kinds.base import feature_matrix
+
+__all__ = ["Split", "feature_matrix", "join_features", "split_by_time"]
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,3 @@ def split_by_time(frame: pd.DataFrame, valid_start: datetime, test_start: dateti
         valid=frame[(ts >= valid_start) & (ts < test_start)].reset_index(drop=True),
         test=frame[ts >= test_start].reset_index(drop=True),
     )
-
-
-def feature_matrix(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
-    """Model input: the service's features in order, float32, missing values as NaN.
-
-    Training and serving both build their input with this function.
-    """
-    return frame.reindex(columns=features).to_numpy(dtype=np.float32, na_value=np.nan)

@@ -5,6 +5,9 @@ the normalisation of counts (statistics adapted on the training days) are layers
 so nothing can drift between training and serving. Only `keras.ops` and Keras layers are used:
 the same code trains under the TensorFlow, JAX or PyTorch backend, and the `.keras` file loads
 under any of them. Importable without Airflow, Feast or MLflow, so benchmarks can run it bare.
+
+One coherent thing, hence its length: the model's layers, its training and fine-tuning, its fast
+request scorer and its adapter to the model-kind protocol (`WideDeepKind`) belong together.
 """
 
 from __future__ import annotations
@@ -12,10 +15,17 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+from feature_repo.contract import ID_COLUMNS, LABEL
+from models.kinds.base import Fitted, Scorer, logit, pip_requirements
+
+if TYPE_CHECKING:
+    from models.scoring import ScoringModel
 
 SERIALIZATION_PACKAGE = "realtime_ctr"
 # Wide crosses: the user's taste for this very item and for its category (memorisation).
@@ -24,6 +34,11 @@ DEFAULT_CROSSES: tuple[tuple[str, str], ...] = (("user_id", "item_id"), ("user_i
 # backend (JAX runs without 64-bit integers by default).
 CROSS_PRIME = 46_337
 MAX_ID_BUCKETS = 1_000_003
+# Frames up to this many rows (requests) go through the request scorer; larger ones (whole
+# evaluation sets) through Keras' batched predict.
+REQUEST_ROWS = 8192
+# On a GPU: bfloat16 compute and large batches.
+GPU_PARAMS: dict[str, Any] = {"mixed_precision": True, "batch_size": 8192}
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "embedding_dim": 16,
@@ -416,3 +431,138 @@ def load_wide_deep(path: str):
     """Load a `.keras` file in safe mode (no arbitrary code), with the custom layers registered."""
     custom_layers()
     return _keras().saving.load_model(path, safe_mode=True)
+
+
+class _Scorer:
+    """Request-sized frames through the traced `RequestScorer` (built on the first one), larger
+    frames through Keras' batched predict."""
+
+    def __init__(self, model: Any, spec: WideDeepSpec) -> None:
+        self.model, self.spec = model, spec
+        self._request: Scorer | None = None
+
+    def __call__(self, frame: pd.DataFrame) -> np.ndarray:
+        if len(frame) > REQUEST_ROWS:
+            return predict_wide_deep(self.model, frame, self.spec)
+        if self._request is None:
+            self._request = RequestScorer.for_model(self.model, self.spec) or (
+                lambda f: predict_wide_deep(self.model, f, self.spec)
+            )
+        return self._request(frame)
+
+
+class WideDeepKind:
+    """Wide&Deep behind the model-kind protocol (models.kinds.base.ModelKind): saved as `.keras`
+    and loaded in safe mode, explained by occlusion, ranked by permutation importance.
+
+    Occlusion: each numeric feature of a candidate is in turn replaced by its mean over the
+    request's candidates (a missing value stays missing); the change in logit is its
+    contribution. It answers "what lifts this item above the other candidates": features the
+    candidates share (the user's own numbers) contribute nothing. Ids (memorised by the wide part)
+    are not occluded.
+    """
+
+    name = "wide_deep"
+    model_file = "model.keras"
+    registered_name_setting = "wide_deep_model_name"
+    history_unit = "epoch"
+
+    def fit(
+        self, train: pd.DataFrame, valid: pd.DataFrame, features: list[str], *, device: str, seed: int
+    ) -> Fitted:
+        categorical = [c for c in ID_COLUMNS if c in train.columns]
+        spec = WideDeepSpec.for_columns(features, categorical, DEFAULT_CROSSES)
+        trained = train_wide_deep(
+            train,
+            train[LABEL].to_numpy(),
+            valid,
+            valid[LABEL].to_numpy(),
+            spec,
+            seed=seed,
+            **(GPU_PARAMS if device == "cuda" else {}),
+        )
+        fitted = self._fitted(trained)
+        fitted.summary["examples_per_second"] = round(trained.examples_per_second)
+        fitted.record = {"categorical": list(spec.categorical), "crosses": [list(p) for p in spec.crosses]}
+        return fitted
+
+    def fine_tune(
+        self, model: ScoringModel, train: pd.DataFrame, valid: pd.DataFrame, *, seed: int
+    ) -> Fitted:
+        base = TrainedWideDeep(model.model, model.spec, {}, 0)
+        trained = continue_training(base, train, train[LABEL].to_numpy(), valid, valid[LABEL].to_numpy())
+        return self._fitted(trained)
+
+    @staticmethod
+    def _fitted(trained: TrainedWideDeep) -> Fitted:
+        return Fitted(
+            model=trained.model,
+            spec=trained.spec,
+            seconds=trained.train_seconds,
+            params=trained.params,
+            history=trained.history,
+            summary={"best_epoch": trained.best_epoch},
+        )
+
+    def save(self, model: Any, path: Path) -> None:
+        model.save(path)
+
+    def load(self, path: Path) -> Any:
+        return load_wide_deep(str(path))
+
+    def spec_of(self, model: Any, meta: dict[str, Any]) -> tuple[list[str], Any]:
+        spec = spec_of(model)
+        return list(meta.get("features") or spec.numeric), spec
+
+    def scorer(self, model: ScoringModel) -> Scorer:
+        return _Scorer(model.model, model.spec)
+
+    def contributions(self, model: ScoringModel, frame: pd.DataFrame) -> pd.DataFrame:
+        numeric = list(model.spec.numeric)
+        base = logit(model.predict(frame))
+        means = frame[numeric].astype(np.float64).mean()
+        n = len(frame)
+        occluded = pd.concat([frame] * len(numeric), ignore_index=True)  # one block of rows per feature
+        for block, name in enumerate(numeric):
+            rows = slice(block * n, (block + 1) * n)
+            column = occluded.columns.get_loc(name)
+            occluded.iloc[rows, column] = means[name] if np.isfinite(means[name]) else np.nan
+        scores = logit(model.predict(occluded)).reshape(len(numeric), n)
+        return pd.DataFrame((base[None, :] - scores).T, columns=numeric, index=frame.index)
+
+    def importance(
+        self, model: ScoringModel, test: pd.DataFrame, y: np.ndarray, p: np.ndarray
+    ) -> dict[str, dict[str, float]]:
+        """The drop in test AUC when the feature is shuffled (permutation importance)."""
+        from sklearn.metrics import roc_auc_score
+
+        rng = np.random.default_rng(0)
+        base = roc_auc_score(y, p)
+        drops = {}
+        for column in model.spec.inputs:
+            shuffled = test.copy()
+            shuffled[column] = rng.permutation(shuffled[column].to_numpy())
+            drops[column] = float(base - roc_auc_score(y, model.predict(shuffled)))
+        return {"test AUC drop when shuffled": drops}
+
+    def log_to_mlflow(self, model: ScoringModel, example: pd.DataFrame, registered_name: str) -> Any:
+        import mlflow
+        from mlflow.models import infer_signature
+
+        inputs = model_inputs(example, model.spec)
+        # mlflow.keras 3.17 fails to save an input example (it writes before creating the folder):
+        # keep the example beside the model as a run artifact instead.
+        mlflow.log_dict({k: v.reshape(-1).tolist() for k, v in inputs.items()}, "model_input_example.json")
+        return mlflow.keras.log_model(
+            model.model,
+            name="model",
+            signature=infer_signature(inputs, model.predict(example).astype(np.float32).reshape(-1, 1)),
+            registered_model_name=registered_name,
+            pip_requirements=pip_requirements("keras", "tensorflow"),
+        )
+
+    def load_from_mlflow(self, uri: str) -> Any:
+        import mlflow
+
+        custom_layers()  # registered, so that safe-mode loading finds them
+        return mlflow.keras.load_model(uri)

@@ -1,11 +1,23 @@
-"""XGBoost CTR model. Importable without Airflow, Feast or MLflow, so benchmarks can run it bare."""
+"""The XGBoost model kind: gradient-boosted trees over the FeatureService's numeric features.
+
+Importable without Airflow, Feast or MLflow, so benchmarks can run it bare.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
+
+from feature_repo.contract import LABEL
+from models.kinds.base import Fitted, Scorer, feature_matrix, pip_requirements
+
+if TYPE_CHECKING:
+    from models.scoring import ScoringModel
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "n_estimators": 600,
@@ -101,3 +113,104 @@ def shap_contributions(model: Any, x: np.ndarray, features: list[str]) -> np.nda
         pred_contribs=True,
         iteration_range=(0, best + 1) if best is not None else (0, 0),
     )
+
+
+class XGBoostKind:
+    """XGBoost behind the model-kind protocol (models.kinds.base.ModelKind): saved as UBJ, exact
+    TreeSHAP explanations, gain and mean |SHAP| importance."""
+
+    name = "xgboost"
+    model_file = "model.ubj"
+    registered_name_setting = "xgb_model_name"
+    history_unit = "round"
+
+    def fit(
+        self, train: pd.DataFrame, valid: pd.DataFrame, features: list[str], *, device: str, seed: int
+    ) -> Fitted:
+        started = time.perf_counter()
+        trained = train_xgb(
+            feature_matrix(train, features),
+            train[LABEL].to_numpy(),
+            feature_matrix(valid, features),
+            valid[LABEL].to_numpy(),
+            features,
+            device=device,
+            seed=seed,
+        )
+        return self._fitted(trained, time.perf_counter() - started)
+
+    def fine_tune(
+        self, model: ScoringModel, train: pd.DataFrame, valid: pd.DataFrame, *, seed: int
+    ) -> Fitted:
+        started = time.perf_counter()
+        trained = continue_xgb(
+            model.model,
+            feature_matrix(train, model.features),
+            train[LABEL].to_numpy(),
+            feature_matrix(valid, model.features),
+            valid[LABEL].to_numpy(),
+            model.features,
+            seed=seed,
+        )
+        return self._fitted(trained, time.perf_counter() - started)
+
+    @staticmethod
+    def _fitted(trained: TrainedXGB, seconds: float) -> Fitted:
+        return Fitted(
+            model=trained.model,
+            seconds=seconds,
+            params=trained.params,
+            history=trained.history,
+            summary={"best_iteration": trained.best_iteration},
+        )
+
+    def save(self, model: Any, path: Path) -> None:
+        model.save_model(path)
+
+    def load(self, path: Path) -> Any:
+        import xgboost as xgb
+
+        model = xgb.XGBClassifier()
+        model.load_model(path)
+        return model
+
+    def spec_of(self, model: Any, meta: dict[str, Any]) -> tuple[list[str], Any]:
+        return list(meta["features"]), None
+
+    def scorer(self, model: ScoringModel) -> Scorer:
+        native, features = model.model, model.features
+        return lambda frame: predict_ctr(native, feature_matrix(frame, features))
+
+    def contributions(self, model: ScoringModel, frame: pd.DataFrame) -> pd.DataFrame:
+        values = shap_contributions(model.model, feature_matrix(frame, model.features), model.features)
+        return pd.DataFrame(values[:, :-1], columns=model.features, index=frame.index)
+
+    def importance(
+        self, model: ScoringModel, test: pd.DataFrame, y: np.ndarray, p: np.ndarray
+    ) -> dict[str, dict[str, float]]:
+        gain = model.model.get_booster().get_score(importance_type="gain")
+        shap = np.abs(self.contributions(model, test).to_numpy()).mean(axis=0)
+        return {
+            "total gain": {f: float(gain.get(f, 0.0)) for f in model.features},
+            "mean |SHAP contribution| (log-odds)": dict(zip(model.features, shap.tolist(), strict=True)),
+        }
+
+    def log_to_mlflow(self, model: ScoringModel, example: pd.DataFrame, registered_name: str) -> Any:
+        import mlflow
+        from mlflow.models import infer_signature
+
+        x = pd.DataFrame(feature_matrix(example, model.features), columns=model.features)
+        return mlflow.xgboost.log_model(
+            model.model,
+            name="model",
+            signature=infer_signature(x, model.predict(example)),
+            input_example=x,
+            model_format="ubj",
+            registered_model_name=registered_name,
+            pip_requirements=pip_requirements("xgboost", "scikit-learn"),
+        )
+
+    def load_from_mlflow(self, uri: str) -> Any:
+        import mlflow
+
+        return mlflow.xgboost.load_model(uri)

@@ -60,7 +60,7 @@ def registry(tmp_path, monkeypatch):
 
 
 def _submit(settings, model: ScoringModel) -> dict:
-    from models.registry import log_candidate, promote_if_better
+    from models.evaluation.promotion import log_candidate, promote_if_better
 
     y = TEST["label"].to_numpy()
     metrics = ctr_metrics(y, model.predict(TEST), TEST["user_id"].to_numpy())
@@ -114,7 +114,7 @@ def test_a_model_over_the_latency_budget_is_not_promoted(registry, monkeypatch):
 
 
 def test_nan_scores_and_a_model_no_better_than_popularity_fail_the_sanity_checks(registry):
-    from models.registry import sanity_failures
+    from models.evaluation.promotion import sanity_failures
 
     model = _model(FEATURES)
     y = TEST["label"].to_numpy()
@@ -131,7 +131,8 @@ def test_a_version_whose_artifact_cannot_be_loaded_is_never_promoted(registry):
     from pathlib import Path
     from urllib.parse import urlparse
 
-    from models.registry import CHALLENGER, client, log_candidate, promote_if_better
+    from models.evaluation.promotion import log_candidate, promote_if_better
+    from models.registry import CHALLENGER, client
 
     settings = registry()
     model = _model(FEATURES)
