@@ -1,4 +1,5 @@
-"""Ingestion: raw behaviour logs in, canonical events (feature_repo/contract.py) out.
+"""The event schema's reader: raw behaviour logs (the Taobao CSV format) in, canonical events
+(feature_repo/contract.py) out.
 
 Nothing is dropped here. Values that do not parse become nulls, which validation quarantines,
 and every row keeps its line number in the source file so a quarantined row can be found again.
