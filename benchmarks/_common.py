@@ -10,14 +10,13 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from models.ops.processes import free_port
+from models.ops.processes import free_port, process_group
 
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "RESULTS.md"
@@ -36,29 +35,29 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
 
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
+    """A redis-server on a free loopback port, without persistence, for the block; yields its
+    connection string (``127.0.0.1:PORT``)."""
     import redis
 
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server)")
     port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    client = redis.Redis(host="127.0.0.1", port=port)
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
     try:
-        for _ in range(200):
-            with contextlib.suppress(redis.ConnectionError):
-                if client.ping():
-                    break
-            time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
+        with process_group(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            ready=client.ping,
+            timeout_s=10,
+            interval_s=0.05,
+            grace_s=10,
+            name="redis-server",
+        ):
+            yield f"127.0.0.1:{port}"
     finally:
         client.close()
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ Usage: python benchmarks/online_features.py [--reads 300] [--events 300] [--no-f
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from feature_repo.contract import (  # noqa: E402
     USER_LIST_FEATURES,
     USER_VIEW,
 )
-from models.ops.processes import free_port  # noqa: E402
+from models.ops.processes import free_port, start_process_group, stop_process_group, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 POPULAR_ITEMS = 5000  # the realistic mix draws candidates from this many most-viewed items
@@ -101,8 +100,8 @@ def time_reads(fn: Callable[[], object], n: int, warmup: int = 20) -> list[float
 
 
 def read_latency(store_name: str, c: Candidates, n: int, redis_url: str | None) -> list[dict]:
-    from models.features.store import open_store
     from models.features.online_reader import OnlineFeatureReader
+    from models.features.store import open_store
     from models.settings import get_settings
 
     settings = get_settings()
@@ -222,23 +221,12 @@ def freshness(store_name: str, data_dir: Path, n: int, env: dict) -> list[dict]:
 
     port = free_port()
     log = data_dir / f"ingest-{store_name}.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "ctr"), "ingest", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    server = start_process_group(
+        [str(Path(sys.executable).parent / "ctr"), "ingest", "--port", str(port)], cwd=ROOT, env=env, log=log
+    )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_ready(server, f"{url}/readyz", timeout_s=180, log=log, name="ctr ingest")
         store = open_store(get_settings())
         refs = [f"{RECENT_VIEW}:{RECENT_EVENT_IDS}"]
         stream = Path(
@@ -296,8 +284,7 @@ def freshness(store_name: str, data_dir: Path, n: int, env: dict) -> list[dict]:
             },
         ]
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_process_group(server)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import environment, print_table, write_results  # noqa: E402
+from models.ops.processes import process_group  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 USER_VIEW = "user_behavior_stats"
@@ -50,20 +51,21 @@ def measure(ttl: int) -> dict:
         apply_repo(settings)
         reader = open_store(settings)
         name = f"probe_{ttl}"
-        writer = subprocess.Popen(
+        # Stopped (with its group) on the way out, should the handshake below fail.
+        with process_group(
             [sys.executable, "-c", WRITER % (USER_VIEW, name)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
-        )
-        assert writer.stdout.readline().strip() == "ready"
-        reader.get_feature_view(USER_VIEW, allow_registry_cache=True)  # the reader's cache is fresh now
-        writer.stdin.write("\n")
-        writer.stdin.flush()
-        assert writer.stdout.readline().strip() == "applied"
-        applied = time.perf_counter()
-        writer.wait(timeout=60)
+        ) as writer:
+            assert writer.stdout.readline().strip() == "ready"
+            reader.get_feature_view(USER_VIEW, allow_registry_cache=True)  # the reader's cache is fresh now
+            writer.stdin.write("\n")
+            writer.stdin.flush()
+            assert writer.stdout.readline().strip() == "applied"
+            applied = time.perf_counter()
+            writer.wait(timeout=60)
         cached, reloads = [], []
         while True:
             t = time.perf_counter()

@@ -15,6 +15,7 @@ Usage: python benchmarks/service_load.py [--data-dir var] [--rate 50] [--seconds
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import environment, percentiles, print_table, redis_server, write_results  # noqa: E402
 from benchmarks.load import open_loop, summary  # noqa: E402
-from models.ops.processes import free_port  # noqa: E402
+from models.ops.processes import free_port, process_group  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CTR = str(Path(sys.executable).parent / "ctr")  # the project's CLI in the same environment
@@ -51,24 +53,21 @@ def requests_for(data_dir: Path, n_users: int = 200, n_items: int = 100) -> list
     ]
 
 
-def serve(env: dict, log: Path):
+@contextlib.contextmanager
+def serve(env: dict, log: Path) -> Iterator[str]:
+    """`ctr serve` on a free port until /readyz answers; yields its URL, then stops it and its workers."""
     port = free_port()
-    out = log.open("w")
-    process = subprocess.Popen(
-        [CTR, "serve", "--port", str(port)], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-    )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if process.poll() is not None:
-            raise SystemExit(log.read_text()[-3000:])
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.terminate()
-    raise SystemExit("bentoml serve did not become ready:\n" + log.read_text()[-3000:])
+    with process_group(
+        [CTR, "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        log=log,
+        ready=f"{url}/readyz",
+        timeout_s=300,
+        name="ctr serve",
+    ):
+        yield url
 
 
 def open_loop_row(url: str, bodies: list[dict], rate: float, seconds: float) -> dict:
@@ -207,8 +206,7 @@ def main() -> None:
                         **floor(model, bodies, 300),
                     }
                 )
-            process, url = serve(model_env, folder / f"serve-{model}.log")
-            try:
+            with serve(model_env, folder / f"serve-{model}.log") as url:
                 for body in bodies[:20]:
                     httpx.post(f"{url}/rank", json=body, timeout=30)
                 result = open_loop_row(url, bodies, args.rate, args.seconds)
@@ -217,9 +215,6 @@ def main() -> None:
                     result = closed_loop(url, bodies, c, int(args.seconds), folder)
                     if result:
                         rows.append({"model": model, "load": f"wrk {c} connections", **result})
-            finally:
-                process.terminate()
-                process.wait(timeout=30)
     rows = [_with_ratio(row, rows) for row in rows]
     print_table("/rank, 1 user + 100 candidates, Redis online store", rows)
     notes = [

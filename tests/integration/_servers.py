@@ -1,5 +1,6 @@
 """Real servers for the production-profile tests: PostgreSQL from the Debian package and an
-`mlflow server` process, each on a free loopback port and stopped afterwards.
+`mlflow server` process, each on a free loopback port in a process group of its own, and stopped
+afterwards with every process it started (models.ops.processes).
 
 PostgreSQL refuses to run as root, and CI runs as root: then the server runs as the unprivileged
 `postgres` account the Debian package creates (else `nobody`), in a data directory owned by it.
@@ -17,13 +18,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from models.ops.processes import free_port, stop_process_group
+from models.ops.processes import free_port, process_group, start_process_group, stop_process_group, wait_ready
 
 POSTGRES_USER = "ctr"  # the database role the tests connect as (trust authentication, loopback only)
 
@@ -97,49 +97,40 @@ class PostgresProcess:
             **self._as_server(),
         )
         assert init.returncode == 0, init.stdout[-2000:] + init.stderr[-2000:]
-        with self.log.open("w") as out:
-            if self.account is not None:
-                os.chown(self.log, self.account.pw_uid, self.account.pw_gid)
-            self.process = subprocess.Popen(
-                [
-                    str(self.bindir / "postgres"),
-                    "-D",
-                    str(self.data),
-                    "-p",
-                    str(self.port),
-                    "-k",
-                    str(self.data),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "max_connections=200",
-                ],
-                cwd=self.root,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                **self._as_server(),
-            )
-        self._wait_ready()
+        if self.account is not None:  # its log, written by the server's account
+            self.log.touch()
+            os.chown(self.log, self.account.pw_uid, self.account.pw_gid)
+        self.process = start_process_group(
+            [
+                str(self.bindir / "postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.data),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+            ],
+            cwd=self.root,
+            log=self.log,
+            **self._as_server(),
+        )
+        wait_ready(self.process, self._accepts_connections, timeout_s=60, log=self.log, interval_s=0.2)
 
-    def _wait_ready(self, timeout: float = 60) -> None:
+    def _accepts_connections(self) -> bool:
         import psycopg2
 
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            try:
-                psycopg2.connect(self.url("postgres"), connect_timeout=1).close()
-                return
-            except psycopg2.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        psycopg2.connect(self.url("postgres"), connect_timeout=1).close()
+        return True
 
     def create_database(self, name: str) -> str:
         """A new, empty database; returns its libpq URL."""
@@ -167,13 +158,8 @@ class PostgresProcess:
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT: roll back open transactions, close connections), then remove the files."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process_group(self.process, grace_s=30, stop_signal=signal.SIGINT)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -197,8 +183,6 @@ def mlflow_server(
 ) -> Iterator[str]:
     """`mlflow server` with a database backend store and proxied artifacts (`--serve-artifacts`: clients
     upload and download through the server, which keeps them under `artifacts`); yields its URL."""
-    import httpx
-
     port = free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     command = [
@@ -218,22 +202,9 @@ def mlflow_server(
     ]
     # No job runner: it starts seven more processes for MLflow jobs, which the project never submits.
     env = {**(os.environ if env is None else env), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with log.open("w") as out:
-        # A process group of its own: the server's web workers are stopped with it.
-        process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail("mlflow server did not answer /health:\n" + log.read_text()[-3000:])
-            time.sleep(0.5)
+    # A process group of its own: the server's web workers are stopped with it.
+    with process_group(
+        command, env=env, log=log, ready=f"{url}/health", timeout_s=timeout, name="mlflow server"
+    ):
         yield url
-    finally:
-        stop_process_group(process)

@@ -1,4 +1,6 @@
-"""Shared fixtures. Integration tests work in a temporary CTR_DATA_DIR so they never touch var/."""
+"""Fixtures and helpers of the integration tests: they work in a temporary CTR_DATA_DIR so they never
+touch var/, run the DAGs through the project's CLI and start real servers (bentoml serve,
+redis-server) as child processes, each stopped afterwards with everything it started."""
 
 from __future__ import annotations
 
@@ -7,15 +9,14 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from models.ops.processes import free_port
+from models.ops.processes import free_port, process_group, start_process_group, stop_process_group, wait_ready
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 FEAST_STORE_VARIABLES = ("CTR_ONLINE_STORE", "CTR_REDIS_CONNECTION", "CTR_FEAST_REGISTRY_TTL_S")
 
@@ -100,29 +101,19 @@ def dag_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 @contextlib.contextmanager
 def bentoml_serve(command: list[str], env: dict[str, str], log: Path, timeout: float = 120) -> Iterator[str]:
     """Run `command --port PORT` (a `bentoml serve` through the ctr CLI) until /readyz answers 200;
-    yields its URL and stops it afterwards."""
-    import httpx
-
+    yields its URL and stops it, with its workers, afterwards."""
     port = free_port()
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()[-3000:]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.5)
-        else:
-            pytest.fail("bentoml serve did not become ready:\n" + log.read_text()[-3000:])
+    with process_group(
+        [*command, "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        log=log,
+        ready=f"{url}/readyz",
+        timeout_s=timeout,
+        name="bentoml serve",
+    ):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 class RedisProcess:
@@ -150,10 +141,15 @@ class RedisProcess:
 
         return redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
 
-    def start(self) -> None:
-        import redis
+    def _answers_ping(self) -> bool:
+        client = self._client()
+        try:
+            return client.ping()
+        finally:
+            client.close()
 
-        self.process = subprocess.Popen(
+    def start(self) -> None:
+        self.process = start_process_group(
             [
                 self.binary,
                 "--port",
@@ -169,20 +165,11 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        client = self._client()
-        deadline = time.monotonic() + 20
         try:
-            while True:
-                assert self.process.poll() is None, f"redis-server exited with {self.process.returncode}"
-                try:
-                    if client.ping():
-                        return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        finally:
-            client.close()
+            wait_ready(self.process, self._answers_ping, timeout_s=20, name="redis-server", interval_s=0.05)
+        except BaseException:
+            stop_process_group(self.process, grace_s=10)
+            raise
 
     def stop(self) -> None:
         """Save to dump.rdb in the work dir, then stop the server."""
@@ -192,11 +179,7 @@ class RedisProcess:
             return
         with contextlib.suppress(redis.ConnectionError):
             self._client().shutdown(save=True)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process_group(self.process, grace_s=10)
 
 
 @contextlib.contextmanager

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
-import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from models.ops.processes import free_port
+from models.ops.processes import free_port, process_group
 from tests.integration.conftest import ROOT, project_environment
 
 pytestmark = pytest.mark.integration
@@ -73,24 +71,6 @@ class AirflowUI:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
-def _stop_tree(process: subprocess.Popen, timeout: float = 60) -> None:
-    """SIGTERM `ctr airflow-ui` (which stops its components), then SIGKILL anything left of its tree."""
-    try:
-        tree = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        tree = []
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-    _, alive = psutil.wait_procs(tree, timeout=5)
-    for leftover in alive:
-        with contextlib.suppress(psutil.Error):
-            leftover.kill()
-
-
 def _two_day_window(data_dir: Path) -> dict[str, str]:
     """The Taobao slice cut to BACKFILL_DAYS (plus its rows from before the period, which validation
     quarantines) and a window of just those days: unpausing the daily feature DAG then schedules no
@@ -124,35 +104,28 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = data_dir / "airflow-ui.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            ["ctr", "airflow-ui", "--port", str(port), "--start-timeout", str(START_TIMEOUT_S)],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert process.poll() is None, "ctr airflow-ui exited:\n" + log.read_text()[-3000:]
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                health = httpx.get(f"{url}/api/v2/monitor/health", timeout=5).json()
-                # The command prints its banner (URL, login) once it has seen the same.
-                if (
-                    all(part.get("status") == "healthy" for part in health.values())
-                    and url in log.read_text()
-                ):
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"Airflow not healthy in {START_TIMEOUT_S} s:\n" + log.read_text()[-3000:])
-            time.sleep(1)
+
+    def healthy() -> bool:
+        health = httpx.get(f"{url}/api/v2/monitor/health", timeout=5).json()
+        # The command prints its banner (URL, login) once it has seen the same.
+        return all(part.get("status") == "healthy" for part in health.values()) and url in log.read_text()
+
+    # SIGTERM to `ctr airflow-ui` stops its components (each in a group of its own); whatever is
+    # left of its process tree a minute later is killed.
+    with process_group(
+        ["ctr", "airflow-ui", "--port", str(port), "--start-timeout", str(START_TIMEOUT_S)],
+        env=env,
+        cwd=ROOT,
+        log=log,
+        ready=healthy,
+        timeout_s=START_TIMEOUT_S,
+        interval_s=1,
+        grace_s=60,
+        name="ctr airflow-ui",
+    ) as process:
         passwords_file = data_dir / "airflow/simple_auth_manager_passwords.json.generated"
         password = json.loads(passwords_file.read_text())["admin"]
         yield AirflowUI(url, "admin", password, log, data_dir / "airflow", process.pid)
-    finally:
-        _stop_tree(process)
 
 
 @pytest.fixture(scope="module")

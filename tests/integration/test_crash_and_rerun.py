@@ -4,7 +4,6 @@ the feature build (offline store) and the materialization (online store), on rea
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from feature_repo.contract import CATEGORY_VIEW, ITEM_VIEW, RANKER_FEATURE_SERVICE, RECENT_VIEW, USER_VIEW
+from models.ops.processes import process_group
 from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -31,21 +31,21 @@ def _stage(env: dict, stage: str) -> subprocess.CompletedProcess:
 def _killed_midway(env: dict, stage: str, started: Callable[[], bool]) -> float:
     """Run `stage`, SIGKILL it once `started()` says it has begun writing; returns when it was killed
     (s after the start). Fails if the stage finished first."""
-    process = subprocess.Popen(
+    # Leaving the block SIGKILLs the stage's process group (and stops it if the checks here fail).
+    with process_group(
         ["ctr", "run", "--stage", stage],
         env=env,
         cwd=ROOT,
+        stop_signal=signal.SIGKILL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    began = time.monotonic()
-    while process.poll() is None and not started():
-        time.sleep(0.05)
-    time.sleep(0.3)
-    assert process.poll() is None, f"{stage} finished before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    ) as process:
+        began = time.monotonic()
+        while process.poll() is None and not started():
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert process.poll() is None, f"{stage} finished before it could be killed"
+    assert process.returncode == -signal.SIGKILL
     return time.monotonic() - began
 
 
