@@ -18,6 +18,7 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
+from models.ops.processes import start_process_group, stop_process_groups
 from models.settings import airflow_environment, get_settings
 
 
@@ -121,29 +122,6 @@ def _login_lines(env: dict[str, str]) -> list[str]:
     ]
 
 
-def _stop_components(processes: dict[str, subprocess.Popen], timeout: float = 30) -> None:
-    """Stop each component as Ctrl-C stops it in a terminal (SIGINT to its process group), then
-    SIGKILL whatever is left of their process trees, task processes (in groups of their own) too."""
-    import psutil
-
-    tree: list[psutil.Process] = []
-    for process in processes.values():
-        with contextlib.suppress(psutil.Error):
-            parent = psutil.Process(process.pid)
-            tree += [parent, *parent.children(recursive=True)]
-    for process in processes.values():
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGINT)
-    _, alive = psutil.wait_procs(tree, timeout=timeout)
-    for leftover in alive:
-        with contextlib.suppress(psutil.Error):
-            leftover.kill()
-    psutil.wait_procs(alive, timeout=10)
-    for process in processes.values():
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=5)
-
-
 def _airflow_ui(args: argparse.Namespace) -> int:
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the API server binds
@@ -161,8 +139,8 @@ def _airflow_ui(args: argparse.Namespace) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{args.port}"
 
-    # The components run in process groups of their own: Ctrl-C, SIGTERM or a closed terminal reach
-    # only this process, which stops them all, once each.
+    # The components run in sessions (process groups) of their own: Ctrl-C, SIGTERM or a closed
+    # terminal reach only this process, which stops them all, once each.
     for stop_signal in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop_signal, _raise_stop)
     processes: dict[str, subprocess.Popen] = {}
@@ -175,11 +153,8 @@ def _airflow_ui(args: argparse.Namespace) -> int:
             return migrate.returncode
         started = datetime.now(UTC)
         for name, command in UI_COMPONENTS.items():
-            with (logs / f"{name}.log").open("w") as out:
-                argv = [airflow, *(part.format(port=args.port) for part in command)]
-                processes[name] = subprocess.Popen(
-                    argv, env=env, stdout=out, stderr=subprocess.STDOUT, process_group=0
-                )
+            argv = [airflow, *(part.format(port=args.port) for part in command)]
+            processes[name] = start_process_group(argv, env=env, log=logs / f"{name}.log")
         print(f"starting {', '.join(processes)}; their logs: {logs}/", flush=True)
         deadline = time.monotonic() + args.start_timeout
         ready = False
@@ -215,7 +190,9 @@ def _airflow_ui(args: argparse.Namespace) -> int:
     finally:
         for stop_signal in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(stop_signal, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
-        _stop_components(processes)
+        # Each component as Ctrl-C stops it in a terminal (SIGINT to its process group); after 30 s,
+        # SIGKILL to whatever is left of their process trees, task processes (in groups of their own) too.
+        stop_process_groups(processes.values(), grace_s=30, stop_signal=signal.SIGINT)
 
 
 def _feast(args: argparse.Namespace) -> int:

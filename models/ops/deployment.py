@@ -12,7 +12,6 @@ stored under the data dir (BENTOML_HOME), never in ~/bentoml.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -24,7 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.ops.processes import free_port, stop_process_group
+from models.ops.processes import (
+    ProcessNotReady,
+    free_port,
+    start_process_group,
+    stop_process_group,
+    wait_ready,
+)
 from models.registry import CHAMPION, client
 from models.settings import PROJECT_ROOT, Settings, get_settings
 
@@ -219,24 +224,10 @@ def response_failures(body: dict[str, Any], item_ids: list[int], model_name: str
 
 
 def _wait_ready(process: subprocess.Popen, url: str, log: Path, timeout_s: float) -> float:
-    import httpx
-
-    started = time.perf_counter()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise DeploymentError(
-                f"bentoml serve exited with code {process.returncode} before it was ready; "
-                f"its log ({log}):\n{_tail(log.read_text())}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return time.perf_counter() - started
-        time.sleep(0.5)
-    raise DeploymentError(
-        f"bentoml serve was not ready at {url}/readyz within {timeout_s:.0f} s; "
-        f"its log ({log}):\n{_tail(log.read_text())}"
-    )
+    try:
+        return wait_ready(process, f"{url}/readyz", timeout_s, log=log, name="bentoml serve")
+    except ProcessNotReady as exc:
+        raise DeploymentError(str(exc)) from exc
 
 
 def smoke_test(
@@ -273,12 +264,9 @@ def smoke_test(
     env = _serving_environment(settings, name, workdir / "serving_log")
     command = [_bentoml(), "serve", bento_tag, "--host", "127.0.0.1", "--port", str(port)]
     started = time.perf_counter()
-    with log.open("w") as out:
-        # Its own session, so that stopping it reaches the workers too. The working directory is
-        # not the project: the Bento's own code is what gets imported.
-        process = subprocess.Popen(
-            command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    # Its own session, so that stopping it reaches the workers too. The working directory is
+    # not the project: the Bento's own code is what gets imported.
+    process = start_process_group(command, cwd=workdir, env=env, log=log)
     try:
         ready_s = _wait_ready(process, url, log, ready_timeout_s)
         champion = champion_version(settings, name)

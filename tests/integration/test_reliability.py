@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks.load import open_loop, summary
 from feature_repo.contract import RECENT_EVENT_IDS, RECENT_FEATURES, RECENT_VIEW
-from tests.conftest import ROOT, bentoml_serve, redis_copy_of
+from tests.integration.conftest import ROOT, bentoml_serve, redis_copy_of
 
 pytestmark = pytest.mark.integration
 
@@ -289,7 +289,7 @@ def test_a_failed_reload_keeps_the_current_champion_serving(
 
 
 def test_the_ranker_refuses_to_start_without_a_champion(tmp_path, reliability_report):
-    from tests.conftest import project_environment
+    from tests.integration.conftest import project_environment
 
     done = subprocess.run(
         ["ctr", "serve", "--port", "1"],
