@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.contract import CATEGORY_ID, ID_COLUMNS, ITEM_ID, USER_ID
-from models.registry import CHALLENGER, CHAMPION, client
 from models.monitoring.serving_log import FEATURE_PREFIX, REQUEST_ID, SERVED_AT, join_outcomes
-from models.settings import Settings
+from models.registry import CHALLENGER, CHAMPION, client
+from models.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -35,16 +35,32 @@ EMPTY_LOG = (
 )
 
 
+ALPHA = 0.05  # significance level of the champion/challenger test
+
+
 @dataclass(frozen=True)
 class Thresholds:
-    """The limits a daily report is checked against."""
+    """The limits a daily report is checked against: the CTR_MONITOR_* settings (their defaults
+    and meaning are in models/settings.py; build with `from_settings`), and the A/B test's level."""
 
-    max_psi: float = 0.25  # above 0.25 is the usual reading of a real population shift
-    min_coverage: float = 0.01  # share of the catalogue served at least once
-    min_online_auc: float = 0.55  # per variant: score vs intent among the served items then viewed
-    max_fallback_share: float = 0.05  # share of requests answered by the popularity fallback
-    min_requests: int = 1  # fewer requests served in the window is an alert (0 turns it off)
-    alpha: float = 0.05  # significance level of the champion/challenger test
+    max_psi: float  # a served feature's PSI from training
+    min_coverage: float  # share of the catalogue served at least once
+    min_online_auc: float  # per variant: score vs intent among the served items then viewed
+    max_fallback_share: float  # share of requests answered by the popularity fallback
+    min_requests: int  # fewer requests served in the window is an alert (0 turns it off)
+    alpha: float = ALPHA
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **changes: Any) -> Thresholds:
+        """The configured thresholds; `changes` replaces some of them (e.g. alpha)."""
+        configured = {
+            "max_psi": settings.monitor_max_psi,
+            "min_coverage": settings.monitor_min_coverage,
+            "min_online_auc": settings.monitor_min_online_auc,
+            "max_fallback_share": settings.monitor_max_fallback_share,
+            "min_requests": settings.monitor_min_requests,
+        }
+        return cls(**{**configured, **changes})
 
 
 class MonitoringAlert(RuntimeError):
@@ -114,7 +130,7 @@ def two_proportion_ztest(hits_a: int, n_a: int, hits_b: int, n_b: int) -> tuple[
     return z, float(2 * norm.sf(abs(z)))
 
 
-def ab_readout(joined: pd.DataFrame, alpha: float = 0.05) -> dict[str, Any]:
+def ab_readout(joined: pd.DataFrame, alpha: float = ALPHA) -> dict[str, Any]:
     """Online metrics per variant from the log joined with outcomes (`serving_log.join_outcomes`),
     and whether the challenger's per-request click rate differs from the champion's at `alpha`.
 
@@ -295,7 +311,7 @@ def figures(
     from matplotlib.figure import Figure
     from scipy.stats import binomtest
 
-    limit = (thresholds or Thresholds()).max_psi
+    limit = (thresholds or Thresholds.from_settings(get_settings())).max_psi
     plots: dict[str, Figure] = {}
     measured = drift.dropna(subset=["psi"]).sort_values("psi")
     if not measured.empty:
@@ -405,13 +421,14 @@ def monitor(
     thresholds: Thresholds | None = None,
 ) -> dict[str, Any]:
     """The daily monitoring stage: A/B readout, drift and coverage of one window of the serving
-    log, checked against `thresholds` and logged to MLflow; returns a JSON-able summary.
+    log, checked against `thresholds` (default: the settings') and logged to MLflow; returns a
+    JSON-able summary.
 
     `served` is `read_serving_log(...)` for the window, `events` the canonical events from its
     start to LABEL_WINDOW after its end, `training` the training set (feature columns by name).
     Breaches are listed, never raised: the caller decides (`raise_for_breaches`).
     """
-    thresholds = thresholds or Thresholds()
+    thresholds = thresholds or Thresholds.from_settings(settings)
     summary: dict[str, Any] = {
         "rows": len(served),
         "message": None,

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -23,6 +24,7 @@ from models.monitoring.readout import (
     raise_for_breaches,
 )
 from models.monitoring.serving_log import rows_of
+from models.settings import get_settings
 
 AT = datetime(2017, 12, 3, 4, 0, tzinfo=UTC)
 
@@ -147,7 +149,19 @@ def test_coverage_gini_and_diversity_on_a_hand_checked_case():
     assert without["intra_list_diversity"] is None and "not measured" in without["diversity_note"]
 
 
-def test_breaches_name_the_metric_its_value_and_the_limit():
+def test_thresholds_are_the_settings_and_have_no_defaults_of_their_own(monkeypatch):
+    monkeypatch.setenv("CTR_MONITOR_MAX_PSI", "0.4")
+    monkeypatch.setenv("CTR_MONITOR_MIN_REQUESTS", "0")
+    thresholds = Thresholds.from_settings(get_settings(), alpha=0.01)
+    assert (thresholds.max_psi, thresholds.min_requests, thresholds.alpha) == (0.4, 0, 0.01)
+    assert thresholds.min_online_auc == get_settings().monitor_min_online_auc
+    with pytest.raises(TypeError):
+        Thresholds()  # no second copy of the settings' defaults
+
+
+def test_breaches_name_the_metric_its_value_and_the_limit(monkeypatch):
+    for name in [n for n in os.environ if n.startswith("CTR_MONITOR_")]:
+        monkeypatch.delenv(name)
     rng = np.random.default_rng(4)
     readout = ab_readout(
         pd.concat(
@@ -166,7 +180,8 @@ def test_breaches_name_the_metric_its_value_and_the_limit():
         "coverage": {"coverage": 0.002},
     }
     challenger, champion = (readout["variants"][v]["request_click_rate"] for v in ("challenger", "champion"))
-    assert breaches(report, Thresholds(max_fallback_share=0.01)) == [
+    configured = Thresholds.from_settings(get_settings())  # the settings' defaults
+    assert breaches(report, replace(configured, max_fallback_share=0.01)) == [
         "fallback share of requests 0.048 is above the limit 0.01",
         "champion online AUC of intent after a view 0.5200 is below the limit 0.55",
         f"challenger per-request click rate {challenger:.4f} is significantly below the champion's "
@@ -174,9 +189,11 @@ def test_breaches_name_the_metric_its_value_and_the_limit():
         "feature item_pv_7d PSI 0.400 is above the limit 0.25",
         "catalogue coverage 0.0020 is below the limit 0.01",
     ]
-    lenient = Thresholds(max_psi=0.5, min_coverage=0.001, min_online_auc=0.5, alpha=1e-30)
+    lenient = Thresholds.from_settings(
+        get_settings(), max_psi=0.5, min_coverage=0.001, min_online_auc=0.5, alpha=1e-30
+    )
     assert breaches(report, lenient) == []
-    assert breaches({"ab": None}, Thresholds()) == ["0 requests served in the window, below the minimum of 1"]
+    assert breaches({"ab": None}, configured) == ["0 requests served in the window, below the minimum of 1"]
 
 
 def test_breaches_fail_the_task_with_every_sentence_and_nothing_fails_without_them():
@@ -193,8 +210,6 @@ def settings(tmp_path, monkeypatch):
     # MLflow exports the active experiment id to the environment: undo it after the test.
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
-    from models.settings import get_settings
-
     return get_settings()
 
 
