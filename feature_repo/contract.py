@@ -1,12 +1,64 @@
 """The feature contract: every name shared by ingestion, features, training and serving.
 
-Feast loads this file with the rest of the repo, so it holds constants only, no Feast objects
-and no imports from the rest of the project.
+Feast loads this file with the rest of the repo, so it holds constants and a few small pure
+functions, no Feast objects and no imports from the rest of the project.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import os
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+# --- Where the data lives ----------------------------------------------------------------------
+# Everything the project writes lives under one data dir; models/paths.py names every path in it.
+# The feature repo needs only its offline sources' folder, so it reads the variable here itself
+# and never imports the library (whose settings would fail it on any unrelated bad variable).
+DATA_DIR_VARIABLE = "CTR_DATA_DIR"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "var"
+OFFLINE_FOLDER = "offline"  # <data dir>/offline/: the Parquet files of feature_repo/data_sources.py
+
+
+def data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """CTR_DATA_DIR (blank counts as unset), else var/ in the project; absolute."""
+    value = (os.environ if environ is None else environ).get(DATA_DIR_VARIABLE, "").strip()
+    return Path(value or DEFAULT_DATA_DIR).resolve()
+
+
+# --- The shop's time -------------------------------------------------------------------------
+# The shop's time zone. CTR_TIMEZONE (models/settings.py) defaults to it and sets the calendar
+# days of lake partitions, daily snapshots and DAG schedules. The hour of day is always taken
+# here: it is a feature, fixed in the registered on-demand views and in the models trained on them.
+SHOP_TIMEZONE = "Asia/Shanghai"
+
+
+def _fixed_utc_offset_s(zone: str) -> int:
+    """The zone's offset from UTC in seconds; shop_hour's arithmetic needs one without daylight saving."""
+    tz = ZoneInfo(zone)
+    offsets = {datetime(2017, month, 1, tzinfo=tz).utcoffset() for month in (1, 7)}
+    if len(offsets) != 1:
+        raise ValueError(f"{zone} has daylight saving time: shop_hour needs a fixed UTC offset")
+    return int(offsets.pop().total_seconds())
+
+
+SHOP_UTC_OFFSET_S = _fixed_utc_offset_s(SHOP_TIMEZONE)  # Asia/Shanghai: UTC+8 all year
+
+
+def shop_hour(when):
+    """Hour of day (0..23) in the shop's time of Unix seconds, or of an aware datetime.
+
+    Unix seconds may be an int or float (an int comes back), or a NumPy array or pandas Series
+    of them (an array or Series of hours comes back, of their dtype).
+    """
+    if isinstance(when, datetime):  # pd.Timestamp too
+        if when.utcoffset() is None:
+            raise ValueError(f"{when!r} needs a time zone")
+        when = when.timestamp()
+    hour = (when + SHOP_UTC_OFFSET_S) // 3600 % 24
+    return int(hour) if isinstance(hour, int | float) else hour
+
 
 # --- Canonical event schema (one row = one shopper action) -------------------------------------
 USER_ID = "user_id"
@@ -102,8 +154,7 @@ RECENT_FEATURES: list[str] = [
     RECENT_BEHAVIORS,
 ]
 # Request-time features (feature_repo/on_demand_views.py), relative to the request's Unix time.
-REQUEST_TS = "request_ts"
-SHOP_UTC_OFFSET_HOURS = 8  # hour of day is taken in the shop's time (Asia/Shanghai, no DST)
+REQUEST_TS = "request_ts"  # request_hour is shop_hour(request_ts)
 SHORT_WINDOWS_S: dict[str, int] = {"5m": 300, "1h": 3600}
 REALTIME_FEATURES: list[str] = [
     "request_hour",

@@ -2,8 +2,11 @@
 (get_historical_features) and for a live request (get_online_features).
 
 The functions get and return columns as lists (Feast's "python" mode). They are stored in the
-registry by value, so they import nothing from this repo: constants come in as default arguments.
+registry by value, so they import nothing from this repo: constants, and copies of the contract's
+functions that are stored by value too (`_by_value`), come in as default arguments.
 """
+
+import types
 
 from contract import (
     AFFINITY_FEATURES,
@@ -20,11 +23,11 @@ from contract import (
     RECENT_ITEMS,
     RECENT_TIMESTAMPS,
     REQUEST_TS,
-    SHOP_UTC_OFFSET_HOURS,
     SHORT_WINDOWS_S,
     TOP_CATEGORIES,
     USER_TOP_CATEGORIES,
     USER_TOP_CATEGORY_SHARES,
+    shop_hour,
 )
 from data_sources import request_context
 from feast import Field
@@ -36,6 +39,23 @@ from feature_views import item_behavior_stats, user_behavior_stats, user_recent_
 # view of the same name.
 _WINDOWS_S = tuple(SHORT_WINDOWS_S.values())
 _INTENT_CODES = tuple(BEHAVIORS.index(b) for b in INTENT_BEHAVIORS)
+
+
+def _by_value(function: types.FunctionType) -> types.FunctionType:
+    """A copy of `function` that the registry stores by value, as Feast stores a view's own function
+    (its module set to __main__), so that a reader needs no `contract` module to load the view."""
+    copy = types.FunctionType(
+        function.__code__,
+        function.__globals__,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    copy.__module__ = "__main__"
+    return copy
+
+
+_SHOP_HOUR = _by_value(shop_hour)
 
 
 @on_demand_feature_view(
@@ -85,7 +105,7 @@ def realtime_context(
     _windows=_WINDOWS_S,
     _hour=SHORT_WINDOWS_S["1h"],
     _intents=_INTENT_CODES,
-    _offset_s=SHOP_UTC_OFFSET_HOURS * 3600,
+    _shop_hour=_SHOP_HOUR,
     _cap_s=RECENCY_CAP_DAYS * 86400.0,
 ) -> dict:
     now = inputs[_request_ts]
@@ -110,7 +130,7 @@ def realtime_context(
             ages = [t - ts[j] for j in known]
             user = (
                 [
-                    float(((t + _offset_s) // 3600) % 24),
+                    float(_shop_hour(t)),
                     float(min(min(ages), _cap_s)) if ages else _cap_s,
                     *[float(sum(1 for a in ages if a < w)) for w in _windows],
                     float(

@@ -14,6 +14,8 @@ from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
+from feature_repo.contract import SHOP_TIMEZONE
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _SHARED_EVENTS = PROJECT_ROOT.parent / "shared/data/taobao_userbehavior/userbehavior_user_slice.csv"
 _SAMPLE_EVENTS = PROJECT_ROOT / "data/sample/userbehavior_user_slice.csv.gz"
@@ -172,7 +174,7 @@ def get_settings() -> Settings:
         window_end=_timestamp("CTR_WINDOW_END", "2017-12-04T00:00:00+08:00"),
         valid_start=_timestamp("CTR_VALID_START", "2017-12-01T00:00:00+08:00"),
         test_start=_timestamp("CTR_TEST_START", "2017-12-02T00:00:00+08:00"),
-        timezone=_env("CTR_TIMEZONE", "Asia/Shanghai"),
+        timezone=_env("CTR_TIMEZONE", SHOP_TIMEZONE),
         max_bad_row_fraction=float(_env("CTR_MAX_BAD_ROW_FRACTION", "0.01")),
         feast_repo=feast_repo,
         feast_yaml=Path(_env("CTR_FEAST_YAML", str(feast_repo / "feature_store.yaml"))).resolve(),

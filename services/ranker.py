@@ -33,10 +33,10 @@ from feature_repo.contract import (
     RECENT_ITEMS,
     RECENT_TIMESTAMPS,
     RECENT_VIEW,
-    SHOP_UTC_OFFSET_HOURS,
     USER_ID,
     USER_TOP_CATEGORIES,
     USER_VIEW,
+    shop_hour,
 )
 from models.data.privacy import pseudonym
 from models.settings import get_settings
@@ -54,10 +54,6 @@ Explain = Annotated[bool, Field(description="Add each item's top feature contrib
 
 class FeatureBindingError(RuntimeError):
     """The model was trained on other features than the Feast registry now serves."""
-
-
-def _hour(request_ts: int) -> int:
-    return ((request_ts + SHOP_UTC_OFFSET_HOURS * 3600) // 3600) % 24
 
 
 @bentoml.service(traffic={"timeout": 10}, workers=1)
@@ -302,7 +298,7 @@ class Ranker:
                 "(ctr run, or the ctr_features DAG) to build them"
             )
         request_ts = context.request_ts if context and context.request_ts is not None else int(time.time())
-        hour = _hour(request_ts)
+        hour = shop_hour(request_ts)
         try:
             items, categories = self.guard.call(self._user_history, user_id, request_ts)
         except StoreUnavailable as exc:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import numbers
 import os
 import shutil
 import time
@@ -44,8 +43,8 @@ from feature_repo.contract import (
     EVENT_TIMESTAMP,
     ITEM_ID,
     RECENT_EVENTS,
-    SHOP_UTC_OFFSET_HOURS,
     USER_ID,
+    shop_hour,  # the hour of day in shop time; imported from here too
 )
 from models.data.events import unix_seconds
 from models.settings import Settings, get_settings
@@ -107,12 +106,6 @@ def _utc(when: datetime | pd.Timestamp) -> pd.Timestamp:
     if stamp.tzinfo is None:
         raise ValueError(f"{when!r} needs a time zone")
     return stamp.tz_convert("UTC")
-
-
-def shop_hour(when: datetime | pd.Timestamp | float) -> int:
-    """Hour of day (0..23) in shop time of an aware timestamp or of Unix seconds."""
-    seconds = float(when) if isinstance(when, numbers.Real) else _utc(when).timestamp()
-    return int((seconds // 3600 + SHOP_UTC_OFFSET_HOURS) % HOURS)
 
 
 # --- Building ----------------------------------------------------------------------------------
@@ -257,7 +250,7 @@ def _popularity(ev: _Events, config: CandidateConfig) -> pd.DataFrame:
     """Per hour of day the top `per_hour` items by smoothed hour score; then every item overall."""
     n = len(ev.item_ids)
     overall = np.bincount(ev.item, weights=ev.weight, minlength=n)
-    hour = (ev.seconds // 3600 + SHOP_UTC_OFFSET_HOURS) % HOURS
+    hour = shop_hour(ev.seconds)
     key, weight = _sum_by_key(hour * n + ev.item, ev.weight)
     # An item unseen in an hour scores its prior only, so the overall leaders are the only unseen
     # items that can make an hour's list: add them with zero hour weight.

@@ -3,6 +3,7 @@
 import pandas as pd
 import pytest
 
+from feature_repo.contract import shop_hour as contract_shop_hour
 from models.retrieval.candidates import (
     CATEGORY,
     COVISIT,
@@ -107,6 +108,7 @@ def test_cold_start_follows_the_hour_of_day_in_shop_time():
     )
     index = build_candidates(events, UNTIL, config=CandidateConfig(half_life_s=1e12))
     assert shop_hour(T0 + morning * MIN) == 9
+    assert shop_hour is contract_shop_hour  # the one hour of day, the ranker's and the features' too
     assert index.cold_start(2, 9) == [10, 20]
     assert index.cold_start(2, 21) == [20, 30]
     assert index.cold_start(3, 3) == [20, 10, 30]  # no event at 03:00: the overall ranking

@@ -75,3 +75,31 @@ def test_shared_and_copied_lists_give_the_same_values(realtime_context):
     assert out["user_events_1h"][3:5] == [3.0, 3.0]  # the buy is known now; the first view is 4,300 s old
     assert out["user_seconds_since_last_event"][5:7] == [10.0, 10.0]
     assert out["user_seconds_since_last_event"][7] == 7 * 86400.0  # no events: the cap
+
+
+def test_the_view_is_stored_by_value_and_runs_where_the_repo_cannot_be_imported(realtime_context, tmp_path):
+    """The registry keeps the function as Feast serialises it; a reader (the ranker, a training
+    run) loads it without the repo's folder on its path, so the contract's shop_hour travels in it."""
+    import json
+    import subprocess
+
+    import dill
+
+    body = tmp_path / "udf.dill"
+    body.write_bytes(dill.dumps(realtime_context, recurse=True))  # as Feast stores it
+    inputs = _request([2, 4, 9], [10, 30, None], _user_lists())
+    script = (
+        "import dill, json, sys\n"
+        "udf = dill.loads(open(sys.argv[1], 'rb').read())\n"
+        "assert not {'contract', 'on_demand_views', 'feature_repo'} & set(sys.modules), sorted(sys.modules)\n"
+        "print(json.dumps(udf(json.loads(sys.argv[2]))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(body), json.dumps(inputs)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == realtime_context(inputs)
