@@ -15,6 +15,8 @@ from functools import cached_property
 from pathlib import Path
 
 from feature_repo.contract import SHOP_TIMEZONE
+from feature_repo.contract import data_dir as configured_data_dir
+from models.paths import DataPaths
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _SHARED_EVENTS = PROJECT_ROOT.parent / "shared/data/taobao_userbehavior/userbehavior_user_slice.csv"
@@ -44,6 +46,7 @@ class Settings:
     """One snapshot of the environment; build it with `get_settings()`."""
 
     data_dir: Path
+    paths: DataPaths  # every path under the data dir (models/paths.py)
     raw_events: Path
     window_start: datetime
     window_end: datetime
@@ -54,7 +57,6 @@ class Settings:
     feast_repo: Path
     feast_yaml: Path
     mlflow_tracking_uri: str
-    mlflow_artifact_root: Path
     experiment: str
     xgb_model_name: str
     wide_deep_model_name: str
@@ -71,15 +73,12 @@ class Settings:
     http_keep_alive_s: int
     item_cache_ttl_s: float
     warm_items: int
-    serving_log_dir: Path
-    candidates_dir: Path
     device: str
     seed: int
     online_store: str
     redis_connection: str
     feast_registry: str  # a file path, or a URL Feast reads (s3://, gs://, postgresql://…)
     feast_registry_ttl_s: int
-    event_log_dir: Path
     ingest_max_events: int
     ingest_url: str
     ingest_retry_s: float
@@ -97,31 +96,46 @@ class Settings:
     max_request_bytes: int
     ingest_max_request_bytes: int
 
-    @cached_property
+    # Paths under the data dir, by their older names; `paths` has them all.
+    @property
     def lake_dir(self) -> Path:
-        """Canonical and accepted events, one Parquet file per stage."""
-        return self.data_dir / "lake"
+        return self.paths.lake
 
-    @cached_property
+    @property
     def quarantine_dir(self) -> Path:
-        return self.data_dir / "quarantine"
+        return self.paths.quarantine
 
-    @cached_property
+    @property
     def gx_dir(self) -> Path:
-        """The Great Expectations project: suites, validation results and Data Docs."""
-        return self.data_dir / "gx"
+        return self.paths.gx
 
-    @cached_property
+    @property
     def datasets_dir(self) -> Path:
-        return self.data_dir / "datasets"
+        return self.paths.datasets
 
-    @cached_property
+    @property
     def models_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.paths.models
 
-    @cached_property
+    @property
     def airflow_home(self) -> Path:
-        return Path(_env("AIRFLOW_HOME", str(self.data_dir / "airflow")))
+        return self.paths.airflow
+
+    @property
+    def serving_log_dir(self) -> Path:
+        return self.paths.serving_log
+
+    @property
+    def candidates_dir(self) -> Path:
+        return self.paths.candidates
+
+    @property
+    def event_log_dir(self) -> Path:
+        return self.paths.event_log
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        return self.paths.mlflow_artifacts
 
     @cached_property
     def feast_online_store(self) -> str:
@@ -135,7 +149,7 @@ class Settings:
             return explicit
         if self.online_store == "redis":
             return json.dumps({"type": "redis", "connection_string": self.redis_connection})
-        return json.dumps({"type": "sqlite", "path": str(self.data_dir / "feast/online.db")})
+        return json.dumps({"type": "sqlite", "path": str(self.paths.feast_online_db)})
 
     def feast_variables(self) -> dict[str, str]:
         """The ${VARS} feature_store.yaml refers to, with their values for these settings."""
@@ -163,11 +177,22 @@ def default_raw_events() -> Path:
 
 
 def get_settings() -> Settings:
-    data_dir = Path(_env("CTR_DATA_DIR", str(PROJECT_ROOT / "var"))).resolve()
+    data_dir = configured_data_dir()  # CTR_DATA_DIR, read as the feature repo reads it
+    default = DataPaths.under(data_dir)
+    # Folders a variable of their own moves out of the data dir.
+    paths = DataPaths.under(
+        data_dir,
+        serving_log=Path(_env("CTR_SERVING_LOG", str(default.serving_log))).resolve(),
+        candidates=Path(_env("CTR_CANDIDATES_DIR", str(default.candidates))).resolve(),
+        event_log=Path(_env("CTR_EVENT_LOG", str(default.event_log))).resolve(),
+        mlflow_artifacts=Path(_env("CTR_MLFLOW_ARTIFACTS", str(default.mlflow_artifacts))),
+        airflow=Path(_env("AIRFLOW_HOME", str(default.airflow))),
+    )
     feast_repo = Path(_env("CTR_FEAST_REPO", str(PROJECT_ROOT / "feature_repo"))).resolve()
     ingest_max_events = int(_env("CTR_INGEST_MAX_EVENTS", "10000"))
     settings = Settings(
         data_dir=data_dir,
+        paths=paths,
         raw_events=Path(_env("CTR_RAW_EVENTS", str(default_raw_events()))),
         # The dataset's official period, in Beijing time: 2017-11-25 .. 2017-12-03 inclusive.
         window_start=_timestamp("CTR_WINDOW_START", "2017-11-25T00:00:00+08:00"),
@@ -178,8 +203,7 @@ def get_settings() -> Settings:
         max_bad_row_fraction=float(_env("CTR_MAX_BAD_ROW_FRACTION", "0.01")),
         feast_repo=feast_repo,
         feast_yaml=Path(_env("CTR_FEAST_YAML", str(feast_repo / "feature_store.yaml"))).resolve(),
-        mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{data_dir}/mlflow/mlflow.db"),
-        mlflow_artifact_root=Path(_env("CTR_MLFLOW_ARTIFACTS", str(data_dir / "mlflow/artifacts"))),
+        mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{paths.mlflow_db}"),
         experiment=_env("CTR_EXPERIMENT", "ctr-ranking"),
         xgb_model_name=_env("CTR_XGB_MODEL_NAME", "ctr-xgboost"),
         wide_deep_model_name=_env("CTR_WIDE_DEEP_MODEL_NAME", "ctr-wide-deep"),
@@ -204,15 +228,12 @@ def get_settings() -> Settings:
         item_cache_ttl_s=float(_env("CTR_ITEM_CACHE_TTL_S", "30")),
         # The most popular items are re-read ahead of their expiry, so requests rarely miss them.
         warm_items=int(_env("CTR_WARM_ITEMS", "1000")),
-        serving_log_dir=Path(_env("CTR_SERVING_LOG", str(data_dir / "serving_log"))).resolve(),
-        candidates_dir=Path(_env("CTR_CANDIDATES_DIR", str(data_dir / "candidates"))).resolve(),
         device=_env("CTR_DEVICE", "auto"),
         seed=int(_env("CTR_SEED", "42")),
         online_store=_env("CTR_ONLINE_STORE", "sqlite").lower(),
         redis_connection=_env("CTR_REDIS_CONNECTION", "127.0.0.1:6379"),
-        feast_registry=_env("CTR_FEAST_REGISTRY", str(data_dir / "feast/registry.db")),
+        feast_registry=_env("CTR_FEAST_REGISTRY", str(paths.feast_registry)),
         feast_registry_ttl_s=int(_env("CTR_FEAST_REGISTRY_TTL_S", "10")),
-        event_log_dir=Path(_env("CTR_EVENT_LOG", str(data_dir / "events"))).resolve(),
         ingest_max_events=ingest_max_events,
         ingest_url=_env("CTR_INGEST_URL", "http://127.0.0.1:3001"),
         # Events taken while the online store was down are logged, then applied this often until it is back.
@@ -225,7 +246,9 @@ def get_settings() -> Settings:
         alert_webhook=_env("CTR_ALERT_WEBHOOK", ""),
         # The daily monitoring run alerts when a served feature drifts past this PSI from training,
         # too little of the catalogue is served, a variant's online AUC is too low, too many
-        # requests fall back to popularity, or fewer requests than this were served.
+        # requests fall back to popularity, or fewer requests than this were served (0 turns that
+        # check off). A PSI above 0.25 is the usual reading of a real population shift.
+        # models/monitoring/readout.py reads these as `Thresholds.from_settings`.
         monitor_max_psi=float(_env("CTR_MONITOR_MAX_PSI", "0.25")),
         monitor_min_coverage=float(_env("CTR_MONITOR_MIN_COVERAGE", "0.01")),
         monitor_min_online_auc=float(_env("CTR_MONITOR_MIN_ONLINE_AUC", "0.55")),
@@ -233,7 +256,8 @@ def get_settings() -> Settings:
         monitor_min_requests=int(_env("CTR_MONITOR_MIN_REQUESTS", "1")),
         # Bearer token the write endpoints (ingest POST /events, ranker POST /reload) require; empty: open.
         api_token=_env("CTR_API_TOKEN", ""),
-        # Key of the user-id pseudonyms (models/data/privacy.py); empty: user ids are kept as the shop sends them.
+        # Key of the user-id pseudonyms (models/data/privacy.py); empty: user ids are kept as the
+        # shop sends them.
         user_id_key=_env("CTR_USER_ID_KEY", ""),
         # Larger request bodies get a 413 before they are parsed: the ranker's, and the ingest
         # service's (by default room for CTR_INGEST_MAX_EVENTS events of up to 512 bytes each).

@@ -192,8 +192,8 @@ class Ingestor:
 
         self.store = store or open_store(settings)
         self.guard = guard
-        self.log = EventLog(settings.event_log_dir)
-        self.pending = PendingEvents(settings.event_log_dir / "pending")
+        self.log = EventLog(settings.paths.event_log)
+        self.pending = PendingEvents(settings.paths.pending_events)
         self.user_id_key = settings.user_id_key
         self.store_error = ""  # why the last store call failed; empty while the store works
         self._lock = threading.Lock()

@@ -57,12 +57,12 @@ def service_url(settings: Settings) -> str | None:
 
 def bentoml_home(settings: Settings) -> Path:
     """The Bento store: BENTOML_HOME of every bentoml command run here."""
-    return settings.data_dir / "bentoml"
+    return settings.paths.bentoml
 
 
 def deployments_log(settings: Settings) -> Path:
     """One JSON line per deployment."""
-    return settings.data_dir / "deployments" / "deployments.jsonl"
+    return settings.paths.deployments_log
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def _serving_environment(settings: Settings, model_name: str, serving_log: Path)
         **settings.feast_variables(),
         "CTR_DATA_DIR": str(settings.data_dir),
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
-        "CTR_CANDIDATES_DIR": str(settings.candidates_dir),
+        "CTR_CANDIDATES_DIR": str(settings.paths.candidates),
         "CTR_SERVED_MODEL": model_name,
         "CTR_CHALLENGER_SHARE": "0",
         "CTR_SERVING_LOG": str(serving_log),
@@ -181,7 +181,7 @@ def sample_request(settings: Settings, n_items: int = 20) -> dict[str, Any]:
     events = read_events(settings, ACCEPTED)[[USER_ID, ITEM_ID, EVENT_TIMESTAMP]].dropna()
     if events.empty:
         raise DeploymentError(
-            f"no accepted events under {settings.lake_dir} to pick a smoke-test request from; "
+            f"no accepted events under {settings.paths.lake} to pick a smoke-test request from; "
             "pass user_id and item_ids"
         )
     last = events[EVENT_TIMESTAMP].max()
@@ -256,7 +256,7 @@ def smoke_test(
     request = sample_request(settings) if user_id is None or item_ids is None else {}
     request.update({key: value for key, value in given.items() if value is not None})
 
-    workdir = settings.data_dir / "deployments" / "smoke" / bento_tag.replace(":", "-")
+    workdir = settings.paths.smoke_test_dir(bento_tag)
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "serve.log"
     port = free_port()

@@ -63,7 +63,8 @@ def monitored_window(context: dict[str, Any]) -> tuple[datetime, datetime]:
 
 def notify_failure(context: dict[str, Any]) -> None:
     """Failure callback of every task: one line in the task log, one JSON line in
-    `<data dir>/alerts/alerts.jsonl`, and a POST to CTR_ALERT_WEBHOOK when it is set."""
+    `settings.paths.alerts` (<data dir>/alerts/alerts.jsonl), and a POST to CTR_ALERT_WEBHOOK when
+    it is set."""
     settings = get_settings()
     ti = context.get("ti") or context.get("task_instance")
     alert = {
@@ -75,9 +76,8 @@ def notify_failure(context: dict[str, Any]) -> None:
         "error": str(context.get("exception") or "")[:2000],
     }
     log.error("ALERT %(dag_id)s.%(task_id)s failed in %(run_id)s: %(error)s", alert)
-    folder = settings.data_dir / "alerts"
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "alerts.jsonl").open("a") as out:
+    settings.paths.alerts.parent.mkdir(parents=True, exist_ok=True)
+    with settings.paths.alerts.open("a") as out:
         out.write(json.dumps(alert) + "\n")
     if settings.alert_webhook:
         import httpx

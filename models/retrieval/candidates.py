@@ -491,10 +491,10 @@ def build_candidates_stage(settings: Settings | None = None) -> dict[str, Any]:
         raise ValueError("No accepted events to build candidates from")
     until = events[EVENT_TIMESTAMP].max() + pd.Timedelta(seconds=1)  # the last event included
     index = build_candidates(events, until)
-    index.save(settings.candidates_dir)
+    index.save(settings.paths.candidates)
     summary = {
         **index.summary(),
-        "path": str(settings.candidates_dir),
+        "path": str(settings.paths.candidates),
         "seconds": round(time.perf_counter() - started, 3),
     }
     log.info("candidates: %s", json.dumps(summary))

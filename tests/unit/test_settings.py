@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from models.settings import airflow_environment, get_settings
@@ -40,3 +42,59 @@ def test_env_example_lists_every_variable_the_settings_read():
 def test_a_feast_registry_url_is_kept_as_it_is(monkeypatch):
     monkeypatch.setenv("CTR_FEAST_REGISTRY", "s3://shop-features/registry.db")
     assert get_settings().feast_variables()["CTR_FEAST_REGISTRY"] == "s3://shop-features/registry.db"
+
+
+def test_every_path_comes_from_the_data_dir_and_the_older_names_read_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
+    moved = ("CTR_SERVING_LOG", "CTR_CANDIDATES_DIR", "CTR_EVENT_LOG", "CTR_MLFLOW_ARTIFACTS", "AIRFLOW_HOME")
+    stores = ("MLFLOW_TRACKING_URI", "CTR_FEAST_REGISTRY", "CTR_FEAST_ONLINE_STORE", "CTR_ONLINE_STORE")
+    for name in (*moved, *stores):
+        monkeypatch.delenv(name, raising=False)
+    settings = get_settings()
+    paths = settings.paths
+    assert paths.root == settings.data_dir == tmp_path.resolve()
+    assert (settings.lake_dir, settings.quarantine_dir) == (paths.lake, paths.quarantine)
+    assert settings.gx_dir == paths.gx and paths.data_docs.is_relative_to(paths.gx)
+    assert (settings.datasets_dir, settings.models_dir) == (paths.datasets, paths.models)
+    assert paths.training_set == tmp_path / "datasets/training_set.parquet"
+    assert paths.trained_model_dir("xgboost") == tmp_path / "models/candidates/xgboost"
+    assert paths.evaluation == tmp_path / "models/candidates/evaluation.json"
+    assert settings.candidates_dir == paths.candidates == tmp_path / "candidates"
+    assert settings.serving_log_dir == paths.serving_log == tmp_path / "serving_log"
+    assert settings.event_log_dir == paths.event_log == tmp_path / "events"
+    assert paths.pending_events == tmp_path / "events/pending"
+    assert settings.mlflow_artifact_root == paths.mlflow_artifacts == tmp_path / "mlflow/artifacts"
+    assert settings.airflow_home == paths.airflow == tmp_path / "airflow"
+    assert settings.mlflow_tracking_uri == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
+    assert settings.feast_registry == str(paths.feast_registry) == str(tmp_path / "feast/registry.db")
+    assert str(paths.feast_online_db) in settings.feast_online_store
+    elsewhere = (
+        paths.offline,
+        paths.bentoml,
+        paths.deployments_log,
+        paths.alerts,
+        paths.service_home("ranker"),
+    )
+    for path in (*elsewhere, paths.smoke_test_dir("ctr_ranker:1")):
+        assert path.is_relative_to(tmp_path)
+
+
+def test_a_folder_moved_by_its_own_variable_moves_in_paths_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CTR_SERVING_LOG", str(tmp_path / "log"))
+    monkeypatch.setenv("CTR_EVENT_LOG", str(tmp_path / "events"))
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    settings = get_settings()
+    assert settings.serving_log_dir == settings.paths.serving_log == tmp_path / "log"
+    assert settings.paths.pending_events == tmp_path / "events/pending"
+    assert settings.airflow_home == tmp_path / "airflow"
+    assert settings.paths.lake == tmp_path / "data/lake"
+
+
+def test_the_feature_repo_reads_the_data_dir_as_the_settings_do(tmp_path, monkeypatch):
+    from feature_repo.contract import DATA_DIR_VARIABLE, data_dir
+
+    monkeypatch.setenv(DATA_DIR_VARIABLE, f"  {tmp_path}  ")
+    assert data_dir() == get_settings().data_dir == tmp_path.resolve()
+    monkeypatch.setenv(DATA_DIR_VARIABLE, " ")
+    assert data_dir() == get_settings().data_dir == (Path(__file__).resolve().parents[2] / "var")
