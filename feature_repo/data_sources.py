@@ -1,17 +1,16 @@
 """Sources: Parquet files written by the batch feature job (models/features/batch.py), and the push
 source the ingest service (services/ingest.py) writes live updates through.
 
-Paths are absolute, under CTR_DATA_DIR (see models/settings.py), because Feast's offline stores
-disagree on what a relative path is relative to. The job asks these sources where to write.
+Paths are absolute, under the data dir (CTR_DATA_DIR, read by the contract's `data_dir`, not by the
+project's settings), because Feast's offline stores disagree on what a relative path is relative
+to. The job asks these sources where to write.
 """
 
-from contract import EVENT_TIMESTAMP, RECENT_PUSH_SOURCE, REQUEST_TS
+from contract import EVENT_TIMESTAMP, OFFLINE_FOLDER, RECENT_PUSH_SOURCE, REQUEST_TS, data_dir
 from feast import Field, FileSource, PushSource, RequestSource
 from feast.types import Int64
 
-from models.settings import get_settings
-
-OFFLINE_DIR = get_settings().data_dir / "offline"
+OFFLINE_DIR = data_dir() / OFFLINE_FOLDER
 
 user_stats_source = FileSource(
     name="user_stats_source",
