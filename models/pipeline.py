@@ -1,7 +1,9 @@
 """The pipeline's stages, wired: each reads its inputs, calls its stage's package for every step
 and writes its outputs, returning a typed summary (models.stage_results). Airflow tasks, the CLI
 and the tests all call these; the work itself lives in models.data, models.features,
-models.retrieval, models.training, models.evaluation and models.monitoring."""
+models.retrieval, models.training, models.evaluation and models.monitoring. One short function per
+stage, read top to bottom in the order a full run takes them: hence its length.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import json
 import logging
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -71,20 +72,6 @@ log = logging.getLogger(__name__)
 CATEGORICAL_COLUMNS: tuple[str, ...] = ID_COLUMNS
 
 
-def _training_set(settings: Settings) -> Path:
-    return settings.datasets_dir / "training_set.parquet"
-
-
-def _trained_dir(settings: Settings, kind: str | None = None) -> Path:
-    """Where trained models wait to be evaluated and registered (one folder per kind)."""
-    root = settings.models_dir / "candidates"
-    return root / kind if kind else root
-
-
-def _evaluation(settings: Settings) -> Path:
-    return _trained_dir(settings) / "evaluation.json"
-
-
 def _interval(settings: Settings, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
     """A stage's data interval: the one given (an Airflow run's), else the whole configured window."""
     return start or settings.window_start, end or settings.window_end
@@ -137,7 +124,7 @@ def validate(
         until = day + pd.Timedelta(days=1)
         batch_rows = lake.read_events(settings, lake.INGESTED, day, until)
         outcome = validate_events(batch_rows, day, until, settings.max_bad_row_fraction, settings.data_dir)
-        report_path = write_outcome(outcome, settings.quarantine_dir / lake.partition_name(day))
+        report_path = write_outcome(outcome, settings.paths.quarantine / lake.partition_name(day))
         summary = {k: v for k, v in outcome.summary().items() if k != "statistics"}
         days[f"{day:%Y-%m-%d}"] = {**summary, "report": str(report_path)}
         for key in totals:
@@ -162,14 +149,14 @@ def validate(
 
 def data_docs_index(settings: Settings) -> str:
     """Where the Great Expectations Data Docs of every validated batch are."""
-    return (settings.gx_dir / "uncommitted/data_docs/local_site/index.html").as_uri()
+    return settings.paths.data_docs.as_uri()
 
 
 def validation_totals(settings: Settings | None = None) -> ValidationTotals:
     """Input, accepted and quarantined rows over every validated day (the reports in quarantine/)."""
     settings = settings or get_settings()
     counts = {"input_rows": 0, "accepted_rows": 0, "quarantined_rows": 0}
-    failed, reports = [], sorted(settings.quarantine_dir.glob("date=*/report.json"))
+    failed, reports = [], sorted(settings.paths.quarantine.glob("date=*/report.json"))
     for path in reports:
         summary = json.loads(path.read_text())
         for key in counts:
@@ -269,12 +256,12 @@ def build_training_set(settings: Settings | None = None) -> TrainingSetBuilt:
     labelled = label_page_views(events, LABEL_WINDOW, settings.window_end)
     store = feast_store.open_store(settings)
     frame = join_features(store, labelled, store.get_feature_service(MODEL_FEATURE_SERVICE))
-    feast_store.write_offline(frame, _training_set(settings))
+    feast_store.write_offline(frame, settings.paths.training_set)
     return TrainingSetBuilt(len(frame), int(frame[LABEL].sum()), float(frame[LABEL].mean()))
 
 
 def _split(settings: Settings) -> Split:
-    frame = pd.read_parquet(_training_set(settings))
+    frame = pd.read_parquet(settings.paths.training_set)
     return split_by_time(frame, settings.valid_start, settings.test_start)
 
 
@@ -293,7 +280,7 @@ def train(kind: str, settings: Settings | None = None) -> Trained:
     model, summary = train_kind(
         kind, _split(settings), features, resolve_device(settings.device), settings.seed
     )
-    model.save(_trained_dir(settings, kind))
+    model.save(settings.paths.trained_model_dir(kind))
     return Trained(kind, model.meta["rows"], model.meta["device"], model.meta["train_seconds"], summary)
 
 
@@ -310,11 +297,11 @@ def train_wide_deep(settings: Settings | None = None) -> Trained:
 def _trained_models(settings: Settings) -> dict[str, ScoringModel]:
     found = {}
     for kind in KINDS:
-        folder = _trained_dir(settings, kind)
+        folder = settings.paths.trained_model_dir(kind)
         if (folder / "meta.json").exists():
             found[kind] = load_saved(folder)
     if not found:
-        raise FileNotFoundError(f"No trained model under {_trained_dir(settings)}; run train first")
+        raise FileNotFoundError(f"No trained model under {settings.paths.trained_models}; run train first")
     return found
 
 
@@ -328,8 +315,8 @@ def evaluate(settings: Settings | None = None) -> dict[str, Any]:
     split = _split(settings)
     features, _ = _service_binding(settings)
     table = report.test_table(split, _trained_models(settings), features, settings.seed)
-    _evaluation(settings).parent.mkdir(parents=True, exist_ok=True)
-    _evaluation(settings).write_text(json.dumps(table, indent=2))
+    settings.paths.evaluation.parent.mkdir(parents=True, exist_ok=True)
+    settings.paths.evaluation.write_text(json.dumps(table, indent=2))
     log.info("test window, %d rows:\n%s", len(split.test), report.format_table(table))
     best_baseline = max(table[base]["auc"] for base in report.BASELINES)
     return report.summarise(table) | {"best_baseline_auc": best_baseline}
@@ -340,7 +327,7 @@ def register(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
     to `champion` only if it passes the sanity checks and beats that model's champion.
     Returns the gate's decision per kind."""
     settings = settings or get_settings()
-    table = json.loads(_evaluation(settings).read_text())
+    table = json.loads(settings.paths.evaluation.read_text())
     features, fingerprint = _service_binding(settings)
     split = _split(settings)
     y = split.test[LABEL].to_numpy()
@@ -431,30 +418,25 @@ def monitor(
     coverage; logged to MLflow. Threshold breaches are listed, `check_thresholds` raises them."""
     settings = settings or get_settings()
     start, end = _interval(settings, start, end)
-    served = read_serving_log(settings.serving_log_dir, start, end)
+    served = read_serving_log(settings.paths.serving_log, start, end)
     until = pd.Timestamp(end) + LABEL_WINDOW
     columns = [USER_ID, ITEM_ID, "behavior", EVENT_TIMESTAMP]
     events = pd.concat(
         [
             lake.read_events(settings, lake.ACCEPTED, start, until)[columns],
-            EventLog(settings.event_log_dir).read(start, until.to_pydatetime())[columns],
+            EventLog(settings.paths.event_log).read(start, until.to_pydatetime())[columns],
         ],
         ignore_index=True,
     ).drop_duplicates()
-    training_path = _training_set(settings)
+    training_path = settings.paths.training_set
     training = pd.read_parquet(training_path) if training_path.exists() else pd.DataFrame()
     try:
-        catalogue = CandidateIndex.load(settings.candidates_dir).summary()["items"]
+        catalogue = CandidateIndex.load(settings.paths.candidates).summary()["items"]
     except FileNotFoundError:
         catalogue = int(events[ITEM_ID].nunique()) or 1
-    thresholds = Thresholds(
-        max_psi=settings.monitor_max_psi,
-        min_coverage=settings.monitor_min_coverage,
-        min_online_auc=settings.monitor_min_online_auc,
-        max_fallback_share=settings.monitor_max_fallback_share,
-        min_requests=settings.monitor_min_requests,
+    summary = monitoring_readout(
+        settings, served, events, training, catalogue, Thresholds.from_settings(settings)
     )
-    summary = monitoring_readout(settings, served, events, training, catalogue, thresholds)
     log.info("monitoring %s .. %s: %d rows, breaches: %s", start, end, len(served), summary["breaches"])
     return Monitored(**summary)
 

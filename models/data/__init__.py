@@ -1,1 +1,3 @@
-"""Raw events in, clean events out: the event schema's reader, Great Expectations validation with quarantine, the day-partitioned lake, labels, the live event log and stream replay."""
+"""Raw events in, clean events out: the event schema's reader, Great Expectations validation with
+quarantine, the day-partitioned lake, labels, the live event log and stream replay.
+"""

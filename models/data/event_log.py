@@ -2,7 +2,7 @@
 is merged and pushed to the online store through the Feast push source.
 
 Duplicate deliveries do not double-count: an event's id is derived from its content
-(models/events.event_ids); events already in a user's state are neither pushed nor logged again.
+(models.data.events.event_ids); events already in a user's state are neither pushed nor logged again.
 An event older than everything a full state keeps ("late") cannot be told from a redelivery of an
 evicted one: it is logged, not pushed, and the batch job drops any id it reads twice.
 

@@ -47,7 +47,7 @@ def collect_raw_events(settings: Settings, start: datetime, end: datetime) -> Ra
     events = load_events(settings.raw_events)
     day = day_of_rows(events, settings)
     events, day = events[day.isin(days)], day[day.isin(days)]
-    logged = EventLog(settings.event_log_dir).read(
+    logged = EventLog(settings.paths.event_log).read(
         max(start, settings.window_start), min(end, settings.window_end)
     )
     duplicates = 0
