@@ -1,4 +1,4 @@
-"""Candidate generation (models/retrieval/candidates.py): recall on the real test days, build time, lookup latency.
+"""Candidate generation (models/retrieval/index.py): recall on the real test days, build time, lookup latency.
 
 Quality: the index is built on the events before CTR_TEST_START and every user with events on the
 test days asks once, at the shop hour of their first test-day event, with their last 20 events;
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import HERE, machine, percentiles, print_table  # noqa: E402
 from feature_repo.contract import EVENT_COLUMNS, EVENT_TIMESTAMP, USER_ID  # noqa: E402
-from models.retrieval.candidates import (  # noqa: E402
+from models.retrieval.index import (  # noqa: E402
     RECALL_METHODS,
     CandidateIndex,
     build_candidates,

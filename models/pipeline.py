@@ -45,7 +45,7 @@ from models.monitoring.readout import Thresholds, raise_for_breaches
 from models.monitoring.readout import monitor as monitoring_readout
 from models.monitoring.serving_log import read_serving_log
 from models.registry import CHAMPION, NoChampionError, load_by_alias, model_name
-from models.retrieval.candidates import CandidateIndex, build_candidates_stage
+from models.retrieval.index import CandidateIndex, build_candidates_stage
 from models.scoring import WIDE_DEEP, XGBOOST, ScoringModel, load_saved
 from models.settings import Settings, get_settings
 from models.stage_results import (

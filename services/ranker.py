@@ -59,7 +59,7 @@ class FeatureBindingError(RuntimeError):
 @bentoml.service(traffic={"timeout": 10}, workers=1)
 class Ranker:
     def __init__(self) -> None:
-        from models.retrieval.candidates import CandidateIndex
+        from models.retrieval.index import CandidateIndex
         from models.features.store import fail_fast, open_store
         from models.monitoring.serving_log import ServingLog
         from services.champion_challenger import ModelPool

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from feature_repo.contract import shop_hour as contract_shop_hour
-from models.retrieval.candidates import (
+from models.retrieval.index import (
     CATEGORY,
     COVISIT,
     POPULAR,
