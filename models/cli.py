@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     chosen = [stages[name] for name in args.stage] if args.stage else pipeline.STAGES
     for stage in chosen:
         print(f"== {stage.__name__}", flush=True)
-        print(json.dumps(stage(settings), indent=2, default=str), flush=True)
+        print(json.dumps(pipeline.as_json(stage(settings)), indent=2, default=str), flush=True)
     return 0
 
 
