@@ -1,4 +1,4 @@
-"""Candidate generation (models/retrieval/index.py): recall on the real test days, build time, lookup latency.
+"""Candidate generation (models/retrieval/): recall on the real test days, build time, lookup latency.
 
 Quality: the index is built on the events before CTR_TEST_START and every user with events on the
 test days asks once, at the shop hour of their first test-day event, with their last 20 events;
@@ -34,13 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import HERE, machine, percentiles, print_table  # noqa: E402
 from feature_repo.contract import EVENT_COLUMNS, EVENT_TIMESTAMP, USER_ID  # noqa: E402
-from models.retrieval.index import (  # noqa: E402
-    RECALL_METHODS,
-    CandidateIndex,
-    build_candidates,
-    recall_at_k,
-    recent_history,
-)
+from models.retrieval.build import build_index  # noqa: E402
+from models.retrieval.evaluation import RECALL_METHODS, recall_at_k, recent_history  # noqa: E402
+from models.retrieval.index import CandidateIndex  # noqa: E402
 from models.settings import PROJECT_ROOT, get_settings  # noqa: E402
 
 KS = (20, 50, 100)
@@ -91,7 +87,7 @@ def peak_gib() -> float:
 
 def build_timed(events: pd.DataFrame, until) -> tuple[CandidateIndex, float]:
     started = time.perf_counter()
-    index = build_candidates(events, until)
+    index = build_index(events, until)
     return index, time.perf_counter() - started
 
 

@@ -41,11 +41,11 @@ from models.features import batch
 from models.features import store as feast_store
 from models.features.training_set import Split, join_features, split_by_time
 from models.kinds import KINDS
-from models.monitoring.readout import Thresholds, raise_for_breaches
-from models.monitoring.readout import monitor as monitoring_readout
+from models.monitoring.readout import Thresholds, raise_for_breaches, window_readout
 from models.monitoring.serving_log import read_serving_log
 from models.registry import CHAMPION, NoChampionError, load_by_alias, model_name
-from models.retrieval.index import CandidateIndex, build_candidates_stage
+from models.retrieval.build import build_and_save_index
+from models.retrieval.index import CandidateIndex
 from models.scoring import WIDE_DEEP, XGBOOST, ScoringModel, load_saved
 from models.settings import Settings, get_settings
 from models.stage_results import (
@@ -228,7 +228,7 @@ def build_candidates(settings: Settings | None = None) -> CandidatesBuilt:
     """Co-visitation, per-category and per-hour popularity lists for /recommend, from all accepted
     events; the ranker loads them at start."""
     started = time.perf_counter()
-    summary = dict(build_candidates_stage(settings or get_settings()))
+    summary = dict(build_and_save_index(settings or get_settings()))
     path, seconds = summary.pop("path"), summary.pop("seconds", round(time.perf_counter() - started, 3))
     return CandidatesBuilt(index=summary, path=path, seconds=seconds)
 
@@ -434,7 +434,7 @@ def monitor(
         catalogue = CandidateIndex.load(settings.paths.candidates).summary()["items"]
     except FileNotFoundError:
         catalogue = int(events[ITEM_ID].nunique()) or 1
-    summary = monitoring_readout(
+    summary = window_readout(
         settings, served, events, training, catalogue, Thresholds.from_settings(settings)
     )
     log.info("monitoring %s .. %s: %d rows, breaches: %s", start, end, len(served), summary["breaches"])

@@ -16,9 +16,10 @@ A request's list is the co-visitation neighbours of the user's recent items (new
 most), then popular items of the recent categories, then the popular items of the hour; without
 duplicates, without the excluded items, and exactly `k` long when the catalogue allows.
 
-Building is vectorised with NumPy and pandas (no Python loop over events); a built index is a
-folder of Parquet files plus `meta.json`, loaded into sorted arrays so a lookup is a handful of
-binary searches.
+This module is the index and its lookups; models.retrieval.build builds it (vectorised with NumPy
+and pandas, no Python loop over events) and models.retrieval.evaluation measures its recall. A
+built index is a folder of Parquet files plus `meta.json`, loaded into sorted arrays so a lookup
+is a handful of binary searches.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -37,17 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feature_repo.contract import (
-    BEHAVIOR,
-    CATEGORY_ID,
-    EVENT_TIMESTAMP,
-    ITEM_ID,
-    RECENT_EVENTS,
-    USER_ID,
-    shop_hour,  # the hour of day in shop time; imported from here too
-)
-from models.data.events import unix_seconds
-from models.settings import Settings, get_settings
+from feature_repo.contract import CATEGORY_ID, ITEM_ID
 
 log = logging.getLogger(__name__)
 
@@ -106,188 +96,6 @@ def _utc(when: datetime | pd.Timestamp) -> pd.Timestamp:
     if stamp.tzinfo is None:
         raise ValueError(f"{when!r} needs a time zone")
     return stamp.tz_convert("UTC")
-
-
-# --- Building ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Events:
-    """Valid events before `until`, ordered by user then time, as arrays."""
-
-    user: np.ndarray
-    item: np.ndarray  # dense code into `item_ids`
-    category: np.ndarray  # dense code into `category_ids`
-    seconds: np.ndarray
-    weight: np.ndarray  # behaviour weight x recency decay
-    item_ids: np.ndarray  # sorted
-    category_ids: np.ndarray  # sorted
-
-
-def _prepare(events: pd.DataFrame, until: pd.Timestamp, config: CandidateConfig) -> _Events:
-    frame = events[[USER_ID, ITEM_ID, CATEGORY_ID, BEHAVIOR, EVENT_TIMESTAMP]].dropna()
-    frame = frame[frame[EVENT_TIMESTAMP] < until]
-    behaviour = frame[BEHAVIOR].astype(str).map(dict(config.behavior_weights))
-    frame, behaviour = frame[behaviour.notna()], behaviour[behaviour.notna()].to_numpy(np.float64)
-    user = frame[USER_ID].to_numpy(np.int64)
-    seconds = unix_seconds(frame[EVENT_TIMESTAMP])
-    order = np.lexsort((seconds, user))  # stable: events of the same second keep their order
-    item_ids, item = np.unique(frame[ITEM_ID].to_numpy(np.int64)[order], return_inverse=True)
-    category_ids, category = np.unique(frame[CATEGORY_ID].to_numpy(np.int64)[order], return_inverse=True)
-    seconds = seconds[order]
-    age = (until.timestamp() - seconds) / config.half_life_s
-    return _Events(
-        user=user[order],
-        item=item.astype(np.int64),
-        category=category.astype(np.int64),
-        seconds=seconds,
-        weight=behaviour[order] * np.exp2(-age),
-        item_ids=item_ids,
-        category_ids=category_ids,
-    )
-
-
-def _argsort(keys: np.ndarray) -> np.ndarray:
-    """Stable argsort of non-negative int64 keys.
-
-    When a key and its position fit in 63 bits together they are packed into one integer and
-    sorted by value, which NumPy does several times faster than an argsort.
-    """
-    if not len(keys):
-        return np.empty(0, np.int64)
-    shift = max(int(len(keys) - 1).bit_length(), 1)
-    if int(keys.max()) < 1 << (63 - shift):
-        packed = np.sort((keys << shift) | np.arange(len(keys), dtype=np.int64))
-        return packed & ((1 << shift) - 1)
-    return np.argsort(keys, kind="stable")
-
-
-def _sum_by_key(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sum of weights per distinct key, keys ascending."""
-    if not len(keys):
-        return keys, weights
-    order = _argsort(keys)
-    keys = keys[order]
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    return keys[starts], np.add.reduceat(weights[order], starts)
-
-
-def _top_per_group(
-    group: np.ndarray, member: np.ndarray, score: np.ndarray, keep: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per group, the `keep` members with the highest score.
-
-    Ties keep the input order, so input sorted by (group, member) breaks them by smaller member.
-    """
-    by_score = np.argsort(-score, kind="stable")
-    order = by_score[_argsort(group[by_score])]
-    group, member, score = group[order], member[order], score[order]
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) else group
-    rank = np.arange(len(group)) - np.repeat(starts, np.diff(np.r_[starts, len(group)]))
-    kept = rank < keep
-    return group[kept], member[kept], score[kept]
-
-
-def _co_visited(ev: _Events, config: CandidateConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the earlier and the later event of every co-visited pair."""
-    earlier, later = [], []
-    for lag in range(1, min(config.max_lag, len(ev.user) - 1) + 1):
-        head, tail = slice(None, -lag), slice(lag, None)
-        pair = np.flatnonzero(
-            (ev.user[head] == ev.user[tail])
-            & (ev.seconds[tail] - ev.seconds[head] <= config.max_gap_s)
-            & (ev.item[head] != ev.item[tail])
-        )
-        earlier.append(pair)
-        later.append(pair + lag)
-    if not earlier:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(earlier), np.concatenate(later)
-
-
-def _covisitation(ev: _Events, config: CandidateConfig) -> pd.DataFrame:
-    """Each pair counts both ways: a -> b weighs b's event, b -> a weighs a's event.
-
-    Pairs are summed and ranked per block of source items holding about _BLOCK_PAIRS pairs, so
-    memory stays bounded on large logs; blocks are contiguous, so the result is sorted by source.
-    """
-    n = len(ev.item_ids)
-    earlier, later = _co_visited(ev, config)
-    small = np.int32 if max(n, len(ev.user)) < 2**31 else np.int64  # halves the largest arrays
-    source = np.r_[ev.item[earlier], ev.item[later]].astype(small)
-    target = np.r_[ev.item[later], ev.item[earlier]].astype(small)
-    event = np.r_[later, earlier].astype(small)  # the event whose weight the pair carries
-    del earlier, later
-    parts = [pd.DataFrame({ITEM_ID: [], NEIGHBOUR: [], SCORE: []}, dtype=np.int64)]
-    for lo, hi in _blocks(np.bincount(source, minlength=n), _BLOCK_PAIRS):
-        block = np.flatnonzero((source >= lo) & (source < hi))
-        key, weight = _sum_by_key(
-            (source[block].astype(np.int64) - lo) * n + target[block], ev.weight[event[block]]
-        )
-        src, dst, weight = _top_per_group(key // n + lo, key % n, weight, config.neighbours)
-        parts.append(pd.DataFrame({ITEM_ID: ev.item_ids[src], NEIGHBOUR: ev.item_ids[dst], SCORE: weight}))
-    return pd.concat(parts, ignore_index=True).astype({SCORE: np.float64})
-
-
-def _blocks(counts: np.ndarray, size: int) -> list[tuple[int, int]]:
-    """Contiguous ranges [lo, hi) of positions whose counts add up to about `size` each."""
-    if not counts.sum():
-        return []
-    ends = np.cumsum(counts)
-    cuts = np.searchsorted(ends, np.arange(size, ends[-1], size)) + 1
-    bounds = np.unique(np.r_[0, cuts, len(counts)]).tolist()
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
-
-
-def _category_popularity(ev: _Events, config: CandidateConfig) -> pd.DataFrame:
-    n = len(ev.item_ids)
-    key, weight = _sum_by_key(ev.category * n + ev.item, ev.weight)
-    category, item, weight = _top_per_group(key // n, key % n, weight, config.per_category)
-    return pd.DataFrame({CATEGORY_ID: ev.category_ids[category], ITEM_ID: ev.item_ids[item], SCORE: weight})
-
-
-def _popularity(ev: _Events, config: CandidateConfig) -> pd.DataFrame:
-    """Per hour of day the top `per_hour` items by smoothed hour score; then every item overall."""
-    n = len(ev.item_ids)
-    overall = np.bincount(ev.item, weights=ev.weight, minlength=n)
-    hour = shop_hour(ev.seconds)
-    key, weight = _sum_by_key(hour * n + ev.item, ev.weight)
-    # An item unseen in an hour scores its prior only, so the overall leaders are the only unseen
-    # items that can make an hour's list: add them with zero hour weight.
-    leaders = np.argsort(-overall, kind="stable")[: config.per_hour]
-    extra = (np.arange(HOURS)[:, None] * n + leaders[None, :]).ravel()
-    key, weight = _sum_by_key(np.r_[key, extra], np.r_[weight, np.zeros(len(extra))])
-    item = key % n
-    weight = weight + config.hour_prior * overall[item] / HOURS
-    hours, item, weight = _top_per_group(key // n, item, weight, config.per_hour)
-    everything = np.lexsort((ev.item_ids, -overall))
-    return pd.DataFrame(
-        {
-            HOUR: np.r_[hours, np.full(n, _OVERALL)].astype(np.int64),
-            ITEM_ID: ev.item_ids[np.r_[item, everything]],
-            SCORE: np.r_[weight, overall[everything]],
-        }
-    )
-
-
-def build_candidates(
-    events: pd.DataFrame, until: datetime | pd.Timestamp, *, config: CandidateConfig | None = None
-) -> CandidateIndex:
-    """Co-visitation, category and hourly popularity lists from the events strictly before `until`.
-
-    `events` is a canonical event frame (feature_repo/contract.py); rows with nulls or an unknown
-    behaviour are skipped.
-    """
-    config = config or CandidateConfig()
-    until = _utc(until)
-    ev = _prepare(events, until, config)
-    index = CandidateIndex(
-        _covisitation(ev, config),
-        _category_popularity(ev, config),
-        _popularity(ev, config),
-        {"until": until.isoformat(), "events": len(ev.user), "config": config.to_json()},
-    )
-    return index
 
 
 # --- Looking up --------------------------------------------------------------------------------
@@ -475,95 +283,3 @@ class CandidateIndex:
     def cold_start(self, k: int, hour: int | None, exclude: Collection[int] = ()) -> list[int]:
         """The list of a user without history: popular items of the hour, then overall."""
         return self.recommend_candidates((), (), k, hour, exclude)
-
-
-# --- Pipeline stage and offline evaluation ------------------------------------------------------
-
-
-def build_candidates_stage(settings: Settings | None = None) -> dict[str, Any]:
-    """Build from the accepted events up to the last one present and save to `candidates_dir`."""
-    settings = settings or get_settings()
-    started = time.perf_counter()
-    from models.data.lake import ACCEPTED, read_events
-
-    events = read_events(settings, ACCEPTED)
-    if not len(events):
-        raise ValueError("No accepted events to build candidates from")
-    until = events[EVENT_TIMESTAMP].max() + pd.Timedelta(seconds=1)  # the last event included
-    index = build_candidates(events, until)
-    index.save(settings.paths.candidates)
-    summary = {
-        **index.summary(),
-        "path": str(settings.paths.candidates),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    log.info("candidates: %s", json.dumps(summary))
-    return summary
-
-
-def recent_history(
-    events: pd.DataFrame, until: datetime | pd.Timestamp, n: int = RECENT_EVENTS
-) -> pd.DataFrame:
-    """Per user, the items and categories of the last `n` events before `until`, newest last."""
-    until = _utc(until)
-    frame = events[[USER_ID, ITEM_ID, CATEGORY_ID, EVENT_TIMESTAMP]].dropna()
-    frame = frame[frame[EVENT_TIMESTAMP] < until].astype(
-        {USER_ID: "int64", ITEM_ID: "int64", CATEGORY_ID: "int64"}
-    )
-    frame = frame.sort_values([USER_ID, EVENT_TIMESTAMP], kind="stable").groupby(USER_ID).tail(n)
-    return frame.groupby(USER_ID).agg(items=(ITEM_ID, list), categories=(CATEGORY_ID, list))
-
-
-RECALL_METHODS = ("covisit_category", "popular_by_hour", "popular_overall")
-
-
-def recall_at_k(
-    index: CandidateIndex,
-    events: pd.DataFrame,
-    start: datetime | pd.Timestamp,
-    end: datetime | pd.Timestamp,
-    ks: Iterable[int] = (20, 50, 100),
-    *,
-    new_items_only: bool = False,
-) -> dict[str, dict[int, float]]:
-    """Mean per-user recall@k of the distinct items each user touches in [start, end).
-
-    Each user with events in the window asks once, at the hour of their first event in it, with
-    their last RECENT_EVENTS events before `index.until`. Methods: the full list
-    (`covisit_category`), the cold-start list of that hour (`popular_by_hour`) and the overall
-    ranking (`popular_overall`). With `new_items_only`, items the user touched before `until` are
-    dropped from the targets and excluded from the candidates.
-    """
-    ks = sorted(ks)
-    start, end = _utc(start), _utc(end)
-    window = events[(events[EVENT_TIMESTAMP] >= start) & (events[EVENT_TIMESTAMP] < end)].dropna(
-        subset=[USER_ID, ITEM_ID, EVENT_TIMESTAMP]
-    )
-    window = window.sort_values(EVENT_TIMESTAMP, kind="stable")
-    first_seen = window.groupby(USER_ID)[EVENT_TIMESTAMP].first()
-    targets = window.groupby(USER_ID)[ITEM_ID].agg(lambda s: set(s.astype("int64").tolist()))
-    history = recent_history(events, index.until)
-    before = events[events[EVENT_TIMESTAMP] < index.until].dropna(subset=[USER_ID, ITEM_ID])
-    touched = before.groupby(USER_ID)[ITEM_ID].agg(lambda s: set(s.astype("int64").tolist()))
-    hits = {m: {k: [] for k in ks} for m in RECALL_METHODS}
-    for user, wanted in targets.items():
-        exclude = touched.get(user, set()) if new_items_only else set()
-        wanted = wanted - exclude
-        if not wanted:
-            continue
-        hour = shop_hour(first_seen[user])
-        items, categories = (
-            (history.at[user, "items"], history.at[user, "categories"]) if user in history.index else ((), ())
-        )
-        lists = {
-            "covisit_category": index.recommend_candidates(items, categories, ks[-1], hour, exclude),
-            "popular_by_hour": index.cold_start(ks[-1], hour, exclude),
-            "popular_overall": index.cold_start(ks[-1], None, exclude),
-        }
-        for method, ranked in lists.items():
-            for k in ks:
-                hits[method][k].append(len(wanted.intersection(ranked[:k])) / len(wanted))
-    return {
-        m: {k: float(np.mean(v)) if v else float("nan") for k, v in per_k.items()}
-        for m, per_k in hits.items()
-    }

@@ -4,16 +4,14 @@ import pandas as pd
 import pytest
 
 from feature_repo.contract import shop_hour as contract_shop_hour
+from models.retrieval.build import build_candidates, build_candidates_stage, shop_hour
+from models.retrieval.evaluation import recall_at_k
 from models.retrieval.index import (
     CATEGORY,
     COVISIT,
     POPULAR,
     CandidateConfig,
     CandidateIndex,
-    build_candidates,
-    build_candidates_stage,
-    recall_at_k,
-    shop_hour,
 )
 
 T0 = pd.Timestamp("2017-11-27", tz="UTC")  # 08:00 in shop time
