@@ -65,7 +65,7 @@ def client(settings: Settings):
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     if settings.mlflow_tracking_uri.startswith("sqlite:///"):
-        settings.data_dir.joinpath("mlflow").mkdir(parents=True, exist_ok=True)
+        settings.paths.mlflow.mkdir(parents=True, exist_ok=True)
     tracking = MlflowClient(settings.mlflow_tracking_uri)
     if tracking.get_experiment_by_name(settings.experiment) is None:
         settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)

@@ -412,7 +412,7 @@ def log_to_mlflow(
 # --- The stage -----------------------------------------------------------------------------
 
 
-def monitor(
+def window_readout(
     settings: Settings,
     served: pd.DataFrame,
     events: pd.DataFrame,
@@ -456,3 +456,6 @@ def monitor(
     summary["breaches"] = breaches(summary, thresholds)
     summary["mlflow_run_id"] = log_to_mlflow(settings, summary, drift, figures(summary, drift, thresholds))
     return summary
+
+
+monitor = window_readout  # its older name

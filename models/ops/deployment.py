@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from models.kinds import KINDS
 from models.ops.processes import (
     ProcessNotReady,
     free_port,
@@ -31,6 +32,7 @@ from models.ops.processes import (
     wait_ready,
 )
 from models.registry import CHAMPION, client
+from models.registry import model_name as registered_name
 from models.settings import PROJECT_ROOT, Settings, get_settings
 
 BENTOFILE = "services/bentofile.yaml"
@@ -364,7 +366,7 @@ def record_deployment(settings: Settings | None, summary: dict[str, Any]) -> dic
     tracking = client(settings)
     served = settings.served_model_name
     champions = []
-    for name in dict.fromkeys([served, settings.xgb_model_name, settings.wide_deep_model_name]):
+    for name in dict.fromkeys([served, *(registered_name(settings, kind) for kind in KINDS)]):
         try:
             version = str(tracking.get_model_version_by_alias(name, CHAMPION).version)
         except MlflowException:
