@@ -11,7 +11,8 @@ The short-term state (``recent_activity``) is the user's last RECENT_EVENTS even
 event, stamped RECENT_STATE_DELAY after it; the ingest service builds the same state online with
 ``merge_recent``.
 
-Everything is vectorised over entities × days with NumPy; no Python loop runs per event.
+Everything is vectorised over entities × days with NumPy; no Python loop runs per event. It is
+one coherent thing, the one definition of every batch feature, hence its length.
 """
 
 from __future__ import annotations
