@@ -86,7 +86,12 @@ def test_moving_the_champion_alias_switches_the_service_without_dropping_request
     worker = threading.Thread(target=traffic)
     worker.start()
     try:
-        time.sleep(1)
+        # The alias moves once the traffic has had answers (20 of them, not a fixed time that a busy
+        # machine can spend before the first), so the old champion is seen serving before the switch.
+        deadline = time.monotonic() + 30
+        while len(versions) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(versions) >= 20, f"{len(versions)} answers to /rank in 30 s: statuses {set(statuses)}"
         tracking.set_registered_model_alias("ctr-xgboost", "champion", str(newest))
         tracking.delete_registered_model_alias("ctr-xgboost", "challenger")
         moved = time.monotonic()
