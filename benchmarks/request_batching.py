@@ -21,6 +21,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import percentiles, print_table, write_results  # noqa: E402
+from models.paths import DataPaths  # noqa: E402
 from models.scoring import KINDS, ScoringModel, load_saved, scoring_times_s  # noqa: E402
 
 CANDIDATES = 100
@@ -56,10 +57,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per batch size")
     args = parser.parse_args()
 
-    rows = pd.read_parquet(args.data_dir / "datasets/training_set.parquet")
+    paths = DataPaths.under(args.data_dir)
+    rows = pd.read_parquet(paths.training_set)
     results = []
     for kind in KINDS:
-        folder = args.data_dir / "models/candidates" / kind
+        folder = paths.trained_model_dir(kind)
         if not folder.exists():
             raise SystemExit(f"no trained {kind} model under {folder}: run the pipeline first (ctr run)")
         print(f"timing {kind} ...", flush=True)
@@ -67,7 +69,7 @@ def main() -> None:
     print_table(f"Model scoring of k merged /rank requests ({CANDIDATES} candidates each)", results)
     notes = [
         f"Rows: {CANDIDATES} x k rows drawn from the pipeline's training set (the FeatureService's "
-        "features); the trained candidates of the last pipeline run; one process, no HTTP.",
+        "features); the trained models of the last pipeline run; one process, no HTTP.",
         f"{args.repeats} timed calls per size after one warm-up call. XGBoost through "
         "`predict_ctr` on the feature matrix, Wide&Deep through its traced request scorer.",
         "saved_per_request_ms: one 100-row call minus 1/k of the merged call, the most that "
