@@ -225,7 +225,7 @@ def _bentoml_serve(service: str, args: argparse.Namespace) -> int:
     settings = get_settings()
     env = dict(os.environ)
     name = service.rpartition(":")[2].lower()
-    env.setdefault("BENTOML_HOME", str(settings.data_dir / "services" / name))
+    env.setdefault("BENTOML_HOME", str(settings.paths.service_home(name)))
     argv = ["serve", service, "--host", args.host, "--port", str(args.port), *args.args]
     if not any(arg.startswith("--timeout-keep-alive") for arg in args.args):
         argv += ["--timeout-keep-alive", str(settings.http_keep_alive_s)]
