@@ -24,7 +24,7 @@ from pydantic import AwareDatetime, BaseModel, Field, field_validator
 from feature_repo.contract import BEHAVIORS
 from models.settings import get_settings
 from services.degradation import StoreGuard
-from services.schemas import EntityId
+from services.schemas import EntityId, ResponseModel
 from services.security import RequestGuard, hide_request_inputs_in_logs
 
 SETTINGS = get_settings()
@@ -54,7 +54,7 @@ class Event(BaseModel):
         return value
 
 
-class IngestResponse(BaseModel):
+class IngestResponse(ResponseModel):
     received: int
     accepted: int = Field(description="New events: logged and applied to the online features.")
     duplicates: int = Field(description="Events already ingested (same content), or repeated in the batch.")

@@ -42,7 +42,15 @@ from models.data.privacy import pseudonym
 from models.settings import get_settings
 from services import metrics
 from services.heap import freeze_loaded
-from services.schemas import Contribution, EntityId, ModelRef, RankContext, RankResponse, ScoredItem
+from services.schemas import (
+    Contribution,
+    EntityId,
+    ModelRef,
+    RankContext,
+    RankResponse,
+    ReloadResponse,
+    ScoredItem,
+)
 from services.security import RequestGuard, hide_request_inputs_in_logs
 
 SETTINGS = get_settings()
@@ -325,18 +333,18 @@ class Ranker:
         return self._respond(endpoint, user_id, variant, served, scored, mode, fallback_reason)
 
     @bentoml.api(route="/reload")
-    def reload(self) -> dict:
+    def reload(self) -> ReloadResponse:
         """Check the MLflow aliases now instead of at the next CTR_MODEL_RELOAD_S tick. With
         CTR_API_TOKEN set, needs the header `Authorization: Bearer <CTR_API_TOKEN>`."""
         changed = self.pool.refresh()
         variants = self.pool.variants
-        return {
-            "changed": changed,
-            "champion": variants.champion.version,
-            "challenger": variants.challenger.version if variants.challenger else None,
-            "reload_failures": self.pool.reload_failures,
-            "last_error": self.pool.last_error,
-        }
+        return ReloadResponse(
+            changed=changed,
+            champion=variants.champion.version,
+            challenger=variants.challenger.version if variants.challenger else None,
+            reload_failures=self.pool.reload_failures,
+            last_error=self.pool.last_error,
+        )
 
 
 def _as_sent(response: RankResponse, user_id: int) -> RankResponse:

@@ -1,10 +1,17 @@
-"""Request and response models of the ranking API."""
+"""Request and response models of the ranking API.
+
+Every response model derives from `ResponseModel`, whose JSON schema writes a nullable field as
+`oneOf: [<type>, null]`: BentoML's own HTTP clients (`bentoml.SyncHTTPClient`,
+`bentoml.AsyncHTTPClient`) decode a response by that schema, and pydantic's usual `anyOf` form
+breaks them (see `_nullable_as_one_of`). tests/unit/test_client_contract.py checks every endpoint's
+response schema, OpenAPI document and client decoding against each other.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 # Feast keys entities as 64-bit integers: a larger id could never match and is refused up front.
 MAX_ENTITY_ID = 2**63 - 1
@@ -23,13 +30,56 @@ class RankContext(BaseModel):
     )
 
 
-class Contribution(BaseModel):
+def _nullable_as_one_of(schema: dict[str, Any]) -> None:
+    """Write each nullable property `anyOf: [X, null]` (pydantic's form) as `oneOf: [X, null]`.
+
+    A BentoML bug (1.4.39, the pinned version): the schema a service gives its clients
+    (/schema.json), and the top-level fields of each response schema in its OpenAPI document, have
+    an `anyOf` replaced by its first member (`_bentoml_sdk.method._flatten_field`), so a field
+    `list[X] | None` is described as an array that is never null; the client's decoder
+    (`_bentoml_impl.serde.GenericSerde._decode`) then iterates the null and fails. The smallest
+    reproduction:
+
+        class Out(pydantic.BaseModel):
+            tags: list[str] | None = None
+
+        @bentoml.service
+        class Tags:
+            @bentoml.api
+            def tags(self) -> Out:
+                return Out()
+
+        # bentoml serve module:Tags, then
+        bentoml.SyncHTTPClient("http://127.0.0.1:3000").tags()
+        # TypeError: 'NoneType' object is not iterable  (_bentoml_impl/serde.py, _decode)
+
+    or without a server: `JSONSerde()._decode({"tags": None}, {"type": "object", "properties":
+    {"tags": {"type": "array", "items": {"type": "string"}}}})`. BentoML keeps a `oneOf` as it is,
+    and its decoder returns such a field's JSON value unchanged, null included; the OpenAPI
+    document then also says that a top-level field such as `fallback_reason` may be null (with
+    `anyOf` it said "string"). The JSON a response carries is the same either way. (Inside such a
+    `oneOf`, /schema.json keeps a list's `$ref` to a nested model as written; the decoder does not
+    follow it, and /docs.json resolves it among its components.)
+    """
+    for field in schema.get("properties", {}).values():
+        members = field.get("anyOf")
+        if members and len(members) == 2 and {"type": "null"} in members:
+            field["oneOf"] = field.pop("anyOf")
+
+
+class ResponseModel(BaseModel):
+    """Base of every response model: nullable fields that BentoML's clients decode (see above)."""
+
+    model_config = ConfigDict(json_schema_extra=_nullable_as_one_of)
+
+
+class Contribution(ResponseModel):
     feature: str
     value: float | None = Field(description="The feature's value for this item (null: missing).")
     contribution: float = Field(description="Its contribution to the item's score, in log-odds.")
 
 
-class ScoredItem(BaseModel):
+class ScoredItem(ResponseModel):
     item_id: int
     score: float = Field(
         description="Predicted probability of purchase intent (cart/fav/buy) after a view; in a "
@@ -43,11 +93,12 @@ class ScoredItem(BaseModel):
         default=None, description="/recommend: where the candidate came from (covisit, category, popular)."
     )
     explanation: list[Contribution] | None = Field(
-        default=None, description="With explain=true: the features that moved the score most."
+        default=None,
+        description="With explain=true: the features that moved the score most (null otherwise).",
     )
 
 
-class ModelRef(BaseModel):
+class ModelRef(ResponseModel):
     name: str
     version: str
     feature_service: str
@@ -56,7 +107,7 @@ class ModelRef(BaseModel):
     )
 
 
-class RankResponse(BaseModel):
+class RankResponse(ResponseModel):
     request_id: str = Field(description="Key of this response's rows in the serving log.")
     user_id: int
     items: list[ScoredItem] = Field(description="Highest score first.")
@@ -69,3 +120,15 @@ class RankResponse(BaseModel):
     cold_start: bool = Field(
         default=False, description="/recommend: the user has no history; the list is popularity by hour."
     )
+
+
+class ReloadResponse(ResponseModel):
+    """What POST /reload found: the versions serving after the check."""
+
+    changed: bool = Field(description="An alias had moved: other versions serve from now on.")
+    champion: str = Field(description="The champion version serving.")
+    challenger: str | None = Field(description="The challenger version serving (null: none).")
+    reload_failures: int = Field(
+        description="Versions that failed to load or to match the Feast registry, since the start."
+    )
+    last_error: str = Field(description="Why the last of them failed (empty: none has).")
