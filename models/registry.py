@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from models.kinds import kind_of
+from models.kinds.packaging import load_native
 from models.scoring import XGBOOST, ScoringModel, wrap
 from models.settings import Settings
 
@@ -106,7 +107,7 @@ def load_version(settings: Settings, name: str, version: str) -> ServedModel:
 
 def _load(name: str, version: Any) -> ServedModel:
     kind = version.tags.get(TAG_KIND, XGBOOST)
-    native = kind_of(kind).load_from_mlflow(f"models:/{name}/{version.version}")
+    native = load_native(f"models:/{name}/{version.version}", kind)
     meta = {"features": version.tags[TAG_FEATURES].split(",")}
     return ServedModel(
         scorer=wrap(kind, native, meta),

@@ -11,6 +11,7 @@ import pandas as pd
 
 from models.evaluation.metrics import ctr_metrics
 from models.evaluation.plots import figures
+from models.kinds.packaging import log_pyfunc, pyfunc_scores
 from models.registry import (
     CHALLENGER,
     CHAMPION,
@@ -65,7 +66,7 @@ def log_candidate(
         mlflow.set_tags(
             {TAG_KIND: model.kind, TAG_FEATURE_SERVICE: feature_service, TAG_FINGERPRINT: fingerprint}
         )
-        info = model.adapter.log_to_mlflow(model, test.head(5), name)
+        info = log_pyfunc(model, test.head(5), name)
     version = str(info.registered_model_version)
     for key, value in {
         TAG_KIND: model.kind,
@@ -119,20 +120,33 @@ def sanity_failures(
 def artifact_failures(
     settings: Settings, name: str, version: str, test: pd.DataFrame, scores: np.ndarray
 ) -> list[str]:
-    """What the service would hit: the registered version must load, and score the test rows as the
+    """What the service and every other MLflow consumer would hit: the registered version must
+    load, through the service's loader and through `mlflow.pyfunc`, and score the test rows as the
     trained model did. A version that fails here can never become champion."""
-    try:
-        loaded = load_version(settings, name, version)
-        served = loaded.predict(test)
-    except Exception as exc:
-        return [f"the registered artifact of {name} v{version} cannot be loaded and scored: {exc}"]
-    if served.shape != scores.shape or not np.allclose(served, scores, rtol=1e-4, atol=1e-6, equal_nan=True):
-        worst = float(np.nanmax(np.abs(served - scores))) if served.shape == scores.shape else float("nan")
-        return [
-            f"the registered artifact of {name} v{version} scores differently from the trained "
-            f"model (largest difference {worst:.3g})"
-        ]
-    return []
+    failures = []
+    loaders = {
+        "": lambda: load_version(settings, name, version).predict(test),
+        " through mlflow.pyfunc": lambda: pyfunc_scores(f"models:/{name}/{version}", test),
+    }
+    for how, score in loaders.items():
+        try:
+            served = score()
+        except Exception as exc:
+            failures.append(
+                f"the registered artifact of {name} v{version} cannot be loaded and scored{how}: {exc}"
+            )
+            continue
+        if served.shape != scores.shape or not np.allclose(
+            served, scores, rtol=1e-4, atol=1e-6, equal_nan=True
+        ):
+            worst = (
+                float(np.nanmax(np.abs(served - scores))) if served.shape == scores.shape else float("nan")
+            )
+            failures.append(
+                f"the registered artifact of {name} v{version} scores differently{how} from the trained "
+                f"model (largest difference {worst:.3g})"
+            )
+    return failures
 
 
 def decide(

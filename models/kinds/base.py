@@ -3,10 +3,10 @@ promotion gate, training and the ranker never switch on which kind a model is.
 
 A kind is a stateless adapter around its native model (an XGBoost booster, a Keras model, ...):
 it fits one on the training rows, saves and loads it in a format that never unpickles, scores a
-frame of raw FeatureService rows, explains and ranks its features, and logs and loads it through
-MLflow. Frames are pandas frames of the FeatureService's raw features plus ids, so a kind that
-reads list-valued features (a behaviour sequence of recent item ids) fits the same protocol.
-Adding a kind is one module implementing this and one line in `models.kinds.KINDS`.
+frame of raw FeatureService rows, and explains and ranks its features (models.kinds.packaging logs
+any kind to MLflow as one pyfunc). Frames are pandas frames of the FeatureService's raw features
+plus ids, so a kind that reads list-valued features (a behaviour sequence of recent item ids) fits
+the same protocol. Adding a kind is one module implementing this and one line in `models.kinds.KINDS`.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class ModelKind(Protocol):
     model_file: ClassVar[str]  # file name of the saved native model
     registered_name_setting: ClassVar[str]  # the Settings attribute with its registered model name
     history_unit: ClassVar[str]  # x axis of its training curves: "round", "epoch"
+    pip_packages: ClassVar[tuple[str, ...]]  # what a logged model needs installed (numpy, pandas too)
 
     def fit(
         self, train: pd.DataFrame, valid: pd.DataFrame, features: list[str], *, device: str, seed: int
@@ -84,12 +85,9 @@ class ModelKind(Protocol):
         """Importance per feature under one or more named measures."""
         ...
 
-    def log_to_mlflow(self, model: ScoringModel, example: pd.DataFrame, registered_name: str) -> Any:
-        """Log the model in the active MLflow run, registered under `registered_name`."""
-        ...
-
     def load_from_mlflow(self, uri: str) -> Any:
-        """The native model of a registered version, in safe formats."""
+        """The native model of a version logged in MLflow's own flavour for the kind (registries
+        written before every kind was logged as one pyfunc, models.kinds.packaging)."""
         ...
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.contract import ID_COLUMNS, LABEL
-from models.kinds.base import Fitted, Scorer, logit, pip_requirements
+from models.kinds.base import Fitted, Scorer, logit
 
 if TYPE_CHECKING:
     from models.scoring import ScoringModel
@@ -466,6 +466,7 @@ class WideDeepKind:
     model_file = "model.keras"
     registered_name_setting = "wide_deep_model_name"
     history_unit = "epoch"
+    pip_packages = ("keras", "tensorflow")
 
     def fit(
         self, train: pd.DataFrame, valid: pd.DataFrame, features: list[str], *, device: str, seed: int
@@ -545,23 +546,8 @@ class WideDeepKind:
             drops[column] = float(base - roc_auc_score(y, model.predict(shuffled)))
         return {"test AUC drop when shuffled": drops}
 
-    def log_to_mlflow(self, model: ScoringModel, example: pd.DataFrame, registered_name: str) -> Any:
-        import mlflow
-        from mlflow.models import infer_signature
-
-        inputs = model_inputs(example, model.spec)
-        # mlflow.keras 3.17 fails to save an input example (it writes before creating the folder):
-        # keep the example beside the model as a run artifact instead.
-        mlflow.log_dict({k: v.reshape(-1).tolist() for k, v in inputs.items()}, "model_input_example.json")
-        return mlflow.keras.log_model(
-            model.model,
-            name="model",
-            signature=infer_signature(inputs, model.predict(example).astype(np.float32).reshape(-1, 1)),
-            registered_model_name=registered_name,
-            pip_requirements=pip_requirements("keras", "tensorflow"),
-        )
-
     def load_from_mlflow(self, uri: str) -> Any:
+        """A version logged in MLflow's own flavour for this kind (before the pyfunc packaging)."""
         import mlflow
 
         custom_layers()  # registered, so that safe-mode loading finds them

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.contract import LABEL
-from models.kinds.base import Fitted, Scorer, feature_matrix, pip_requirements
+from models.kinds.base import Fitted, Scorer, feature_matrix
 
 if TYPE_CHECKING:
     from models.scoring import ScoringModel
@@ -123,6 +123,7 @@ class XGBoostKind:
     model_file = "model.ubj"
     registered_name_setting = "xgb_model_name"
     history_unit = "round"
+    pip_packages = ("xgboost", "scikit-learn")
 
     def fit(
         self, train: pd.DataFrame, valid: pd.DataFrame, features: list[str], *, device: str, seed: int
@@ -195,22 +196,8 @@ class XGBoostKind:
             "mean |SHAP contribution| (log-odds)": dict(zip(model.features, shap.tolist(), strict=True)),
         }
 
-    def log_to_mlflow(self, model: ScoringModel, example: pd.DataFrame, registered_name: str) -> Any:
-        import mlflow
-        from mlflow.models import infer_signature
-
-        x = pd.DataFrame(feature_matrix(example, model.features), columns=model.features)
-        return mlflow.xgboost.log_model(
-            model.model,
-            name="model",
-            signature=infer_signature(x, model.predict(example)),
-            input_example=x,
-            model_format="ubj",
-            registered_model_name=registered_name,
-            pip_requirements=pip_requirements("xgboost", "scikit-learn"),
-        )
-
     def load_from_mlflow(self, uri: str) -> Any:
+        """A version logged in MLflow's own flavour for this kind (before the pyfunc packaging)."""
         import mlflow
 
         return mlflow.xgboost.load_model(uri)

@@ -149,3 +149,26 @@ def test_a_version_whose_artifact_cannot_be_loaded_is_never_promoted(registry):
     assert f"the registered artifact of ctr-xgboost v{version} cannot be loaded" in decision["reason"]
     aliases = tracking.get_registered_model("ctr-xgboost").aliases
     assert "champion" not in aliases and CHALLENGER not in aliases
+
+
+def test_a_version_that_only_the_project_could_load_is_never_promoted(registry):
+    """The native file is intact, so the service's own loader works; but the scoring code shipped
+    with the version is gone, so `mlflow.pyfunc` consumers could not use it."""
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    from models.evaluation.promotion import log_candidate, promote_if_better
+    from models.registry import client, load_version
+
+    settings = registry()
+    model = _model(FEATURES)
+    y = TEST["label"].to_numpy()
+    metrics = ctr_metrics(y, model.predict(TEST), TEST["user_id"].to_numpy())
+    version = log_candidate(settings, model, TEST, y, metrics, {"rows": len(TRAIN)}, "svc_v1", FINGERPRINT)
+    source = Path(urlparse(client(settings).get_model_version_download_uri("ctr-xgboost", version)).path)
+    (source / "code/models/scoring.py").unlink()
+    load_version(settings, "ctr-xgboost", version).predict(TEST)  # the service could still load it
+
+    decision = promote_if_better(settings, model, version, metrics, TEST, y, FINGERPRINT, 0.55)
+    assert not decision["promoted"]
+    assert f"ctr-xgboost v{version} cannot be loaded and scored through mlflow.pyfunc" in decision["reason"]

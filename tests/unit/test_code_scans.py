@@ -4,6 +4,7 @@ safe mode, data as Parquet and JSON), and no secret is written in code or config
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,14 +23,33 @@ UNSAFE_LOADS = re.compile(
 )
 
 
-def test_no_code_deserialises_with_pickle_or_unsafe_loaders():
-    found = [
+PYFUNC_LOAD = re.compile(r"\bmlflow\.pyfunc\.load_model\(")
+# MLflow's own switch: with it, mlflow.pyfunc loads models from code and refuses pickled ones.
+PICKLE_FREE_PYFUNC = '{"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}'
+
+
+def _unsafe_lines(path: Path) -> list[str]:
+    text = path.read_text()
+    return [
         f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
-        for path in _sources()
-        for n, line in enumerate(path.read_text().splitlines(), 1)
-        if UNSAFE_LOADS.search(line)
+        for n, line in enumerate(text.splitlines(), 1)
+        if UNSAFE_LOADS.search(line) and not (PYFUNC_LOAD.search(line) and PICKLE_FREE_PYFUNC in text)
     ]
+
+
+def test_no_code_deserialises_with_pickle_or_unsafe_loaders():
+    found = [line for path in _sources() for line in _unsafe_lines(path)]
     assert found == [], "models load as XGBoost UBJ / Keras .keras (safe mode), data as Parquet/JSON"
+
+
+def test_a_pyfunc_load_passes_only_where_mlflow_is_told_to_refuse_pickles(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    bare = tmp_path / "bare.py"
+    bare.write_text("model = mlflow.pyfunc.load_model(uri)\n")
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text(f"ENV = {PICKLE_FREE_PYFUNC}\nmodel = mlflow.pyfunc.load_model(uri)\npickle.load(f)\n")
+    assert _unsafe_lines(bare) == ["bare.py:1: model = mlflow.pyfunc.load_model(uri)"]
+    assert _unsafe_lines(guarded) == ["guarded.py:3: pickle.load(f)"]  # the switch covers pyfunc only
 
 
 def test_the_unpickling_scan_finds_what_it_looks_for():

@@ -84,6 +84,7 @@ class RecentItemKind:
     model_file = "model.json"
     registered_name_setting = "served_model_name"
     history_unit = "step"
+    pip_packages = ("scikit-learn",)
 
     @staticmethod
     def _x(frame: pd.DataFrame) -> np.ndarray:
@@ -120,9 +121,6 @@ class RecentItemKind:
 
     def importance(self, model, test, y, p):
         return {"weight": {"popularity": model.model[1], RECENT_ITEMS: model.model[2]}}
-
-    def log_to_mlflow(self, model, example, registered_name):
-        raise NotImplementedError
 
     def load_from_mlflow(self, uri):
         raise NotImplementedError
