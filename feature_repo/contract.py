@@ -27,6 +27,41 @@ def data_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(value or DEFAULT_DATA_DIR).resolve()
 
 
+# --- Which feature_store.yaml ------------------------------------------------------------------
+# feature_store.yaml beside this file holds the embedded stores (under var/). For any other data dir
+# or stores the project writes the effective file to <data dir>/feast/feature_store.yaml, marked
+# by its first line; Feast's own variable points the feast CLI, FeatureStore() and `feast serve` at it.
+FEAST_YAML_VARIABLE = "FEAST_FS_YAML_FILE_PATH"
+EFFECTIVE_YAML_MARKER = "# realtime_ctr: the effective feature_store.yaml of the data dir "
+
+
+def effective_yaml_data_dir(path: str | Path) -> Path | None:
+    """The data dir a feature_store.yaml was written for by the project; None for any other file."""
+    try:
+        with open(path, encoding="utf-8") as text:
+            first = text.readline()
+    except OSError:
+        return None
+    if not first.startswith(EFFECTIVE_YAML_MARKER):
+        return None
+    return Path(first[len(EFFECTIVE_YAML_MARKER) :].strip())
+
+
+def check_feast_yaml_variable(environ: Mapping[str, str] | None = None) -> None:
+    """Fail when FEAST_FS_YAML_FILE_PATH names the file written for another data dir than
+    CTR_DATA_DIR's: Feast would read that data dir's registry and online store, while the offline
+    sources declared here, and every other file of the project, follow CTR_DATA_DIR."""
+    environ = os.environ if environ is None else environ
+    named = environ.get(FEAST_YAML_VARIABLE, "").strip()
+    written_for = effective_yaml_data_dir(named) if named else None
+    if written_for is not None and written_for.resolve() != data_dir(environ):
+        raise ValueError(
+            f"{FEAST_YAML_VARIABLE}={named} is the feature_store.yaml of the data dir {written_for}, "
+            f"but {DATA_DIR_VARIABLE} is {data_dir(environ)}: set {DATA_DIR_VARIABLE}={written_for}, "
+            f"or point {FEAST_YAML_VARIABLE} at {data_dir(environ) / 'feast/feature_store.yaml'}"
+        )
+
+
 # --- The shop's time -------------------------------------------------------------------------
 # The shop's time zone. CTR_TIMEZONE (models/settings.py) defaults to it and sets the calendar
 # days of lake partitions, daily snapshots and DAG schedules. The hour of day is always taken

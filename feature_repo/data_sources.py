@@ -3,13 +3,22 @@ source the ingest service (services/ingest.py) writes live updates through.
 
 Paths are absolute, under the data dir (CTR_DATA_DIR, read by the contract's `data_dir`, not by the
 project's settings), because Feast's offline stores disagree on what a relative path is relative
-to. The job asks these sources where to write.
+to. The job asks these sources where to write. With FEAST_FS_YAML_FILE_PATH naming the
+feature_store.yaml the project wrote for a data dir, CTR_DATA_DIR must name that data dir.
 """
 
-from contract import EVENT_TIMESTAMP, OFFLINE_FOLDER, RECENT_PUSH_SOURCE, REQUEST_TS, data_dir
+from contract import (
+    EVENT_TIMESTAMP,
+    OFFLINE_FOLDER,
+    RECENT_PUSH_SOURCE,
+    REQUEST_TS,
+    check_feast_yaml_variable,
+    data_dir,
+)
 from feast import Field, FileSource, PushSource, RequestSource
 from feast.types import Int64
 
+check_feast_yaml_variable()  # `feast apply` must not point one data dir's registry at another's files
 OFFLINE_DIR = data_dir() / OFFLINE_FOLDER
 
 user_stats_source = FileSource(

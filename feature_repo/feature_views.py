@@ -17,7 +17,7 @@ from contract import (
 )
 from data_sources import category_stats_source, item_stats_source, user_activity_push, user_stats_source
 from entities import category, item, user
-from feast import FeatureView, Field, StreamFeatureView
+from feast import FeatureView, Field
 from feast.types import Array, Float32, Int64
 
 
@@ -61,8 +61,9 @@ category_behavior_stats = FeatureView(
     tags={"owner": "ranking", "cadence": "daily"},
 )
 
-# Pushed live by the ingest service; the batch job rebuilds the same rows offline from the event log.
-user_recent_activity = StreamFeatureView(
+# Pushed live by the ingest service through its push source (the view's stream source); the batch
+# job rebuilds the same rows offline from the event log into the push source's batch source.
+user_recent_activity = FeatureView(
     name=RECENT_VIEW,
     entities=[user],
     ttl=timedelta(0),

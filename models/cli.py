@@ -196,10 +196,21 @@ def _airflow_ui(args: argparse.Namespace) -> int:
 
 
 def _feast(args: argparse.Namespace) -> int:
-    """The Feast CLI on feature_repo/, with the stores the settings choose."""
+    """The Feast CLI on feature_repo/, with the stores the settings choose: it writes the effective
+    feature_store.yaml (as `ctr feast-yaml`) and runs `feast -c feature_repo -f that-file ...`."""
+    from models.features.store import write_effective_yaml
+
     settings = get_settings()
-    env = {**os.environ, **settings.feast_variables()}
-    return _exec("feast", ["-c", str(settings.feast_repo), "-f", str(settings.feast_yaml), *args.args], env)
+    argv = ["-c", str(settings.feast_repo), "-f", str(write_effective_yaml(settings)), *args.args]
+    return _exec("feast", argv, dict(os.environ))
+
+
+def _feast_yaml(args: argparse.Namespace) -> int:
+    """Write the effective feature_store.yaml and print its path, for FEAST_FS_YAML_FILE_PATH."""
+    from models.features.store import write_effective_yaml
+
+    print(write_effective_yaml(get_settings()))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -306,6 +317,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     feast.add_argument("args", nargs=argparse.REMAINDER)
     feast.set_defaults(func=_feast)
+
+    feast_yaml = sub.add_parser(
+        "feast-yaml",
+        help="write the feature_store.yaml of the configured stores and print its path: "
+        "export FEAST_FS_YAML_FILE_PATH=$(ctr feast-yaml)",
+        description="Write <data dir>/feast/feature_store.yaml: the repo's feature_store.yaml (or "
+        "CTR_FEAST_YAML's) with the stores the settings choose (CTR_DATA_DIR, CTR_ONLINE_STORE, "
+        "CTR_REDIS_CONNECTION, CTR_FEAST_REGISTRY, CTR_FEAST_REGISTRY_TTL_S, CTR_FEAST_ONLINE_STORE), and "
+        "print its path. With FEAST_FS_YAML_FILE_PATH naming it, `feast` in feature_repo/, "
+        "FeatureStore(repo_path='feature_repo') and `feast serve` use the project's stores. Variables "
+        "the environment sets stay references that Feast fills in from the environment.",
+    )
+    feast_yaml.set_defaults(func=_feast_yaml)
 
     serve = sub.add_parser("serve", help="start the ranking service (bentoml serve) on loopback")
     serve.add_argument("--host", default="127.0.0.1")

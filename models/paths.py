@@ -96,6 +96,12 @@ class DataPaths:
         return self.feast / "online.db"
 
     @property
+    def feast_yaml(self) -> Path:
+        """The effective feature_store.yaml the project writes for Feast's own CLI, FeatureStore()
+        and `feast serve` (FEAST_FS_YAML_FILE_PATH): the same stores as the project's."""
+        return self.feast / "feature_store.yaml"
+
+    @property
     def datasets(self) -> Path:
         return self.root / "datasets"
 

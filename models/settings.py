@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
-from feature_repo.contract import SHOP_TIMEZONE
+from feature_repo.contract import FEAST_YAML_VARIABLE, SHOP_TIMEZONE, effective_yaml_data_dir
 from feature_repo.contract import data_dir as configured_data_dir
 from models.paths import DataPaths
 
@@ -23,11 +22,49 @@ _SHARED_EVENTS = PROJECT_ROOT.parent / "shared/data/taobao_userbehavior/userbeha
 _SAMPLE_EVENTS = PROJECT_ROOT / "data/sample/userbehavior_user_slice.csv.gz"
 # The shortest CTR_API_TOKEN / CTR_USER_ID_KEY accepted: shorter ones can be guessed.
 MIN_SECRET_LENGTH = 16
+# The variables that choose Feast's stores for the project. Each one that is set replaces its part of
+# feature_store.yaml (models/features/store.py); unset, the file's value stands.
+FEAST_STORE_VARIABLES = (
+    "CTR_FEAST_REGISTRY",
+    "CTR_FEAST_REGISTRY_TTL_S",
+    "CTR_ONLINE_STORE",
+    "CTR_REDIS_CONNECTION",
+    "CTR_FEAST_ONLINE_STORE",
+)
 
 
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name, "").strip()
     return value or default
+
+
+def _integer(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not a whole number") from exc
+
+
+def _feast_yaml(feast_repo: Path, data_dir: Path) -> Path:
+    """The feature_store.yaml the project reads: CTR_FEAST_YAML, else the file Feast's own
+    FEAST_FS_YAML_FILE_PATH names (so that both read the same one), else the repo's. A file the
+    project wrote for a data dir (models/features/store.py) is its output, never its input."""
+    default = feast_repo / "feature_store.yaml"
+    chosen = _env("CTR_FEAST_YAML", "")
+    named = _env(FEAST_YAML_VARIABLE, "")
+    if named and effective_yaml_data_dir(named) is not None:
+        named = ""
+    if chosen and named and Path(chosen).resolve() != Path(named).resolve():
+        raise ValueError(
+            f"CTR_FEAST_YAML={chosen} and {FEAST_YAML_VARIABLE}={named} name different files: the feast "
+            f"CLI would read other stores than the project. Set one of them, or point "
+            f"{FEAST_YAML_VARIABLE} at the file the project writes, {DataPaths.under(data_dir).feast_yaml}"
+        )
+    path = Path(chosen or named or default).resolve()
+    if not path.is_file():
+        variable = "CTR_FEAST_YAML" if chosen else FEAST_YAML_VARIABLE if named else "CTR_FEAST_REPO"
+        raise ValueError(f"{variable}: no feature_store.yaml at {path}")
+    return path
 
 
 def _timestamp(name: str, default: str) -> datetime:
@@ -55,7 +92,7 @@ class Settings:
     timezone: str
     max_bad_row_fraction: float
     feast_repo: Path
-    feast_yaml: Path
+    feast_yaml: Path  # the feature_store.yaml the project starts from (models/features/store.py)
     mlflow_tracking_uri: str
     experiment: str
     xgb_model_name: str
@@ -79,6 +116,7 @@ class Settings:
     redis_connection: str
     feast_registry: str  # a file path, or a URL Feast reads (s3://, gs://, postgresql://…)
     feast_registry_ttl_s: int
+    feast_set: frozenset[str]  # the FEAST_STORE_VARIABLES set in the environment
     ingest_max_events: int
     ingest_url: str
     ingest_retry_s: float
@@ -152,23 +190,14 @@ class Settings:
         return json.dumps({"type": "sqlite", "path": str(self.paths.feast_online_db)})
 
     def feast_variables(self) -> dict[str, str]:
-        """The ${VARS} feature_store.yaml refers to, with their values for these settings."""
+        """The project's Feast settings with their values, defaults included: what each of the
+        `${VARS}` of these names in a feature_store.yaml stands for."""
         return {
             "CTR_FEAST_REGISTRY": self.feast_registry,
             "CTR_FEAST_REGISTRY_TTL_S": str(self.feast_registry_ttl_s),
             "CTR_FEAST_ONLINE_STORE": self.feast_online_store,
+            "CTR_REDIS_CONNECTION": self.redis_connection,
         }
-
-    def feast_yaml_text(self) -> str:
-        """feature_store.yaml with its ${VARS} expanded: the variables above from these settings, any
-        other from the process environment (as Feast does); unknown ones are left as they are."""
-        values = {**os.environ, **self.feast_variables()}
-
-        def expand(match: re.Match[str]) -> str:
-            name = match.group(1) or match.group(2)
-            return values.get(name, match.group(0))
-
-        return re.sub(r"\$\{(\w+)\}|\$(\w+)", expand, self.feast_yaml.read_text())
 
 
 def default_raw_events() -> Path:
@@ -189,6 +218,7 @@ def get_settings() -> Settings:
         airflow=Path(_env("AIRFLOW_HOME", str(default.airflow))),
     )
     feast_repo = Path(_env("CTR_FEAST_REPO", str(PROJECT_ROOT / "feature_repo"))).resolve()
+    feast_yaml = _feast_yaml(feast_repo, data_dir)
     ingest_max_events = int(_env("CTR_INGEST_MAX_EVENTS", "10000"))
     settings = Settings(
         data_dir=data_dir,
@@ -202,7 +232,7 @@ def get_settings() -> Settings:
         timezone=_env("CTR_TIMEZONE", SHOP_TIMEZONE),
         max_bad_row_fraction=float(_env("CTR_MAX_BAD_ROW_FRACTION", "0.01")),
         feast_repo=feast_repo,
-        feast_yaml=Path(_env("CTR_FEAST_YAML", str(feast_repo / "feature_store.yaml"))).resolve(),
+        feast_yaml=feast_yaml,
         mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{paths.mlflow_db}"),
         experiment=_env("CTR_EXPERIMENT", "ctr-ranking"),
         xgb_model_name=_env("CTR_XGB_MODEL_NAME", "ctr-xgboost"),
@@ -233,7 +263,8 @@ def get_settings() -> Settings:
         online_store=_env("CTR_ONLINE_STORE", "sqlite").lower(),
         redis_connection=_env("CTR_REDIS_CONNECTION", "127.0.0.1:6379"),
         feast_registry=_env("CTR_FEAST_REGISTRY", str(paths.feast_registry)),
-        feast_registry_ttl_s=int(_env("CTR_FEAST_REGISTRY_TTL_S", "10")),
+        feast_registry_ttl_s=_integer("CTR_FEAST_REGISTRY_TTL_S", _env("CTR_FEAST_REGISTRY_TTL_S", "10")),
+        feast_set=frozenset(name for name in FEAST_STORE_VARIABLES if _env(name, "")),
         ingest_max_events=ingest_max_events,
         ingest_url=_env("CTR_INGEST_URL", "http://127.0.0.1:3001"),
         # Events taken while the online store was down are logged, then applied this often until it is back.
@@ -268,6 +299,10 @@ def get_settings() -> Settings:
     )
     if settings.online_store not in ("sqlite", "redis"):
         raise ValueError(f"CTR_ONLINE_STORE={settings.online_store!r}: expected sqlite or redis")
+    if settings.feast_registry_ttl_s < 0:
+        raise ValueError(f"CTR_FEAST_REGISTRY_TTL_S={settings.feast_registry_ttl_s}: expected 0 or more")
+    if "CTR_FEAST_ONLINE_STORE" in settings.feast_set:
+        _check_online_store_mapping(_env("CTR_FEAST_ONLINE_STORE", ""))
     if not 0.0 <= settings.challenger_share <= 1.0:
         raise ValueError(f"CTR_CHALLENGER_SHARE={settings.challenger_share}: expected a share in [0, 1]")
     if settings.user_id_key and len(settings.user_id_key) < MIN_SECRET_LENGTH:
@@ -292,6 +327,20 @@ def get_settings() -> Settings:
             f"{settings.test_start} / {settings.window_end}"
         )
     return settings
+
+
+def _check_online_store_mapping(raw: str) -> None:
+    import yaml
+
+    try:
+        mapping = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"CTR_FEAST_ONLINE_STORE is not valid YAML: {exc}") from exc
+    if not isinstance(mapping, dict) or "type" not in mapping:
+        raise ValueError(
+            f"CTR_FEAST_ONLINE_STORE={raw!r}: expected an online_store mapping with a type, "
+            'e.g. {type: redis, connection_string: "redis:6379"}'
+        )
 
 
 def airflow_environment(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from datetime import datetime
@@ -16,25 +18,198 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from feature_repo.contract import (
+    DEFAULT_DATA_DIR,
+    EFFECTIVE_YAML_MARKER,
+    FEAST_YAML_VARIABLE,
+    effective_yaml_data_dir,
+)
 from models.settings import Settings
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
     from feast.repo_config import RepoConfig
 
+logger = logging.getLogger(__name__)
+
+
+# A `${VAR}` or `$VAR` in a feature_store.yaml, as Feast's os.path.expandvars finds them.
+_REFERENCE = re.compile(r"\$(\w+)|\$\{([^}]*)\}")
+
+
+def _reference(name: str) -> str:
+    return "${" + name + "}"
+
+
+def _is_local(path: object) -> bool:
+    return isinstance(path, str) and bool(path) and "://" not in path and "$" not in path
+
+
+def _local_path(settings: Settings, path: str) -> str:
+    """A local path of the file as Feast resolves it (relative to the repo); one under the default
+    data dir var/ moves to the configured data dir, as every default path of the project.
+
+    A path that stays is kept as the file writes it: Feast records the online store's path as
+    given, in the registry, and `feast apply` treats another spelling of the same file as a moved
+    store (it drops the tables there). So the project and the plain CLI must spell it alike."""
+    where = (Path(path) if Path(path).is_absolute() else settings.feast_repo / path).resolve()
+    if where.is_relative_to(DEFAULT_DATA_DIR) and settings.data_dir != DEFAULT_DATA_DIR:
+        return str(settings.data_dir / where.relative_to(DEFAULT_DATA_DIR))
+    return path
+
+
+def _online_store(settings: Settings, current: object) -> object:
+    """The online_store the set variables choose, from the file's `current` one."""
+    chosen = settings.feast_set
+    if "CTR_FEAST_ONLINE_STORE" in chosen:
+        return _reference("CTR_FEAST_ONLINE_STORE")
+    mapping = dict(current) if isinstance(current, dict) else None
+    kind = settings.online_store
+    if "CTR_ONLINE_STORE" in chosen and (mapping is None or mapping.get("type", "sqlite") != kind):
+        mapping = {"type": kind}  # another kind of store: none of the file's options apply
+    if mapping is None:
+        return current
+    kind = mapping.get("type", "sqlite")
+    if kind == "redis":
+        if "CTR_REDIS_CONNECTION" in chosen:
+            mapping["connection_string"] = _reference("CTR_REDIS_CONNECTION")
+        else:
+            mapping.setdefault("connection_string", settings.redis_connection)
+    elif kind == "sqlite":
+        path = mapping.get("path")
+        if path is None:
+            mapping["path"] = str(settings.paths.feast_online_db)
+        elif _is_local(path):
+            mapping["path"] = _local_path(settings, path)
+    return mapping
+
+
+def effective_yaml(settings: Settings) -> str:
+    """The feature_store.yaml of the project's stores, as the text Feast reads.
+
+    It is `settings.feast_yaml` (the repo's file, unless CTR_FEAST_YAML or FEAST_FS_YAML_FILE_PATH
+    name another) with
+    * its local registry and SQLite paths made absolute, those under the default data dir var/
+      moved to CTR_DATA_DIR;
+    * each store variable that is set in place of its part of the file: CTR_FEAST_REGISTRY the file
+      registry's path, CTR_FEAST_REGISTRY_TTL_S its cache TTL, CTR_FEAST_ONLINE_STORE the whole
+      online_store, else CTR_ONLINE_STORE its kind (SQLite in the data dir, or Redis) and
+      CTR_REDIS_CONNECTION a Redis store's connection string;
+    * a `${VAR}` of one of those settings that is not set replaced by the setting's default.
+    A variable the environment sets is written as a `${VAR}` reference, as the file's other
+    variables are kept: Feast fills them in from the environment when it loads the file, so no
+    secret is copied into it.
+    """
+    import yaml
+
+    defaults = {k: v for k, v in settings.feast_variables().items() if k not in settings.feast_set}
+
+    def default(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return defaults.get(name, match.group(0))
+
+    source = settings.feast_yaml
+    config = yaml.safe_load(_REFERENCE.sub(default, source.read_text()))
+    if not isinstance(config, dict):
+        raise ValueError(f"{source} is not a feature_store.yaml (a mapping of Feast settings)")
+    registry = config.get("registry")
+    registry = {"path": registry} if isinstance(registry, str) else dict(registry or {})
+    if registry.get("registry_type", "file") == "file":
+        if "CTR_FEAST_REGISTRY" in settings.feast_set:
+            registry["path"] = _reference("CTR_FEAST_REGISTRY")
+        elif _is_local(registry.get("path")):
+            registry["path"] = _local_path(settings, registry["path"])
+    if "CTR_FEAST_REGISTRY_TTL_S" in settings.feast_set:
+        registry["cache_ttl_seconds"] = _reference("CTR_FEAST_REGISTRY_TTL_S")
+    config["registry"] = registry
+    config["online_store"] = _online_store(settings, config.get("online_store"))
+    header = [
+        f"{EFFECTIVE_YAML_MARKER}{settings.data_dir}",
+        f"# Written by the project from {source}, with the stores its environment chose.",
+        "# Feast's CLI, FeatureStore(repo_path=...) and `feast serve` read the project's stores through it:",
+        f"#   export {FEAST_YAML_VARIABLE}={settings.paths.feast_yaml}",
+        "# What the environment set is left as a reference, filled in by Feast when it loads the file.",
+        "# Rewritten by `ctr feast-yaml`, `ctr feast ...` and the apply_features stage: do not edit.",
+    ]
+    return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False)
+
+
+def expand(text: str, source: Path) -> str:
+    """`text` with its `${VARS}` filled in from the environment, as Feast does; a variable that is
+    not set is an error naming it (Feast would pass the `${VAR}` on as a value)."""
+    missing = sorted(
+        {
+            m.group(1) or m.group(2)
+            for line in text.splitlines()
+            if not line.lstrip().startswith("#")
+            for m in _REFERENCE.finditer(line)
+            if not os.environ.get(m.group(1) or m.group(2), "").strip()
+        }
+    )
+    if missing:
+        raise ValueError(f"{source} needs {', '.join(missing)}, which the environment does not set")
+    return os.path.expandvars(text)
+
 
 def load_config(settings: Settings) -> RepoConfig:
-    """feature_store.yaml with its ${VARS} filled in from the settings (stores, registry, cache TTL)."""
+    """The project's Feast configuration: effective_yaml() as Feast would load it."""
     import yaml
     from feast.repo_config import FeastConfigError, RepoConfig
     from pydantic import ValidationError
 
+    text = effective_yaml(settings)
     try:
-        config = RepoConfig(**yaml.safe_load(settings.feast_yaml_text()))
+        config = RepoConfig(**yaml.safe_load(expand(text, settings.feast_yaml)))
     except ValidationError as exc:
         raise FeastConfigError(exc, settings.feast_yaml) from exc
     config.repo_path = settings.feast_repo
+    _warn_if_feast_reads_another(settings, text)
     return config
+
+
+def _warn_if_feast_reads_another(settings: Settings, text: str) -> None:
+    """Feast's own tools in this environment would read other stores: say so (once per load)."""
+    named = os.environ.get(FEAST_YAML_VARIABLE, "").strip()
+    if not named or effective_yaml_data_dir(named) is None:
+        return
+    with contextlib.suppress(OSError):
+        if Path(named).read_text() != text:
+            logger.warning(
+                "%s=%s was written for other stores than these settings choose (data dir %s): "
+                "`export %s=$(ctr feast-yaml)` points Feast at these",
+                FEAST_YAML_VARIABLE,
+                named,
+                settings.data_dir,
+                FEAST_YAML_VARIABLE,
+            )
+
+
+@contextlib.contextmanager
+def _without_feast_yaml_variable() -> Iterator[None]:
+    """The project applies with its own configuration, not the file Feast's variable names: the feature
+    repo's check of that variable (feature_repo/contract.py) is for Feast's CLI, so hide it here."""
+    named = os.environ.pop(FEAST_YAML_VARIABLE, None)
+    try:
+        yield
+    finally:
+        if named is not None:
+            os.environ[FEAST_YAML_VARIABLE] = named
+
+
+def write_effective_yaml(settings: Settings) -> Path:
+    """Write effective_yaml() to <data dir>/feast/feature_store.yaml (atomically, when it changed):
+    the file FEAST_FS_YAML_FILE_PATH points Feast's own tools at. Returns its path."""
+    text = effective_yaml(settings)
+    expand(text, settings.feast_yaml)  # a missing variable fails here, not later in Feast
+    target = settings.paths.feast_yaml
+    with contextlib.suppress(OSError):
+        if target.read_text() == text:
+            return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    partial.replace(target)
+    return target
 
 
 def open_store(settings: Settings) -> FeatureStore:
@@ -82,15 +257,76 @@ def _inside_repo(repo: Path) -> Iterator[None]:
 
 
 def apply_repo(settings: Settings) -> list[str]:
-    """`feast apply` on feature_repo/, in process; returns the feature services now registered."""
+    """`feast apply` on feature_repo/, in process; returns the feature services now registered.
+    Writes the effective feature_store.yaml first, for Feast's own tools (write_effective_yaml)."""
     from feast.repo_operations import apply_total
 
+    write_effective_yaml(settings)
     config = load_config(settings)
     _make_local_dirs(config, settings.feast_repo)
-    with _inside_repo(settings.feast_repo):
-        apply_total(config, settings.feast_repo, skip_source_validation=True)
+    with _without_feast_yaml_variable():
+        _forget_sqlite_tables_elsewhere(config, settings.feast_repo)
+        with _inside_repo(settings.feast_repo):
+            _drop_views_of_another_kind(config, settings.feast_repo)
+        with _inside_repo(settings.feast_repo):
+            apply_total(config, settings.feast_repo, skip_source_validation=True)
     store = open_store(settings)
     return sorted(service.name for service in store.list_feature_services())
+
+
+def _forget_sqlite_tables_elsewhere(config: RepoConfig, repo: Path) -> list[str]:
+    """Forget, in the registry, SQLite tables recorded at another path than the configured store's.
+
+    `feast apply` compares the tables it needs with those the registry records, by name; for one
+    recorded at another path (a registry applied with the same file spelled another way, or copied
+    from another data dir) Feast 0.67 drops the recorded table and creates nothing, so the online
+    store would lose the table, or another data dir its rows. Forgotten, the table is created where
+    the configuration says (CREATE TABLE IF NOT EXISTS: rows already there stay). Returns the
+    tables forgotten."""
+    from feast import FeatureStore
+    from feast.infra.infra_object import Infra
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    if config.online_store is None or getattr(config.online_store, "type", "") != "sqlite":
+        return []
+    store = FeatureStore(repo_path=str(repo), config=config)
+    path = SqliteOnlineStore._get_db_path(config)  # the path Feast records for the tables
+    try:
+        infra = store.registry.get_infra(config.project)
+    except Exception:  # no registry yet
+        return []
+    kept, forgotten = [], []
+    for obj in infra.infra_objects:
+        (kept if getattr(obj, "path", path) == path else forgotten).append(obj)
+    if forgotten:
+        logger.info("registry: forgetting %d SQLite tables recorded outside %s", len(forgotten), path)
+        store.registry.update_infra(Infra(infra_objects=kept), config.project, commit=True)
+    return [obj.name for obj in forgotten]
+
+
+def _drop_views_of_another_kind(config: RepoConfig, repo: Path) -> list[str]:
+    """Feast refuses to change the kind of a registered view in one apply (ConflictingFeatureViewNames):
+    a view the repo now declares as another kind (user_recent_activity, once a StreamFeatureView, is
+    a FeatureView on its push source) is deleted from the registry first. Its online rows stay: the
+    store keeps the table of a view that is applied again. Returns the views deleted."""
+    from feast import FeatureStore
+    from feast.errors import FeatureViewNotFoundException
+    from feast.repo_operations import parse_repo
+
+    contents = parse_repo(repo)
+    declared = [*contents.feature_views, *contents.stream_feature_views, *contents.on_demand_feature_views]
+    registry = FeatureStore(repo_path=str(repo), config=config).registry
+    dropped = []
+    for view in declared:
+        try:
+            registered = registry.get_any_feature_view(view.name, config.project, allow_cache=False)
+        except FeatureViewNotFoundException:
+            continue
+        if type(registered) is not type(view):
+            logger.info("%s changes from %s to %s", view.name, type(registered).__name__, type(view).__name__)
+            registry.delete_feature_view(view.name, config.project, commit=True)
+            dropped.append(view.name)
+    return dropped
 
 
 def _make_local_dirs(config, repo: Path) -> None:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from feature_repo.contract import FEAST_YAML_VARIABLE
 from models.kinds import KINDS
 from models.ops.processes import (
     ProcessNotReady,
@@ -94,12 +95,17 @@ def _bentoml_environment(settings: Settings) -> dict[str, str]:
 
 
 def _serving_environment(settings: Settings, model_name: str, serving_log: Path) -> dict[str, str]:
-    """The Bento's environment: the stores and registry these settings resolved, set explicitly,
-    since a Bento's defaults are relative to its own copy of the project. Every user is scored by
-    the champion, and the smoke requests go to their own serving log, not the A/B readout's."""
+    """The Bento's environment: the data dir and the feature_store.yaml these settings resolved, set
+    explicitly, since a Bento's defaults are relative to its own copy of the project (the store
+    variables that are set pass on with the rest of the environment, so its Feast configuration is
+    this one; CTR_FEAST_YAML carries the choice FEAST_FS_YAML_FILE_PATH may have made). Every user
+    is scored by the champion, and the smoke requests go to their own serving log, not the A/B
+    readout's."""
+    environment = _bentoml_environment(settings)
+    environment.pop(FEAST_YAML_VARIABLE, None)
     return {
-        **_bentoml_environment(settings),
-        **settings.feast_variables(),
+        **environment,
+        "CTR_FEAST_YAML": str(settings.feast_yaml),
         "CTR_DATA_DIR": str(settings.data_dir),
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "CTR_CANDIDATES_DIR": str(settings.paths.candidates),
