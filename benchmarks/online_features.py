@@ -4,8 +4,9 @@
   another process through Feast; p50/p99 of (readable - ingest call returned), and of the call itself;
 * read latency of the rankers' FeatureServices for 1 user + 100 candidate items, through Feast's
   get_online_features and through models.features.online_reader.OnlineFeatureReader (item cache warm, a
-  realistic candidate mix, cache off), next to the floor: the same Redis hashes read with redis-py
-  in one pipeline.
+  realistic candidate mix, cache off), through Feast's own Python feature server (`feast serve` in
+  feature_repo/, POST /get-online-features over HTTP), next to the floor: the same Redis hashes
+  read with redis-py in one pipeline.
 
 Data: the Taobao user slice, through the project's own stages (ingest .. materialize).
 Usage: python benchmarks/online_features.py [--reads 300] [--events 300] [--no-freshness]
@@ -14,6 +15,8 @@ Usage: python benchmarks/online_features.py [--reads 300] [--events 300] [--no-f
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -41,9 +44,16 @@ from feature_repo.contract import (  # noqa: E402
     USER_LIST_FEATURES,
     USER_VIEW,
 )
-from models.ops.processes import free_port, start_process_group, stop_process_group, wait_ready  # noqa: E402
+from models.ops.processes import (  # noqa: E402
+    free_port,
+    process_group,
+    start_process_group,
+    stop_process_group,
+    wait_ready,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
+FEAST_SERVE = "feast serve (Python feature server, 1 worker): POST /get-online-features, JSON"
 POPULAR_ITEMS = 5000  # the realistic mix draws candidates from this many most-viewed items
 ITEM_CACHE_TTL_S = 30.0  # models/settings.py's default
 
@@ -99,7 +109,45 @@ def time_reads(fn: Callable[[], object], n: int, warmup: int = 20) -> list[float
     return samples
 
 
-def read_latency(store_name: str, c: Candidates, n: int, redis_url: str | None) -> list[dict]:
+@contextlib.contextmanager
+def feast_serve(data_dir: Path, c: Candidates, log: Path):
+    """`feast serve` in feature_repo/ on the stores the project wrote feature_store.yaml for (as a
+    user runs it: FEAST_FS_YAML_FILE_PATH); yields a call that asks it for the models' service."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "FEAST_FS_YAML_FILE_PATH": str(data_dir / "feast/feature_store.yaml")}
+    feast = str(Path(sys.executable).parent / "feast")
+    command = [feast, "serve", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    body = {
+        "feature_service": MODEL_FEATURE_SERVICE,
+        "entities": {
+            "user_id": [c.user] * len(c.items),
+            "item_id": c.items,
+            REQUEST_TS: [c.request_ts] * len(c.items),
+        },
+    }
+    with (
+        process_group(
+            command, env=env, cwd=ROOT / "feature_repo", log=log, ready=f"{url}/health", timeout_s=180
+        ),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+
+        def read() -> dict:
+            response = client.post("/get-online-features", json=body)
+            assert response.status_code == 200, response.text[-500:]
+            return response.json()
+
+        answer = read()
+        names = answer["metadata"]["feature_names"]
+        assert (
+            "user_seconds_since_last_event" in names
+            and answer["results"][names.index("user_pv_7d")]["values"][0]
+        )
+        yield read
+
+
+def read_latency(store_name: str, c: Candidates, n: int, redis_url: str | None, data_dir: Path) -> list[dict]:
     from models.features.online_reader import OnlineFeatureReader
     from models.features.store import open_store
     from models.settings import get_settings
@@ -168,6 +216,8 @@ def read_latency(store_name: str, c: Candidates, n: int, redis_url: str | None) 
     samples = {
         name: time_reads(fn, n, mix_warmup if name in (mix, mix_ahead) else 20) for name, fn in reads.items()
     }
+    with feast_serve(data_dir, c, data_dir / f"feast-serve-{store_name}.log") as served:
+        samples[FEAST_SERVE] = time_reads(served, n)
     hit_rates = {name: sum(shares[-n:]) / n for name, shares in hits.items()}  # warm-up reads excluded
     return [
         {
@@ -293,8 +343,6 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300)
     parser.add_argument("--no-freshness", action="store_true", help="measure online reads only")
     args = parser.parse_args()
-    import os
-
     reads, fresh = [], []
     with tempfile.TemporaryDirectory() as tmp, redis_server() as redis_url:
         data_dir = Path(tmp)
@@ -305,7 +353,9 @@ def main() -> None:
         for name, extra in (("sqlite", {}), ("redis", {"CTR_REDIS_CONNECTION": redis_url})):
             with environment(**base, CTR_ONLINE_STORE=name, **extra):
                 materialize()
-                reads += read_latency(name, picked, args.reads, redis_url if name == "redis" else None)
+                reads += read_latency(
+                    name, picked, args.reads, redis_url if name == "redis" else None, data_dir
+                )
                 if not args.no_freshness:
                     fresh += freshness(name, data_dir, args.events, dict(os.environ))
     print_table("Online read, 1 user + 100 items", reads)
@@ -318,6 +368,11 @@ def main() -> None:
         "Read: in-process FeatureStore.get_online_features, registry cache warm "
         "(CTR_FEAST_REGISTRY_TTL_S=10); 20 warm-up reads (100 requests for the drawn mix), then the "
         "samples.",
+        f"{FEAST_SERVE.split(':')[0]}: `feast serve --no-access-log` in feature_repo/ with "
+        "FEAST_FS_YAML_FILE_PATH=<data dir>/feast/feature_store.yaml (the stores the project wrote it "
+        f"for), asked for {MODEL_FEATURE_SERVICE} with the same 100 rows and request_ts, on-demand views "
+        "computed by the server; one keep-alive httpx client in the benchmark process, timed from "
+        "sending the request to the decoded JSON answer.",
         f"OnlineFeatureReader (models/features/online_reader.py) returns the same frame as "
         f"`pd.DataFrame(get_online_features(service, rows).to_dict())` for {MODEL_FEATURE_SERVICE}: the "
         f"user's rows read once through Feast, item rows through a {ITEM_CACHE_TTL_S:.0f} s cache (misses "
@@ -328,9 +383,9 @@ def main() -> None:
         "polls Feast until the event's id is in the user's recent_event_ids. The push happens inside "
         "the request, so reads_needed_max = 1 means the first read after the call already saw it.",
     ]
-    write_results("online_read", "Online read latency: 1 user + 100 items", reads, notes[:3])
+    write_results("online_read", "Online read latency: 1 user + 100 items", reads, notes[:4])
     if fresh:
-        write_results("freshness", "Event-to-online freshness", fresh, [notes[3]])
+        write_results("freshness", "Event-to-online freshness", fresh, [notes[4]])
 
 
 if __name__ == "__main__":
