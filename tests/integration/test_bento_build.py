@@ -15,6 +15,7 @@ from pathlib import Path
 import grimp
 import pytest
 
+from tests.import_graph import module_files
 from tests.integration.conftest import VENV_BIN
 
 pytestmark = pytest.mark.integration
@@ -33,16 +34,6 @@ NOT_SERVED = ("models/pipeline.py", "models/cli.py", "models/ops/deployment.py")
 def served_modules() -> set[str]:
     graph = grimp.build_graph(*LIBRARY, cache_dir=None)
     return set(SERVICES).union(*(graph.find_upstream_modules(service) for service in SERVICES))
-
-
-def module_files(modules: set[str]) -> set[str]:
-    """Each module's file and the __init__.py of every package above it, relative to ROOT."""
-    files = set()
-    for module in modules:
-        parts = module.split(".")
-        files.update("/".join(parts[:depth]) + "/__init__.py" for depth in range(1, len(parts)))
-        files.add("/".join(parts) + ("/__init__.py" if ROOT.joinpath(*parts).is_dir() else ".py"))
-    return files
 
 
 def served_files() -> set[str]:

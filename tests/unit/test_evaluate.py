@@ -3,7 +3,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from models.evaluation.metrics import LogisticBaseline, ctr_metrics, expected_calibration_error, ranking_metrics
+from models.evaluation.metrics import (
+    LogisticBaseline,
+    ctr_metrics,
+    expected_calibration_error,
+    ranking_metrics,
+)
 
 
 def test_calibration_error_is_zero_when_predictions_match_observed_rates_and_the_gap_otherwise():

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 
 from models.explain import contributions, top_contributions
-from models.scoring import wrap
 from models.kinds.xgb import train_xgb
+from models.scoring import wrap
 
 FEATURES = ["item_pv_7d", "user_cart_7d", "noise"]
 

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from models.data.events import event_ids
 from models.data.event_log import EventLog, canonical
+from models.data.events import event_ids
 from models.data.replay import batches
 
 T = pd.Timestamp("2017-11-26 15:59:58", tz="UTC")

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from feature_repo.contract import EVENT_TIMESTAMP, USER_ID
+from models.data.lake import day_of_rows, days_of
 from models.features.batch import (
     DayGrid,
     category_snapshots,
@@ -17,7 +18,6 @@ from models.features.batch import (
     snapshots_between,
     user_snapshots,
 )
-from models.data.lake import day_of_rows, days_of
 from models.settings import get_settings
 
 

@@ -12,7 +12,8 @@ from models.evaluation.promotion import decide
 def test_a_failed_check_refuses_the_model_whatever_its_auc():
     decision = decide(0.99, ["calibration error 0.2 > CTR_MAX_CALIBRATION_ERROR 0.05"], 0.5, 0.001)
     assert decision["promoted"] is False and decision["champion_changed"] is False
-    assert decision["reason"] == "sanity checks failed: calibration error 0.2 > CTR_MAX_CALIBRATION_ERROR 0.05"
+    reason = "sanity checks failed: calibration error 0.2 > CTR_MAX_CALIBRATION_ERROR 0.05"
+    assert decision["reason"] == reason
 
 
 def test_every_failure_is_named_in_the_reason():

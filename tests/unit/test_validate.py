@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from models.settings import get_settings
 from models.data.validation import DataValidationError, raise_for_failures, validate_events, write_outcome
+from models.settings import get_settings
 
 
 @pytest.fixture(scope="module")
