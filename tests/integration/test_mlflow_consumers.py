@@ -48,20 +48,13 @@ def rows(dag_run):
     return frame.sample(ROWS, random_state=0).reset_index(drop=True)
 
 
-def _served(dag_run, name: str, rows: pd.DataFrame) -> np.ndarray:
-    """What the ranker scores: the champion loaded as the service loads it."""
-    import os
-
+def _served(name: str, rows: pd.DataFrame) -> np.ndarray:
+    """What the ranker scores: the champion loaded as the service loads it (call after
+    use_environment(dag_run["env"]))."""
     from models.registry import load_by_alias
     from models.settings import get_settings
 
-    saved = dict(os.environ)
-    os.environ.update(dag_run["env"])
-    try:
-        return load_by_alias(get_settings(), name=name).predict(rows)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    return load_by_alias(get_settings(), name=name).predict(rows)
 
 
 def _signature_rows(dag_run, name: str, rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -77,7 +70,9 @@ def _signature_rows(dag_run, name: str, rows: pd.DataFrame) -> tuple[pd.DataFram
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_pyfunc_in_a_process_without_the_project_predicts_what_the_ranker_serves(dag_run, rows, name):
+def test_pyfunc_in_a_process_without_the_project_predicts_what_the_ranker_serves(
+    dag_run, rows, name, use_environment
+):
     x, tracking = _signature_rows(dag_run, name, rows)
     code = OUTSIDE.format(root=str(ROOT), tracking=tracking, name=name)
     env = {k: v for k, v in dag_run["env"].items() if k != "PYTHONPATH"}
@@ -95,10 +90,11 @@ def test_pyfunc_in_a_process_without_the_project_predicts_what_the_ranker_serves
     assert "/code/models/" in answer["code"], answer["code"]  # the model's own shipped code
     scores = np.asarray(answer["scores"])
     assert ((scores > 0) & (scores < 1)).all() and len(np.unique(scores)) > ROWS / 4  # probabilities
-    np.testing.assert_allclose(scores, _served(dag_run, name, rows), rtol=1e-6)
+    use_environment(dag_run["env"])
+    np.testing.assert_allclose(scores, _served(name, rows), rtol=1e-6)
 
 
-def test_mlflow_models_serve_answers_invocations_with_the_same_probabilities(dag_run, rows):
+def test_mlflow_models_serve_answers_invocations_with_the_same_probabilities(dag_run, rows, use_environment):
     name = "ctr-wide-deep"
     x, tracking = _signature_rows(dag_run, name, rows)
     port = free_port()
@@ -119,4 +115,5 @@ def test_mlflow_models_serve_answers_invocations_with_the_same_probabilities(dag
             timeout=60,
         )
         assert bad.status_code == 400 and "item_id" in bad.text  # a missing input is named
-    np.testing.assert_allclose(predictions, _served(dag_run, name, rows), rtol=1e-6)
+    use_environment(dag_run["env"])
+    np.testing.assert_allclose(predictions, _served(name, rows), rtol=1e-6)
