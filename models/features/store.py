@@ -447,3 +447,43 @@ def online_features(
     store: FeatureStore, service: FeatureService, rows: list[dict[str, int]]
 ) -> dict[str, list]:
     return store.get_online_features(features=service, entity_rows=rows).to_dict()
+
+
+def feature_service_rows(repo: Path) -> list[str]:
+    """The README's rows for the repo's FeatureServices, written from the services themselves (as
+    `feast apply` loads them), so the documented feature lists cannot drift from what is served:
+    per service its entity keys and, per view, which of the view's features it takes."""
+    from feast import OnDemandFeatureView
+    from feast.repo_operations import parse_repo
+
+    with _inside_repo(repo):
+        contents = parse_repo(repo)
+    views = {v.name: v for v in [*contents.feature_views, *contents.stream_feature_views]}
+    on_demand = {v.name: v for v in contents.on_demand_feature_views}
+    entities = {e.name: e.join_key for e in contents.entities}
+    rows = []
+    for service in contents.feature_services:
+        keys: list[str] = []
+        parts = []
+        for projection in service.feature_view_projections:
+            view = views.get(projection.name) or on_demand[projection.name]
+            if isinstance(view, OnDemandFeatureView):
+                for source in view.source_feature_view_projections.values():
+                    keys += [entities[e] for e in views[source.name].entities]
+                for request in view.source_request_sources.values():
+                    keys += [field.name for field in request.schema]
+            else:
+                keys += [entities[e] for e in view.entities]
+            taken = [f.name for f in projection.features]
+            declared = [f.name for f in view.features]
+            left_out = [name for name in declared if name not in taken]
+            kind = "on demand: " if isinstance(view, OnDemandFeatureView) else ""
+            if left_out:
+                listed = ", ".join(f"`{name}`" for name in left_out)
+                which = f"{len(taken)} of {len(declared)}, all but {listed}"
+            else:
+                which = f"all {len(taken)}"
+            parts.append(f"`{projection.name}` ({kind}{which})")
+        unique_keys = ", ".join(dict.fromkeys(keys))
+        rows.append(f"| **`{service.name}`** | {unique_keys} | {'; '.join(parts)} |")
+    return rows
