@@ -259,8 +259,6 @@ def _inside_repo(repo: Path) -> Iterator[None]:
 def apply_repo(settings: Settings) -> list[str]:
     """`feast apply` on feature_repo/, in process; returns the feature services now registered.
     Writes the effective feature_store.yaml first, for Feast's own tools (write_effective_yaml)."""
-    from feast.repo_operations import apply_total
-
     write_effective_yaml(settings)
     config = load_config(settings)
     _make_local_dirs(config, settings.feast_repo)
@@ -269,9 +267,33 @@ def apply_repo(settings: Settings) -> list[str]:
         with _inside_repo(settings.feast_repo):
             _drop_views_of_another_kind(config, settings.feast_repo)
         with _inside_repo(settings.feast_repo):
-            apply_total(config, settings.feast_repo, skip_source_validation=True)
+            _apply_total(config, settings.feast_repo)
     store = open_store(settings)
     return sorted(service.name for service in store.list_feature_services())
+
+
+def _apply_total(config: RepoConfig, repo: Path) -> None:
+    """`feast apply`'s own steps, with each parsed view given the materialization intervals its
+    registered copy holds. The registry keeps them through an apply anyway; without them, Feast 0.67
+    takes every materialized view for changed and prints its whole data source, of which only the
+    creation times differ, as an update."""
+    from feast.repo_operations import (
+        _get_repo_contents,
+        _get_store_and_registry,
+        apply_total_with_repo_instance,
+    )
+
+    os.chdir(repo)
+    contents = _get_repo_contents(repo, config.project, config)
+    store, registry = _get_store_and_registry(config)
+    for view in [*contents.feature_views, *contents.stream_feature_views]:
+        try:
+            registered = registry.get_any_feature_view(view.name, config.project, allow_cache=False)
+        except Exception:  # not registered yet, or a registry that cannot say
+            continue
+        view.materialization_intervals = list(getattr(registered, "materialization_intervals", []))
+    print(f"Applying changes for project {config.project}")
+    apply_total_with_repo_instance(store, config.project, registry, contents, skip_source_validation=True)
 
 
 def _forget_sqlite_tables_elsewhere(config: RepoConfig, repo: Path) -> list[str]:
