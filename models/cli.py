@@ -21,6 +21,11 @@ from pathlib import Path
 from models.ops.processes import start_process_group, stop_process_groups
 from models.settings import airflow_environment, get_settings
 
+# Libraries that log every HTTP request at INFO: one line per request would bury the commands' own
+# output (replay's progress line among them). Their warnings and errors still show.
+QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "requests")
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+
 
 def _run(args: argparse.Namespace) -> int:
     from models import pipeline
@@ -261,10 +266,12 @@ def _replay(args: argparse.Namespace) -> int:
                 "requests": totals.requests,
                 "seconds": round(totals.seconds, 2),
                 "events_per_s": round(totals.sent / totals.seconds, 1) if totals.seconds else None,
+                "interrupted": totals.interrupted,
             }
-        )
+        ),
+        flush=True,
     )
-    return 0
+    return EXIT_INTERRUPTED if totals.interrupted else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     return args.func(args)
 
 
