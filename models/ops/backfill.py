@@ -90,13 +90,19 @@ class AirflowCommand:
             raise BackfillError("airflow not found; install the environment with `make venv`")
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [self.program, *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=self.timeout_s,
-        )
+        try:
+            return subprocess.run(
+                [self.program, *args],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            raise BackfillError(
+                f"`airflow {' '.join(args)}` did not finish within {self.timeout_s:.0f} s: is the "
+                "metadata database reachable?"
+            ) from None
 
     def dag_details(self, dag_id: str) -> dict[str, str]:
         """The DAG as Airflow's database knows it (`is_paused`, ...), once its DAG processor has
