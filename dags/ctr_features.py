@@ -1,9 +1,11 @@
 """
 ### ctr_features — the daily feature pipeline
 
-One run per local day of the data (`CTR_TIMEZONE`, Asia/Shanghai by default), from
-`CTR_WINDOW_START` to `CTR_WINDOW_END`: unpausing it catches up every day, and
-`airflow backfill create` re-runs a date range. A manual run with `{"days": N}` processes the N
+One run per local day of the data (`CTR_TIMEZONE`, Asia/Shanghai by default) inside
+`CTR_WINDOW_START` .. `CTR_WINDOW_END`; a run's logical date is its day's local midnight. Past days
+run through a backfill: `ctr backfill 2017-11-25 2017-11-26` runs those two local days (and unpauses
+the DAG, as the scheduler runs nothing of a paused DAG). It does not catch up: unpausing it runs
+each day that ends from then on, never a past one. A manual run with `{"days": N}` processes the N
 days ending at its data interval's end (the end of the window when it has none).
 
 `ingest` (raw CSV + live event log → `lake/ingested/date=…`) → `validate` (Great Expectations per
@@ -33,7 +35,7 @@ settings = get_settings()
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone=settings.timezone),
     start_date=settings.window_start,
     end_date=settings.window_end,
-    catchup=True,
+    catchup=False,  # past days run through `ctr backfill`, never beside it on unpausing
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     params={"days": Param(1, type="integer", minimum=1, description="days ending at the interval's end")},

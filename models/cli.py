@@ -15,11 +15,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
+from models.ops.backfill import REPROCESS
 from models.ops.processes import start_process_group, stop_process_groups
 from models.settings import airflow_environment, get_settings
+
+# Libraries that log every HTTP request at INFO: one line per request would bury the commands' own
+# output (replay's progress line among them). Their warnings and errors still show.
+QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "requests")
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -173,7 +179,8 @@ def _airflow_ui(args: argparse.Namespace) -> int:
                             f"Airflow UI: {url}",
                             *_login_lines(env),
                             f"DAGs from {env['AIRFLOW__CORE__DAGS_FOLDER']} (new DAGs start paused: "
-                            "switch one on, or trigger it, in the UI)",
+                            "switch one on, or trigger it, in the UI; `ctr backfill FROM TO` runs past "
+                            "local days of ctr_features)",
                             "Ctrl-C stops every component",
                             "",
                         ]
@@ -261,9 +268,70 @@ def _replay(args: argparse.Namespace) -> int:
                 "requests": totals.requests,
                 "seconds": round(totals.seconds, 2),
                 "events_per_s": round(totals.sent / totals.seconds, 1) if totals.seconds else None,
+                "interrupted": totals.interrupted,
             }
-        )
+        ),
+        flush=True,
     )
+    return EXIT_INTERRUPTED if totals.interrupted else 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from models.ops.backfill import AirflowCommand, BackfillError, plan_backfill, wait_for_runs
+
+    settings = get_settings()
+    try:
+        plan = plan_backfill(args.first, args.last, settings)
+        airflow = AirflowCommand(settings)
+        details = airflow.dag_details(plan.dag_id)
+        if not airflow.scheduler_alive():
+            raise BackfillError(
+                "No Airflow scheduler is running: the backfill's runs would wait, queued, until one "
+                "starts. Start Airflow with `ctr airflow-ui` (or run `airflow scheduler`), then try again."
+            )
+        # The backfill's runs exist before the scheduler may look at the DAG: a day the schedule
+        # would also run is the backfill's.
+        airflow.create_backfill(plan, args.reprocess, args.max_active_runs)
+        days = ", ".join(str(day) for day in plan.days)
+        print(
+            f"backfill of {plan.dag_id} created: {len(plan.days)} run(s), one per local day "
+            f"({settings.timezone}) {days}; logical dates {plan.from_date} .. {plan.to_date}",
+            flush=True,
+        )
+        if str(details.get("is_paused")).lower() == "true":
+            airflow.unpause(plan.dag_id)
+            print(
+                f"{plan.dag_id} was paused, as every new DAG is: unpaused it, as the scheduler runs no "
+                "task of a paused DAG. It does not catch up, so no other past day starts beside the "
+                f"backfill (`ctr airflow dags pause {plan.dag_id}` pauses it again).",
+                flush=True,
+            )
+    except BackfillError as error:
+        print(f"ctr backfill: {error}", file=sys.stderr)
+        return 1
+    if not args.wait:
+        print("follow it in the Airflow UI, or with `ctr airflow dags list-runs ctr_features`", flush=True)
+        return 0
+
+    def report(states: dict) -> None:
+        line = ", ".join(f"{day} {states.get(day, 'not created')}" for day in plan.days)
+        print(f"{datetime.now(UTC):%H:%M:%S}Z {line}", flush=True)
+
+    try:
+        states = wait_for_runs(airflow, plan, args.poll, report)
+    except BackfillError as error:
+        print(f"ctr backfill: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopped following the runs; the backfill goes on in Airflow", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    failed = [str(day) for day, state in states.items() if state != "success"]
+    if failed:
+        print(
+            f"ctr backfill: the runs of {', '.join(failed)} failed; see their logs in the UI", file=sys.stderr
+        )
+        return 1
+    print(f"all {len(plan.days)} day(s) succeeded", flush=True)
     return 0
 
 
@@ -311,6 +379,42 @@ def main(argv: list[str] | None = None) -> int:
     )
     airflow_ui.set_defaults(func=_airflow_ui)
 
+    backfill = sub.add_parser(
+        "backfill",
+        help="run the feature DAG for local days FROM .. TO through the Airflow scheduler",
+        description="Backfill the feature DAG (ctr_features) for the shop's local days FROM .. TO "
+        "(inclusive, CTR_TIMEZONE): one run per day, whose logical date is that day's local midnight. "
+        "Needs a running scheduler (`ctr airflow-ui`); unpauses the DAG when it is paused, which "
+        "starts no other run (the DAG does not catch up). Days that ran before run again unless "
+        "--reprocess says otherwise.",
+    )
+    backfill.add_argument(
+        "first", metavar="FROM", type=date.fromisoformat, help="first local day, YYYY-MM-DD"
+    )
+    backfill.add_argument(
+        "last", metavar="TO", type=date.fromisoformat, nargs="?", help="last local day (default: FROM)"
+    )
+    backfill.add_argument(
+        "--reprocess",
+        choices=REPROCESS,
+        default="completed",
+        help="days that already have a finished run: run them again (completed, the default), only "
+        "when they failed (failed), or leave them (none)",
+    )
+    backfill.add_argument(
+        "--max-active-runs",
+        type=int,
+        default=1,
+        help="days running at once (default 1: in order, one by one)",
+    )
+    backfill.add_argument(
+        "--wait", action="store_true", help="follow the runs; exit 0 only if every day succeeds"
+    )
+    backfill.add_argument(
+        "--poll", type=float, default=15.0, metavar="S", help="with --wait: seconds between checks"
+    )
+    backfill.set_defaults(func=_backfill)
+
     feast = sub.add_parser(
         "feast",
         help="the feast CLI on feature_repo/ with the configured stores, e.g. `ctr feast feature-views list`",
@@ -355,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     return args.func(args)
 
 

@@ -7,8 +7,12 @@ when a rule is broken by more than `max_bad_row_fraction` of its rows, or the sc
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +28,12 @@ FAILED_CHECKS = "failed_checks"
 # Set on a row that repeats an earlier row of the batch field for field: the earlier row's source
 # line. A repeated delivery is one event; the repeat is quarantined, the first copy kept.
 REPEAT_OF = "repeat_of"
+# The file in a GX project folder that its writers hold while they use it, and how long one waits for
+# another before giving up: a validation holds it for seconds.
+PROJECT_LOCK = ".lock"
+PROJECT_LOCK_TIMEOUT_S = 600.0
+
+log = logging.getLogger(__name__)
 
 
 class DataValidationError(RuntimeError):
@@ -55,6 +65,41 @@ def _gx():
     import great_expectations as gx
 
     return gx
+
+
+@contextlib.contextmanager
+def project_lock(gx_dir: Path, timeout_s: float = PROJECT_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the GX project in `gx_dir` for this process alone.
+
+    A file-backed GX project is not safe for concurrent writers: every run rewrites the suite, the
+    validation definition and the checkpoint, and a run that reads a file another is rewriting fails
+    (a half-written suite, or one that "has changed since it has last been saved"). Runs that
+    overlap (a backfill beside the schedule, several Celery workers) take turns through an exclusive
+    `flock` on `<gx_dir>/.lock`, which the system releases when its holder exits, however it exits.
+    """
+    gx_dir.mkdir(parents=True, exist_ok=True)
+    path = gx_dir / PROJECT_LOCK
+    with path.open("a") as handle:
+        deadline = time.monotonic() + timeout_s
+        waited = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"The Great Expectations project {gx_dir} stayed in use by another validation "
+                        f"for {timeout_s:.0f} s (lock {path})"
+                    ) from None
+                if not waited:
+                    log.info("waiting for another validation to finish with %s", gx_dir)
+                    waited = True
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def build_suite(window_start: datetime, window_end: datetime, mostly: float) -> Any:
@@ -118,16 +163,38 @@ def validate_events(
 
     With `project_root`, the run is kept in a file-backed GX project there (`<root>/gx/`) and its
     Data Docs are rebuilt, so every validated batch can be opened in a browser; without, nothing is
-    written.
+    written. Validations that share a project, in any number of processes, take turns with it
+    (`project_lock`); the checks themselves need no project.
     """
     gx = _gx()
+    frame = events.reset_index(drop=True)
+    frame[REPEAT_OF] = repeat_of(frame)
     if project_root is None:
-        context, actions = gx.get_context(mode="ephemeral"), []
+        result = _run_checkpoint(
+            gx, gx.get_context(mode="ephemeral"), [], frame, window_start, window_end, max_bad_row_fraction
+        )
     else:
         from great_expectations.checkpoint import UpdateDataDocsAction
 
-        context = gx.get_context(mode="file", project_root_dir=str(project_root))
-        actions = [UpdateDataDocsAction(name="update_data_docs")]
+        with project_lock(Path(project_root) / "gx"):
+            context = gx.get_context(mode="file", project_root_dir=str(project_root))
+            actions = [UpdateDataDocsAction(name="update_data_docs")]
+            result = _run_checkpoint(
+                gx, context, actions, frame, window_start, window_end, max_bad_row_fraction
+            )
+    return _outcome(frame, result)
+
+
+def _run_checkpoint(
+    gx: Any,
+    context: Any,
+    actions: list[Any],
+    frame: pd.DataFrame,
+    window_start: datetime,
+    window_end: datetime,
+    max_bad_row_fraction: float,
+) -> Any:
+    """The suite for this window saved into `context` and run over `frame`; the validation result."""
     source = context.data_sources.add_or_update_pandas("events")
     asset = next((a for a in source.assets if a.name == "canonical_events"), None)
     asset = asset or source.add_dataframe_asset("canonical_events")
@@ -147,13 +214,15 @@ def validate_events(
             result_format={"result_format": "COMPLETE"},
         )
     )
-    frame = events.reset_index(drop=True)
-    frame[REPEAT_OF] = repeat_of(frame)
     span = f"{pd.Timestamp(window_start):%Y-%m-%d %H:%M}..{pd.Timestamp(window_end):%Y-%m-%d %H:%M}"
     run_id = gx.RunIdentifier(run_name=span)
     run = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
     (result,) = run.run_results.values()
+    return result
 
+
+def _outcome(frame: pd.DataFrame, result: Any) -> ValidationOutcome:
+    """Accepted and quarantined rows of `frame` from a GX validation result."""
     bad_rows: dict[int, list[str]] = {}
     failures: list[str] = []
     for check in result.results:

@@ -1,10 +1,12 @@
-"""`ctr airflow-ui` as a user meets it: the REST API (JWT login, DAGs, import errors, a triggered run
-through the scheduler) and the React UI in headless Chromium (Debian packages; `make test-deps`)."""
+"""`ctr airflow-ui` as a user meets it: the REST API (JWT login, DAGs, import errors), the React UI in
+headless Chromium (Debian packages; `make test-deps`), and the README's `ctr backfill` run through
+its scheduler."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import psutil
 import pytest
 from selenium import webdriver
@@ -26,11 +29,13 @@ from tests.integration.conftest import ROOT, project_environment
 
 pytestmark = pytest.mark.integration
 
-# What the UI must list, and the backfill the REST test creates: two consecutive days of the
-# feature DAG (logical dates are the starts of their data intervals, in shop time).
+# What the UI must list, and the backfill the README's command creates: the first two local days
+# (shop time) of a three-day window, so a run of the third day would be a catch-up beside it.
 DAG_IDS = ("ctr_features", "ctr_training", "ctr_deployment", "ctr_monitoring")
 BACKFILL_DAG_ID = "ctr_features"
-BACKFILL_DAYS = ("2017-11-25", "2017-11-26")
+WINDOW_DAYS = ("2017-11-25", "2017-11-26", "2017-11-27")
+BACKFILL_DAYS = WINDOW_DAYS[:2]
+SHOP_OFFSET = "+08:00"  # Asia/Shanghai, the default CTR_TIMEZONE
 RUN_TIMEOUT_S = 900  # two feature runs through the scheduler, each task in a fresh process
 
 START_TIMEOUT_S = 240
@@ -61,6 +66,7 @@ class AirflowUI:
     log: Path
     airflow_home: Path
     pid: int
+    env: dict[str, str]
 
     def processes(self) -> list[psutil.Process]:
         parent = psutil.Process(self.pid)
@@ -71,27 +77,26 @@ class AirflowUI:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
-def _two_day_window(data_dir: Path) -> dict[str, str]:
-    """The Taobao slice cut to BACKFILL_DAYS (plus its rows from before the period, which validation
-    quarantines) and a window of just those days: unpausing the daily feature DAG then schedules no
-    other day than the two the backfill runs."""
+def _window(data_dir: Path) -> dict[str, str]:
+    """The Taobao slice cut to WINDOW_DAYS (plus its rows from before the period, which validation
+    quarantines) and a window of just those days."""
     import pandas as pd
 
     from models.data.events import read_raw_events
     from models.settings import default_raw_events
 
-    first = pd.Timestamp(f"{BACKFILL_DAYS[0]}T00:00:00+08:00")
-    end = pd.Timestamp(f"{BACKFILL_DAYS[-1]}T00:00:00+08:00") + pd.Timedelta(days=1)
+    first = pd.Timestamp(f"{WINDOW_DAYS[0]}T00:00:00{SHOP_OFFSET}")
+    end = pd.Timestamp(f"{WINDOW_DAYS[-1]}T00:00:00{SHOP_OFFSET}") + pd.Timedelta(days=1)
     raw = read_raw_events(default_raw_events())
     seconds = pd.to_numeric(raw["timestamp"], errors="coerce")
     keep = (seconds < end.timestamp()) | seconds.isna()
-    path = data_dir / "two_days.csv"
+    path = data_dir / "window.csv"
     raw.loc[keep, raw.columns[1:]].to_csv(path, header=False, index=False)
     return {
         "CTR_RAW_EVENTS": str(path),
         "CTR_WINDOW_START": first.isoformat(),
-        "CTR_VALID_START": (first + pd.Timedelta(hours=24)).isoformat(),
-        "CTR_TEST_START": (first + pd.Timedelta(hours=36)).isoformat(),
+        "CTR_VALID_START": (first + pd.Timedelta(days=1)).isoformat(),
+        "CTR_TEST_START": (first + pd.Timedelta(days=2)).isoformat(),
         "CTR_WINDOW_END": end.isoformat(),
     }
 
@@ -100,7 +105,7 @@ def _two_day_window(data_dir: Path) -> dict[str, str]:
 def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
     """`ctr airflow-ui` on a free port over a temporary data dir, healthy and logged-in-able."""
     data_dir = tmp_path_factory.mktemp("airflow_ui")
-    env = project_environment(data_dir, **_two_day_window(data_dir))
+    env = project_environment(data_dir, **_window(data_dir))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = data_dir / "airflow-ui.log"
@@ -125,7 +130,7 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
     ) as process:
         passwords_file = data_dir / "airflow/simple_auth_manager_passwords.json.generated"
         password = json.loads(passwords_file.read_text())["admin"]
-        yield AirflowUI(url, "admin", password, log, data_dir / "airflow", process.pid)
+        yield AirflowUI(url, "admin", password, log, data_dir / "airflow", process.pid, env)
 
 
 @pytest.fixture(scope="module")
@@ -232,37 +237,43 @@ def test_ui_login_shows_the_project_dags(airflow_ui: AirflowUI, api: httpx.Clien
         driver.quit()
 
 
-def test_a_backfill_through_the_rest_api_builds_two_consecutive_days(
-    airflow_ui: AirflowUI, api: httpx.Client
-):
-    _wait_for_dags(api)
-    first, last = (f"{day}T00:00:00+08:00" for day in BACKFILL_DAYS)
-    created = api.post(
-        "/backfills",
-        json={"dag_id": BACKFILL_DAG_ID, "from_date": first, "to_date": last, "max_active_runs": 1},
+def test_ctr_backfill_runs_exactly_the_named_local_days(airflow_ui: AirflowUI, api: httpx.Client):
+    """The README's backfill, as a user types it beside `ctr airflow-ui`: on a DAG that is paused,
+    as every new one is, it runs the two named local days, and nothing else."""
+    dags = _wait_for_dags(api)
+    assert dags[BACKFILL_DAG_ID]["is_paused"]
+    command = ["ctr", "backfill", *BACKFILL_DAYS, "--wait", "--poll", "5"]
+    done = subprocess.run(
+        command, env=airflow_ui.env, cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
     )
-    assert created.status_code == 200, created.text
-    backfill = created.json()["id"]
-    # The scheduler runs no task of a paused DAG, backfills included. The window holds only the two
-    # days, so catch-up adds no run beside the backfill's.
-    api.patch(f"/dags/{BACKFILL_DAG_ID}", json={"is_paused": False}).raise_for_status()
-
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    runs: list[dict] = []
-    while time.monotonic() < deadline:
-        runs = api.get(f"/dags/{BACKFILL_DAG_ID}/dagRuns", params={"run_type": "backfill"}).json()["dag_runs"]
-        if len(runs) == len(BACKFILL_DAYS) and all(r["state"] in ("success", "failed") for r in runs):
-            break
-        time.sleep(5)
-    states = {r["dag_run_id"]: r["state"] for r in runs}
-    if sorted(states.values()) != ["success"] * len(BACKFILL_DAYS):
+    runs = api.get(f"/dags/{BACKFILL_DAG_ID}/dagRuns").raise_for_status().json()["dag_runs"]
+    states = {r["dag_run_id"]: (r["run_type"], r["state"]) for r in runs}
+    if done.returncode != 0 or sorted(states.values()) != [("backfill", "success")] * len(BACKFILL_DAYS):
         reports = [
             _run_report(api, f"/dags/{BACKFILL_DAG_ID}/dagRuns/{urllib.parse.quote(r, safe='')}", airflow_ui)
-            for r, state in states.items()
+            for r, (_, state) in states.items()
             if state != "success"
         ]
-        pytest.fail(f"backfill {backfill} runs: {states}\n" + "\n".join(reports))
+        pytest.fail(
+            f"`{' '.join(command)}` exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n"
+            f"runs: {states}\n" + "\n".join(reports)
+        )
+    assert "unpaused" in done.stdout and f"all {len(BACKFILL_DAYS)} day(s) succeeded" in done.stdout
+    assert not api.get(f"/dags/{BACKFILL_DAG_ID}").raise_for_status().json()["is_paused"]
 
+    # One run per named day, each covering that local day from midnight to midnight in shop time;
+    # no catch-up run of the window's third day beside them.
+    intervals = sorted(
+        (pd.Timestamp(r["data_interval_start"]), pd.Timestamp(r["data_interval_end"])) for r in runs
+    )
+    expected = [
+        (
+            pd.Timestamp(f"{day}T00:00:00{SHOP_OFFSET}"),
+            pd.Timestamp(f"{day}T00:00:00{SHOP_OFFSET}") + pd.Timedelta(days=1),
+        )
+        for day in BACKFILL_DAYS
+    ]
+    assert intervals == expected
     # Exactly the two days were processed, each whole: its lake partition, its validation report
     # (rows in = accepted + quarantined) and its feature rows, then materialized.
     data_dir = airflow_ui.airflow_home.parent
@@ -272,25 +283,6 @@ def test_a_backfill_through_the_rest_api_builds_two_consecutive_days(
     for day, rows in zip(BACKFILL_DAYS, (8732, 8786), strict=True):
         report = json.loads((data_dir / f"quarantine/date={day}/report.json").read_text())
         assert report["input_rows"] == rows == report["accepted_rows"] + report["quarantined_rows"]
-    intervals = sorted((r["data_interval_start"], r["data_interval_end"]) for r in runs)
-    assert intervals[0][1] == intervals[1][0]  # consecutive, no gap and no overlap
-    # Catch-up adds at most the run of the interval starting at the window's end, whose tasks skip.
-    window_end = intervals[-1][1]
-    for run in api.get(f"/dags/{BACKFILL_DAG_ID}/dagRuns").json()["dag_runs"]:
-        if run["run_type"] == "backfill":
-            continue
-        assert run["data_interval_start"] == window_end, (run["run_type"], run["logical_date"])
-        path = f"/dags/{BACKFILL_DAG_ID}/dagRuns/{urllib.parse.quote(run['dag_run_id'], safe='')}"
-        deadline = time.monotonic() + 120
-        while (states := _task_states(api, path)).get("ingest") not in ("skipped", "success", "failed"):
-            assert time.monotonic() < deadline, states
-            time.sleep(3)
-        assert states["in_window"] == "success" and states["ingest"] == "skipped", states
-
-
-def _task_states(api: httpx.Client, run_path: str) -> dict[str, str | None]:
-    tasks = api.get(f"{run_path}/taskInstances").raise_for_status().json()["task_instances"]
-    return {t["task_id"]: t["state"] for t in tasks}
 
 
 def _log_line(entry: dict | str) -> str:

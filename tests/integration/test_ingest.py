@@ -185,6 +185,8 @@ def _replay(server, limit: int) -> dict:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{limit:,}/{limit:,} events" in result.stderr  # the progress line reached the end
+    # Nothing but the progress line: no log line per HTTP request written over it.
+    assert "HTTP Request" not in result.stderr, result.stderr[:2000]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -211,6 +213,38 @@ def test_replaying_the_stream_twice_through_the_service_counts_each_event_once(
     assert second["accepted"] == 0 and second["duplicates"] + second["late"] == 3000
     assert store.get_online_features(features=refs, entity_rows=users).to_dict() == state
     assert len(EventLog(settings.event_log_dir).read()) == 3000
+
+
+def test_ctrl_c_stops_a_replay_with_the_totals_so_far(ingest_server, tmp_path):
+    """The README's replay at 60x (the hour takes a minute), stopped by Ctrl-C once it is sending."""
+    import json
+    import signal
+    import time
+
+    stdout, stderr = tmp_path / "replay.out", tmp_path / "replay.err"
+    command = ["ctr", "replay", str(_stream()), "--speedup", "60", "--url", ingest_server["url"]]
+    with stdout.open("w") as out, stderr.open("w") as err:
+        replay = subprocess.Popen(command, env=ingest_server["env"], cwd=ROOT, stdout=out, stderr=err)
+    try:
+        deadline = time.monotonic() + 120
+        while " events (" not in stderr.read_text():  # the progress line: events are going out
+            assert replay.poll() is None and time.monotonic() < deadline, stderr.read_text()[-3000:]
+            time.sleep(0.2)
+        time.sleep(1)
+        replay.send_signal(signal.SIGINT)
+        returncode = replay.wait(timeout=60)
+    finally:
+        if replay.poll() is None:
+            replay.kill()
+            replay.wait()
+    errors = stderr.read_text()
+    assert returncode == 130, errors[-3000:]
+    assert "Traceback" not in errors and "KeyboardInterrupt" not in errors, errors[-3000:]
+    assert "HTTP Request" not in errors, errors[:2000]
+    totals = json.loads(stdout.read_text().strip().splitlines()[-1])
+    assert totals["interrupted"] is True
+    assert 0 < totals["sent"] < len(_stream().read_text().splitlines())
+    assert totals["sent"] == totals["accepted"] + totals["duplicates"] + totals["late"]
 
 
 @pytest.mark.parametrize(

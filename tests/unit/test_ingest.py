@@ -67,3 +67,15 @@ def test_replay_schedule_follows_the_recorded_clock_sped_up():
     assert schedule == [(0.0, [0, 0, 1]), (0.5, [30]), (1.0, [60])]
     unlimited = list(batches(events, speedup=0, max_batch=2))
     assert [len(b) for _, b in unlimited] == [2, 2, 1] and all(at == 0 for at, _ in unlimited)
+
+
+def test_a_replay_that_fell_behind_sends_what_is_due_in_one_batch():
+    events = canonical(
+        [_event(event_timestamp=1511658000 + s, item_id=s) for s in range(0, 120, 6)]
+    ).sort_values("event_timestamp")
+    # 60x: one event every 0.1 s. On time, each goes alone; 1 s behind, the 11 events due by then
+    # go together (at most max_batch), then the rest, due in the next ticks, one by one again.
+    on_time = [len(batch) for _, batch in batches(events, speedup=60, max_batch=8, elapsed=lambda: 0.0)]
+    assert on_time == [1] * 20
+    late = batches(events, speedup=60, max_batch=8, elapsed=lambda: 1.0)
+    assert [len(batch) for _, batch in late] == [8, 3, *[1] * 9]
