@@ -11,6 +11,9 @@ With CTR_USER_ID_KEY set, the user id of a request is the shop's own and is pseu
 (models/data/privacy.py) before features are read, a variant is picked or anything is logged; the
 response echoes the id as sent. With CTR_API_TOKEN set, POST /reload needs it as a bearer token.
 Request bodies over CTR_MAX_REQUEST_BYTES get a 413 (services/security.py).
+
+GET /readyz answers 503, saying how to fill it, while the online store holds none of the served
+FeatureService's entities (services/readiness.py); /livez is BentoML's own.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ log = logging.getLogger(__name__)
 
 UserId = Annotated[EntityId, Field(description="The shopper's id, as the shop knows it.")]
 Explain = Annotated[bool, Field(description="Add each item's top feature contributions to its score.")]
+PROBED_ITEMS = 20  # the most popular items /readyz looks for in the online store
 
 
 class FeatureBindingError(RuntimeError):
@@ -67,12 +71,13 @@ class FeatureBindingError(RuntimeError):
 @bentoml.service(traffic={"timeout": 10}, workers=1)
 class Ranker:
     def __init__(self) -> None:
-        from models.retrieval.index import CandidateIndex
         from models.features.store import fail_fast, open_store
         from models.monitoring.serving_log import ServingLog
+        from models.retrieval.index import CandidateIndex
         from services.champion_challenger import ModelPool
         from services.degradation import StoreGuard
         from services.features import RankerFeatures
+        from services.readiness import StoreProbe
 
         hide_request_inputs_in_logs()
         self.store = fail_fast(open_store(SETTINGS))
@@ -90,7 +95,32 @@ class Ranker:
                 self.pool.variants.champion.feature_service,
                 lambda: index.cold_start(SETTINGS.warm_items, None),
             )
+        self.readiness = StoreProbe(
+            lambda items: self.features.stored(self.pool.variants.champion.feature_service, items),
+            self._probed_items,
+            lambda: (
+                f"the {PROBED_ITEMS} most popular items of the candidate lists (FeatureService "
+                f"'{self.pool.variants.champion.feature_service}', online store "
+                f"{self.store.config.online_store.type})"
+            ),
+        )
+        self.readiness.check()  # at start-up too: an empty store is in the log from the start
         freeze_loaded()
+
+    def _probed_items(self) -> list[int]:
+        """Keys the online store must hold: the most popular items of the candidate lists (none
+        without the lists: nothing to tell)."""
+        return [] if self.candidates is None else self.candidates.cold_start(PROBED_ITEMS, None)
+
+    def __is_ready__(self) -> bool:
+        """BentoML's /readyz: not ready, with the reason as the 503's message, while the online store
+        holds none of the served entities; a store that is down only degrades the responses."""
+        from starlette.exceptions import HTTPException
+
+        state = self.readiness.check()
+        if not state.ready:
+            raise HTTPException(status_code=503, detail=f"not ready: {state.reason}")
+        return True
 
     def _check_binding(self, served) -> None:
         """Refuse a model whose FeatureService is missing or has other features than it was trained on."""
@@ -125,6 +155,7 @@ class Ranker:
         self.pool.stop()
         self.serving_log.close()
         self.guard.close()
+        self.readiness.close()
 
     # --- steps ---------------------------------------------------------------------------------
 
