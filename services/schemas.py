@@ -9,6 +9,7 @@ response schema, OpenAPI document and client decoding against each other.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,8 +25,7 @@ EntityId = Annotated[int, Field(ge=0, le=MAX_ENTITY_ID)]
 def unique_item_ids(ids: list[int]) -> list[int]:
     """Refuse repeated ids as pydantic refuses any invalid field, so that a repeat is reported (and
     logged) like every other invalid request: a 400 naming the field and the ids."""
-    seen: set[int] = set()
-    repeated = sorted({i for i in ids if i in seen or seen.add(i)})
+    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
     if repeated:
         raise PydanticCustomError(
             "unique", "item_ids must be unique; repeated: {repeated}", {"repeated": str(repeated[:10])}

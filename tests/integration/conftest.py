@@ -71,6 +71,16 @@ def run_dag(
     )
 
 
+class FakeClock:
+    """A monotonic clock a test moves by hand (`clock.now += seconds`), for caches' TTLs."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
 def use_environment(monkeypatch: pytest.MonkeyPatch):
     """Apply a project environment to this test process (for in-process Feast/MLflow reads)."""

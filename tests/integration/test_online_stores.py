@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from feature_repo.contract import USER_FEATURES, USER_TOP_CATEGORIES, USER_TOP_CATEGORY_SHARES, USER_VIEW
-from tests.integration.conftest import project_environment
+from tests.integration.conftest import FakeClock, project_environment
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +44,6 @@ def test_materialized_snapshot_is_read_back_from_the_configured_store(store_sett
     assert online[USER_FEATURES[0]] == [100.0, None]
     assert online[USER_TOP_CATEGORIES] == [[300, 700], None]
     assert online[USER_TOP_CATEGORY_SHARES] == [[0.75, 0.25], None]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_an_item_the_store_lacked_is_served_as_soon_as_it_is_written_not_a_ttl_later(store_settings):
