@@ -109,6 +109,7 @@ class Settings:
     feature_timeout_ms: float
     http_keep_alive_s: int
     item_cache_ttl_s: float
+    unknown_item_ttl_s: float
     warm_items: int
     device: str
     seed: int
@@ -256,6 +257,9 @@ def get_settings() -> Settings:
         http_keep_alive_s=int(_env("CTR_HTTP_KEEP_ALIVE_S", "75")),
         # Item features change only when a batch is materialized; the ranker caches them this long.
         item_cache_ttl_s=float(_env("CTR_ITEM_CACHE_TTL_S", "30")),
+        # An item the store has no row for is read again after this long (at most the TTL above), so
+        # that a store filled while the ranker runs (a materialization) is served within seconds.
+        unknown_item_ttl_s=float(_env("CTR_UNKNOWN_ITEM_TTL_S", "2")),
         # The most popular items are re-read ahead of their expiry, so requests rarely miss them.
         warm_items=int(_env("CTR_WARM_ITEMS", "1000")),
         device=_env("CTR_DEVICE", "auto"),
@@ -312,6 +316,12 @@ def get_settings() -> Settings:
         )
     if settings.api_token and len(settings.api_token) < MIN_SECRET_LENGTH:
         raise ValueError(f"CTR_API_TOKEN is too short: use at least {MIN_SECRET_LENGTH} random characters")
+    for name, value in (
+        ("CTR_ITEM_CACHE_TTL_S", settings.item_cache_ttl_s),
+        ("CTR_UNKNOWN_ITEM_TTL_S", settings.unknown_item_ttl_s),
+    ):
+        if value < 0:
+            raise ValueError(f"{name}={value:g}: expected 0 or more seconds")
     if settings.http_keep_alive_s <= 0:
         raise ValueError(f"CTR_HTTP_KEEP_ALIVE_S={settings.http_keep_alive_s}: expected a positive number")
     for name, value in (

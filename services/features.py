@@ -35,7 +35,10 @@ class RankerFeatures:
             if feature_service not in self._readers:
                 service = self.store.get_feature_service(feature_service)
                 self._readers[feature_service] = OnlineFeatureReader(
-                    self.store, service, self.settings.item_cache_ttl_s
+                    self.store,
+                    service,
+                    self.settings.item_cache_ttl_s,
+                    unknown_item_ttl_s=self.settings.unknown_item_ttl_s,
                 )
             return self._readers[feature_service]
 
@@ -56,6 +59,10 @@ class RankerFeatures:
                 time.sleep(max(ttl / 2, 1.0))
 
         threading.Thread(target=loop, name="item-cache-refresh", daemon=True).start()
+
+    def stored(self, feature_service: str, item_ids: list[int]) -> int:
+        """How many of `item_ids` the online store holds rows for, read now (not from the cache)."""
+        return len(self.reader(feature_service).stored(item_ids))
 
     def read(
         self, feature_service: str, user_id: int, item_ids: list[int], request_ts: int

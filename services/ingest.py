@@ -1,4 +1,4 @@
-"""BentoML ingest service: `bentoml serve services.ingest:Ingest` (or `ctr ingest-serve`).
+"""BentoML ingest service: `bentoml serve services.ingest:Ingest` (or `ctr ingest`).
 
 POST /events with a batch of behaviour events. Each event is validated, logged durably to the
 offline event log under CTR_DATA_DIR (read by the next batch run) and merged into the user's
@@ -24,8 +24,9 @@ from pydantic import AwareDatetime, BaseModel, Field, field_validator
 from feature_repo.contract import BEHAVIORS
 from models.settings import get_settings
 from services.degradation import StoreGuard
+from services.errors import ErrorBodies, log_refusals_as_client_errors
 from services.schemas import EntityId, ResponseModel
-from services.security import RequestGuard, hide_request_inputs_in_logs
+from services.security import RequestGuard
 
 SETTINGS = get_settings()
 Behavior = Literal[BEHAVIORS]  # type: ignore[valid-type]
@@ -55,11 +56,15 @@ class Event(BaseModel):
 
 
 class IngestResponse(ResponseModel):
-    received: int
+    """The batch's events, counted (README.md describes each field)."""
+
+    received: int = Field(description="Events in the request.")
     accepted: int = Field(description="New events: logged and applied to the online features.")
     duplicates: int = Field(description="Events already ingested (same content), or repeated in the batch.")
     late: int = Field(description="Older than the user's kept recent events: logged for the batch job only.")
-    users_updated: int
+    users_updated: int = Field(
+        description="Users whose recent activity this batch updated in the online store."
+    )
     deferred: int = Field(
         description="Logged while the online store was unreachable: applied to it once it is back."
     )
@@ -69,11 +74,11 @@ class IngestResponse(ResponseModel):
 @bentoml.service(traffic={"timeout": 30}, workers=1)
 class Ingest:
     def __init__(self) -> None:
-        from models.features.store import fail_fast, open_store
         from models.data.event_log import Ingestor
+        from models.features.store import fail_fast, open_store
         from services.heap import freeze_loaded
 
-        hide_request_inputs_in_logs()
+        log_refusals_as_client_errors()
         # A deadline on store calls, and after a failure none for CTR_INGEST_RETRY_S: while the store
         # is down a batch is logged and answered at once instead of waiting on client retries.
         guard = StoreGuard(SETTINGS.ingest_store_timeout_ms / 1000, retry_after_s=SETTINGS.ingest_retry_s)
@@ -111,6 +116,7 @@ class Ingest:
         return IngestResponse(**self.ingestor.ingest(frame).as_dict())
 
 
+Ingest.add_asgi_middleware(ErrorBodies, protected=["/events"], limit_name="CTR_INGEST_MAX_REQUEST_BYTES")
 Ingest.add_asgi_middleware(
     RequestGuard,
     settings=SETTINGS,

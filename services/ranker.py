@@ -10,7 +10,11 @@ ranked by popularity and flagged. Every response is logged for the online A/B re
 With CTR_USER_ID_KEY set, the user id of a request is the shop's own and is pseudonymised
 (models/data/privacy.py) before features are read, a variant is picked or anything is logged; the
 response echoes the id as sent. With CTR_API_TOKEN set, POST /reload needs it as a bearer token.
-Request bodies over CTR_MAX_REQUEST_BYTES get a 413 (services/security.py).
+Request bodies over CTR_MAX_REQUEST_BYTES get a 413 (services/security.py). Every error has one JSON
+shape, documented in /docs.json (services/errors.py).
+
+GET /readyz answers 503, saying how to fill it, while the online store holds none of the served
+FeatureService's entities (services/readiness.py); /livez is BentoML's own.
 """
 
 from __future__ import annotations
@@ -18,15 +22,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import Counter
 from datetime import UTC, datetime
 from typing import Annotated
 
 import bentoml
 import numpy as np
 import pandas as pd
-from bentoml.exceptions import InvalidArgument, ServiceUnavailable
-from pydantic import Field
+from bentoml.exceptions import ServiceUnavailable
+from pydantic import AfterValidator, Field
 
 from feature_repo.contract import (
     RECENT_CATEGORIES,
@@ -41,6 +44,7 @@ from feature_repo.contract import (
 from models.data.privacy import pseudonym
 from models.settings import get_settings
 from services import metrics
+from services.errors import ErrorBodies, log_refusals_as_client_errors
 from services.heap import freeze_loaded
 from services.schemas import (
     Contribution,
@@ -50,14 +54,17 @@ from services.schemas import (
     RankResponse,
     ReloadResponse,
     ScoredItem,
+    unique_item_ids,
 )
-from services.security import RequestGuard, hide_request_inputs_in_logs
+from services.security import RequestGuard
 
 SETTINGS = get_settings()
 log = logging.getLogger(__name__)
 
 UserId = Annotated[EntityId, Field(description="The shopper's id, as the shop knows it.")]
 Explain = Annotated[bool, Field(description="Add each item's top feature contributions to its score.")]
+PROTECTED = ["/reload"]  # the paths that need CTR_API_TOKEN, when it is set
+PROBED_ITEMS = 20  # the most popular items /readyz looks for in the online store
 
 
 class FeatureBindingError(RuntimeError):
@@ -67,14 +74,15 @@ class FeatureBindingError(RuntimeError):
 @bentoml.service(traffic={"timeout": 10}, workers=1)
 class Ranker:
     def __init__(self) -> None:
-        from models.retrieval.index import CandidateIndex
         from models.features.store import fail_fast, open_store
         from models.monitoring.serving_log import ServingLog
+        from models.retrieval.index import CandidateIndex
         from services.champion_challenger import ModelPool
         from services.degradation import StoreGuard
         from services.features import RankerFeatures
+        from services.readiness import StoreProbe
 
-        hide_request_inputs_in_logs()
+        log_refusals_as_client_errors()
         self.store = fail_fast(open_store(SETTINGS))
         self.pool = ModelPool(SETTINGS, self._check_binding, on_reload=self._after_reload)
         self.pool.start()
@@ -90,7 +98,32 @@ class Ranker:
                 self.pool.variants.champion.feature_service,
                 lambda: index.cold_start(SETTINGS.warm_items, None),
             )
+        self.readiness = StoreProbe(
+            lambda items: self.features.stored(self.pool.variants.champion.feature_service, items),
+            self._probed_items,
+            lambda: (
+                f"the {PROBED_ITEMS} most popular items of the candidate lists (FeatureService "
+                f"'{self.pool.variants.champion.feature_service}', online store "
+                f"{self.store.config.online_store.type})"
+            ),
+        )
+        self.readiness.check()  # at start-up too: an empty store is in the log from the start
         freeze_loaded()
+
+    def _probed_items(self) -> list[int]:
+        """Keys the online store must hold: the most popular items of the candidate lists (none
+        without the lists: nothing to tell)."""
+        return [] if self.candidates is None else self.candidates.cold_start(PROBED_ITEMS, None)
+
+    def __is_ready__(self) -> bool:
+        """BentoML's /readyz: not ready, with the reason as the 503's message, while the online store
+        holds none of the served entities; a store that is down only degrades the responses."""
+        from starlette.exceptions import HTTPException
+
+        state = self.readiness.check()
+        if not state.ready:
+            raise HTTPException(status_code=503, detail=f"not ready: {state.reason}")
+        return True
 
     def _check_binding(self, served) -> None:
         """Refuse a model whose FeatureService is missing or has other features than it was trained on."""
@@ -125,6 +158,7 @@ class Ranker:
         self.pool.stop()
         self.serving_log.close()
         self.guard.close()
+        self.readiness.close()
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -270,16 +304,17 @@ class Ranker:
         item_ids: Annotated[
             list[EntityId],
             Field(
-                min_length=1, max_length=SETTINGS.max_candidates, description="Candidate item ids, unique."
+                min_length=1,
+                max_length=SETTINGS.max_candidates,
+                description="Candidate item ids, unique.",
+                json_schema_extra={"uniqueItems": True},
             ),
+            AfterValidator(unique_item_ids),
         ],
         context: RankContext | None = None,
         explain: Explain = False,
     ) -> RankResponse:
         """Rank candidate items for a user, highest predicted purchase intent first."""
-        if len(set(item_ids)) != len(item_ids):
-            repeated = sorted(i for i, n in Counter(item_ids).items() if n > 1)
-            raise InvalidArgument(f"item_ids must be unique; repeated: {repeated[:10]}")
         request_ts = context.request_ts if context and context.request_ts is not None else int(time.time())
         user = pseudonym(user_id, SETTINGS.user_id_key)
         return _as_sent(self._score("rank", user, item_ids, request_ts, explain), user_id)
@@ -352,6 +387,7 @@ def _as_sent(response: RankResponse, user_id: int) -> RankResponse:
     return response.model_copy(update={"user_id": user_id})
 
 
+Ranker.add_asgi_middleware(ErrorBodies, protected=PROTECTED, limit_name="CTR_MAX_REQUEST_BYTES")
 Ranker.add_asgi_middleware(
-    RequestGuard, settings=SETTINGS, max_bytes=SETTINGS.max_request_bytes, protected=["/reload"]
+    RequestGuard, settings=SETTINGS, max_bytes=SETTINGS.max_request_bytes, protected=PROTECTED
 )

@@ -9,15 +9,28 @@ response schema, OpenAPI document and client decoding against each other.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 # Feast keys entities as 64-bit integers: a larger id could never match and is refused up front.
 MAX_ENTITY_ID = 2**63 - 1
 LAST_UNIX_SECOND = 253_402_300_799  # 9999-12-31 23:59:59 UTC, the last time pandas and Python both hold
 
 EntityId = Annotated[int, Field(ge=0, le=MAX_ENTITY_ID)]
+
+
+def unique_item_ids(ids: list[int]) -> list[int]:
+    """Refuse repeated ids as pydantic refuses any invalid field, so that a repeat is reported (and
+    logged) like every other invalid request: a 400 naming the field and the ids."""
+    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if repeated:
+        raise PydanticCustomError(
+            "unique", "item_ids must be unique; repeated: {repeated}", {"repeated": str(repeated[:10])}
+        )
+    return ids
 
 
 class RankContext(BaseModel):
@@ -119,6 +132,30 @@ class RankResponse(ResponseModel):
     fallback_reason: str | None = None
     cold_start: bool = Field(
         default=False, description="/recommend: the user has no history; the list is popularity by hour."
+    )
+
+
+class ErrorDetail(BaseModel):
+    """One invalid part of a request, as pydantic reports it (more keys, such as `url`, may follow)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="The kind of error, e.g. missing, int_parsing, too_short, unique.")
+    loc: list[str | int] = Field(description="Where: the field's name, then positions and names inside it.")
+    msg: str = Field(description="What is wrong with it.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every refused request (4xx) and of every failure (5xx), whichever part answered."""
+
+    # Both fields are in every body: the schema says so (a default alone would make `detail` optional).
+    model_config = ConfigDict(json_schema_extra={"required": ["error", "detail"]})
+
+    error: str = Field(description="What is wrong, in a sentence.")
+    detail: list[ErrorDetail] = Field(
+        default_factory=list,
+        description="One entry per invalid part of the request; empty when the request as a whole was "
+        "refused (too large, not JSON, no token, unknown path) or the service failed.",
     )
 
 

@@ -10,31 +10,24 @@ BentoML reads or parses anything:
 * a body that is not JSON gets a 415: the APIs take JSON only, so BentoML's other decoders (its
   pickle one, which it refuses on the main server itself, and multipart) are never reached.
 
-Errors are JSON, `{"error": "..."}`, as BentoML's own.
-
-`hide_request_inputs_in_logs` keeps request values out of the service log: BentoML logs a request
-that fails validation with pydantic's message, which quotes the offending input (a whole event,
-user id included); the log keeps the error's fields and reasons only.
+Errors are JSON in the one shape of every error the services answer, `ErrorResponse`
+(services/schemas.py, services/errors.py): `{"error": "...", "detail": []}`.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
-import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from models.settings import Settings
+from services.schemas import ErrorResponse
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-# The logger BentoML reports a failed request on (bentoml._internal.server.http_app.log_exception).
-REQUEST_ERROR_LOGGER = "bentoml._internal.server.http_app"
 
 # A rejected body is read to its end (and dropped) up to this much more, so that the client, still
 # sending, gets the answer instead of a reset connection; a larger one is answered mid-way.
@@ -157,7 +150,7 @@ async def _drain(receive: Receive, declared: int | None) -> None:
 async def _reply(
     send: Send, status: int, error: str, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    body = json.dumps({"error": error}).encode()
+    body = ErrorResponse(error=error).model_dump_json().encode()
     await send(
         {
             "type": "http.response.start",
@@ -170,27 +163,3 @@ async def _reply(
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-class _WithoutInputs(logging.Filter):
-    """Replaces a pydantic ValidationError's traceback by its fields and reasons, without the values."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from pydantic import ValidationError
-
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, ValidationError):
-            reasons = "; ".join(
-                f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}"
-                for e in error.errors(include_url=False, include_context=False, include_input=False)
-            )
-            record.msg = f"{record.getMessage()}: {error.error_count()} validation error(s): {reasons}"
-            record.args, record.exc_info, record.exc_text = None, None, None
-        return True
-
-
-def hide_request_inputs_in_logs() -> None:
-    """Install the filter (once) on the logger BentoML reports failed requests on."""
-    logger = logging.getLogger(REQUEST_ERROR_LOGGER)
-    if not any(isinstance(f, _WithoutInputs) for f in logger.filters):
-        logger.addFilter(_WithoutInputs())

@@ -7,7 +7,9 @@ Feast for the same values as the request is shaped, and returns the same frame:
 
 * the user's rows once (one entity row), never cached: the pushed recent activity must be fresh;
 * the items' rows through a short-lived, bounded cache, because batch item features only change
-  when a batch is materialized; only the misses are read, in one Feast call;
+  when a batch is materialized; only the misses are read, in one Feast call. An item the store has
+  no row for may be kept for a shorter time (`unknown_item_ttl_s`), so that a store filled while the
+  reader runs is seen within seconds rather than a whole TTL later;
 * the on-demand views computed here by the view's own transformation (`transform_dict`, the method
   Feast calls), on the inputs Feast would give it, and their values converted as Feast converts them.
 
@@ -186,8 +188,10 @@ def _as_feast_returns(values: list[Any], value_type: ValueType) -> list[Any]:
 class OnlineFeatureReader:
     """Reads a FeatureService's online features for one user and many candidate items.
 
-    `item_cache_ttl_s` is how long an item's rows are reused (0 disables the cache); at most
-    `max_cached_items` items are kept, least recently used first out. `clock` is injectable for
+    `item_cache_ttl_s` is how long an item's rows are reused (0 disables the cache), and
+    `unknown_item_ttl_s` how long an item the store has no row for is remembered as such (default:
+    as long as the others; 0: read again at every request); at most `max_cached_items` items are
+    kept, least recently used first out. `clock` is injectable for
     tests. The plan (which view is read how) is taken from the registry once, here: build a new
     reader when the service changes, as a model is bound to the service it was trained on.
     """
@@ -198,16 +202,20 @@ class OnlineFeatureReader:
         feature_service: FeatureService,
         item_cache_ttl_s: float,
         *,
+        unknown_item_ttl_s: float | None = None,
         max_cached_items: int = DEFAULT_MAX_CACHED_ITEMS,
         clock: Callable[[], float] = time.monotonic,
         user_key: str = USER_ID,
         item_key: str = ITEM_ID,
     ) -> None:
-        if item_cache_ttl_s < 0 or max_cached_items < 1:
-            raise ValueError("item_cache_ttl_s must be >= 0 and max_cached_items >= 1")
+        if unknown_item_ttl_s is None:
+            unknown_item_ttl_s = item_cache_ttl_s
+        if item_cache_ttl_s < 0 or unknown_item_ttl_s < 0 or max_cached_items < 1:
+            raise ValueError("the TTLs must be >= 0 and max_cached_items >= 1")
         self.store = store
         self.feature_service = feature_service
         self.item_cache_ttl_s = float(item_cache_ttl_s)
+        self.unknown_item_ttl_s = min(float(unknown_item_ttl_s), self.item_cache_ttl_s)
         self.max_cached_items = max_cached_items
         self._clock = clock
         self._user_key, self._item_key = user_key, item_key
@@ -237,7 +245,7 @@ class OnlineFeatureReader:
         items = list(dict.fromkeys(int(i) for i in item_ids))[: self.max_cached_items]
         for start in range(0, len(items), chunk):
             part = items[start : start + chunk]
-            fetched = self._read_items(part, expires=self._clock() + self.item_cache_ttl_s)
+            fetched = self._read_items(part, now=self._clock())
             with self._lock:
                 self._cache.update(fetched)
                 for item in part:
@@ -289,7 +297,7 @@ class OnlineFeatureReader:
         cached = len(entries)
         misses = [item for item in distinct if item not in entries]
         if misses:
-            fetched = self._read_items(misses, expires=now + self.item_cache_ttl_s)
+            fetched = self._read_items(misses, now=now)
             entries.update(fetched)
             if self.item_cache_ttl_s > 0:
                 with self._lock:
@@ -301,8 +309,14 @@ class OnlineFeatureReader:
         unknown = [item for item in distinct if not entries[item].found]
         return [entries[item].values for item in items], unknown, cached
 
-    def _read_items(self, items: list[int], expires: float) -> dict[int, _CachedItem]:
-        """One Feast read of the items' rows.
+    def stored(self, item_ids: Sequence[int]) -> list[int]:
+        """Those of `item_ids` the online store has rows for, read now (the cache is neither read nor
+        filled): a cheap check that the store holds what the service serves."""
+        items = list(dict.fromkeys(int(i) for i in item_ids))
+        return [item for item, entry in self._read_items(items, now=self._clock()).items() if entry.found]
+
+    def _read_items(self, items: list[int], now: float) -> dict[int, _CachedItem]:
+        """One Feast read of the items' rows, each to be kept until `now` plus its TTL.
 
         An item is unknown when Feast returned no value for any of its features: field statuses cannot
         tell, as Feast's Redis store marks the empty values of a missing key PRESENT (SQLite marks them
@@ -310,7 +324,7 @@ class OnlineFeatureReader:
         """
         plan = self._plan
         if not plan.item_refs:
-            return {item: _CachedItem(expires, (), True) for item in items}
+            return {item: _CachedItem(now + self.item_cache_ttl_s, (), True) for item in items}
         values = self.store.get_online_features(
             features=plan.item_refs, entity_rows=[{self._item_key: item} for item in items]
         ).to_dict()
@@ -318,5 +332,7 @@ class OnlineFeatureReader:
         cached = {}
         for j, item in enumerate(items):
             row = tuple(column[j] for column in columns)
-            cached[item] = _CachedItem(expires, row, any(v is not None for v in row))
+            found = any(v is not None for v in row)
+            ttl = self.item_cache_ttl_s if found else self.unknown_item_ttl_s
+            cached[item] = _CachedItem(now + ttl, row, found)
         return cached

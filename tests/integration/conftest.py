@@ -71,6 +71,16 @@ def run_dag(
     )
 
 
+class FakeClock:
+    """A monotonic clock a test moves by hand (`clock.now += seconds`), for caches' TTLs."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
 def use_environment(monkeypatch: pytest.MonkeyPatch):
     """Apply a project environment to this test process (for in-process Feast/MLflow reads)."""
@@ -99,9 +109,12 @@ def dag_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 
 @contextlib.contextmanager
-def bentoml_serve(command: list[str], env: dict[str, str], log: Path, timeout: float = 120) -> Iterator[str]:
-    """Run `command --port PORT` (a `bentoml serve` through the ctr CLI) until /readyz answers 200;
-    yields its URL and stops it, with its workers, afterwards."""
+def bentoml_serve(
+    command: list[str], env: dict[str, str], log: Path, timeout: float = 120, ready_path: str = "/readyz"
+) -> Iterator[str]:
+    """Run `command --port PORT` (a `bentoml serve` through the ctr CLI) until `ready_path` answers
+    200 (/livez for a service that is up but expected not to be ready); yields its URL and stops it,
+    with its workers, afterwards."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with process_group(
@@ -109,7 +122,7 @@ def bentoml_serve(command: list[str], env: dict[str, str], log: Path, timeout: f
         env=env,
         cwd=ROOT,
         log=log,
-        ready=f"{url}/readyz",
+        ready=f"{url}{ready_path}",
         timeout_s=timeout,
         name="bentoml serve",
     ):
@@ -195,10 +208,12 @@ def redis_process(workdir: Path) -> Iterator[RedisProcess]:
 
 
 @contextlib.contextmanager
-def redis_copy_of(dag_run: dict, tmp_path_factory: pytest.TempPathFactory, name: str, **extra: str):
+def redis_copy_of(
+    dag_run: dict, tmp_path_factory: pytest.TempPathFactory, name: str, materialize: bool = True, **extra: str
+):
     """The DAG run's registry, features and candidates copied to a data dir of their own, with the
-    features applied and materialized into a fresh redis-server that the caller may stop and restart.
-    Yields (data_dir, env, redis)."""
+    features applied and (unless `materialize` is false: an empty online store) materialized into a
+    fresh redis-server that the caller may stop and restart. Yields (data_dir, env, redis)."""
     assert dag_run["result"].returncode == 0, dag_run["output"][-3000:]
     data_dir = tmp_path_factory.mktemp(name)
     for part in ("mlflow", "offline", "lake", "candidates"):
@@ -211,7 +226,13 @@ def redis_copy_of(dag_run: dict, tmp_path_factory: pytest.TempPathFactory, name:
             "CTR_REDIS_CONNECTION": redis.connection,
             **extra,
         }
-        stages = ["ctr", "run", "--stage", "apply_features", "--stage", "materialize"]
+        stages = [
+            "ctr",
+            "run",
+            "--stage",
+            "apply_features",
+            *(["--stage", "materialize"] if materialize else []),
+        ]
         done = subprocess.run(stages, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         yield data_dir, env, redis

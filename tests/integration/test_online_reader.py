@@ -21,20 +21,12 @@ from feature_repo.contract import (
     REQUEST_TS,
     USER_VIEW,
 )
-from tests.integration.conftest import project_environment
+from tests.integration.conftest import FakeClock, project_environment
 
 pytestmark = pytest.mark.integration
 
 UNKNOWN_USER = 4_000_000_000
 UNKNOWN_ITEMS = [9_000_000_001, 9_000_000_002]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from feature_repo.contract import USER_FEATURES, USER_TOP_CATEGORIES, USER_TOP_CATEGORY_SHARES, USER_VIEW
-from tests.integration.conftest import project_environment
+from tests.integration.conftest import FakeClock, project_environment
 
 pytestmark = pytest.mark.integration
 
@@ -44,3 +44,43 @@ def test_materialized_snapshot_is_read_back_from_the_configured_store(store_sett
     assert online[USER_FEATURES[0]] == [100.0, None]
     assert online[USER_TOP_CATEGORIES] == [[300, 700], None]
     assert online[USER_TOP_CATEGORY_SHARES] == [[0.75, 0.25], None]
+
+
+def test_an_item_the_store_lacked_is_served_as_soon_as_it_is_written_not_a_ttl_later(store_settings):
+    """A reader keeps an item's rows for the item TTL, and an item the store has no row for only for
+    the (shorter) unknown-item TTL: a store filled while the service runs is served within it."""
+    from feature_repo.contract import INTEGER_FEATURES, ITEM_FEATURES, ITEM_VIEW, MODEL_FEATURE_SERVICE
+    from models.features.online_reader import OnlineFeatureReader
+    from models.features.store import apply_repo, open_store
+
+    apply_repo(store_settings)
+    store = open_store(store_settings)
+    service = store.get_feature_service(MODEL_FEATURE_SERVICE)
+
+    def write(item: int, value: float) -> None:
+        row = pd.DataFrame({"item_id": [item], "event_timestamp": [pd.Timestamp.now(tz="UTC")]})
+        for name in ITEM_FEATURES:
+            row[name] = pd.Series([7 if name in INTEGER_FEATURES else value])
+        types = {n: "int64" if n in INTEGER_FEATURES else "float32" for n in ITEM_FEATURES}
+        store.write_to_online_store(ITEM_VIEW, df=row.astype(types))
+
+    known, late = 101, 202
+    write(known, 1.0)
+    clock = FakeClock()
+    reader = OnlineFeatureReader(store, service, item_cache_ttl_s=30, unknown_item_ttl_s=2, clock=clock)
+    assert reader.stored([known, late]) == [known]
+    first = reader.read(7, [known, late], 1512273600)
+    assert first.unknown_items == [late]
+
+    write(late, 2.0)
+    write(known, 3.0)  # a new value of a known item waits for the item TTL
+    clock.now += 1.0
+    within = reader.read(7, [known, late], 1512273600)
+    assert within.unknown_items == [late] and within.cached_items == 2
+    clock.now += 1.5
+    after = reader.read(7, [known, late], 1512273600)
+    assert after.unknown_items == [] and after.cached_items == 1
+    assert after.frame[ITEM_FEATURES[0]].tolist() == [1.0, 2.0]
+    # Without an unknown-item TTL, a missing item is remembered as long as any other.
+    plain = OnlineFeatureReader(store, service, item_cache_ttl_s=30, clock=clock)
+    assert plain.unknown_item_ttl_s == 30

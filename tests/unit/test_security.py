@@ -38,7 +38,10 @@ def _client(monkeypatch, token: str = TOKEN, max_bytes: int = 100) -> TestClient
 def test_a_protected_path_without_the_token_gets_a_401_with_a_message(monkeypatch, headers):
     response = _client(monkeypatch).post("/events", json=[1], headers=headers)
     assert response.status_code == 401
-    assert response.json() == {"error": "/events needs the header 'Authorization: Bearer <CTR_API_TOKEN>'"}
+    assert response.json() == {
+        "error": "/events needs the header 'Authorization: Bearer <CTR_API_TOKEN>'",
+        "detail": [],
+    }
     assert response.headers["www-authenticate"].startswith("Bearer")
     assert TOKEN not in response.text
 
@@ -125,23 +128,23 @@ def test_a_failed_request_is_logged_without_its_input_values(caplog):
 
     from pydantic import BaseModel, ValidationError
 
-    from services.security import REQUEST_ERROR_LOGGER, hide_request_inputs_in_logs
+    from services.errors import REQUEST_ERROR_LOGGER, log_refusals_as_client_errors
 
     class Event(BaseModel):
         user_id: int
         item_id: int
 
-    hide_request_inputs_in_logs()
-    hide_request_inputs_in_logs()  # installed once
+    log_refusals_as_client_errors()
+    log_refusals_as_client_errors()  # installed once
     logger = logging.getLogger(REQUEST_ERROR_LOGGER)
     assert len(logger.filters) == 1
     try:
         Event.model_validate({"user_id": 918273645})
     except ValidationError:
-        with caplog.at_level(logging.ERROR, logger=REQUEST_ERROR_LOGGER):
+        with caplog.at_level(logging.INFO, logger=REQUEST_ERROR_LOGGER):
             logger.error("Exception on %s [%s]", "/events", "POST", exc_info=True)
     (record,) = caplog.records
     assert caplog.text.strip().endswith(
-        "Exception on /events [POST]: 1 validation error(s): item_id: Field required"
+        "Refused POST /events (400): 1 validation error(s): item_id: Field required"
     )
     assert "918273645" not in caplog.text and record.exc_info is None
