@@ -267,6 +267,21 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(args: argparse.Namespace) -> int:
+    from models.data import synth
+
+    if args.out is None:
+        print("ctr synth: --out DIR is required", file=sys.stderr)
+        return 2
+    try:
+        events = synth.parse_size(args.events)
+        synth.write_synthetic(args.out, events, seed=args.seed, shoppers=args.users, items=args.items)
+    except ValueError as exc:
+        print(f"ctr synth: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ctr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -352,6 +367,23 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--batch", type=int, default=500, help="most events per request")
     replay.add_argument("--limit", type=int, help="stop after this many events")
     replay.set_defaults(func=_replay)
+
+    synth = sub.add_parser(
+        "synth",
+        help="write SYNTHETIC Taobao-format events of any size, fitted to the real slices",
+        description="Write N SYNTHETIC events in the raw Taobao UserBehavior format, one headerless CSV per "
+        "local day of the shop (DIR/date=YYYY-MM-DD/events.csv) plus DIR/SYNTHETIC.json; point "
+        "CTR_RAW_EVENTS at DIR to run the pipeline on them. Shoppers, items and categories scale with N in "
+        "Taobao's proportions (N/101 shoppers, N/24 items, up to 9,439 categories). The distributions are "
+        "fitted to the real user slice and stream hour (models/data/synth_params.json). The same seed "
+        "writes the same bytes. Progress goes to stderr.",
+    )
+    synth.add_argument("--events", default="1M", help="how many events: 84287, 1e6, 10M, 100M (default 1M)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--out", type=Path, metavar="DIR", help="the folder to write (created if missing)")
+    synth.add_argument("--users", type=int, help="shoppers (default: events / 101, as in Taobao)")
+    synth.add_argument("--items", type=int, help="items (default: events / 24, as in Taobao)")
+    synth.set_defaults(func=_synth)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,5 +1,5 @@
-"""Batch ingestion: the raw CSV and the live event log of an interval as one set of canonical
-events, each with the lake day it belongs to.
+"""Batch ingestion: the raw CSV (or the interval's day partitions of a raw-event folder) and the
+live event log of an interval as one set of canonical events, each with the lake day it belongs to.
 
 Every line of the CSV is kept (validation judges it): a row belongs to the day of its time, and a
 row without a usable time to the window's first or last day. An event both in the CSV and in the
@@ -42,9 +42,10 @@ def _as_events(logged: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
 
 
 def collect_raw_events(settings: Settings, start: datetime, end: datetime) -> RawEvents:
-    """The CSV's rows of the interval's days and the event log's events of the interval."""
+    """The CSV's rows of the interval's days and the event log's events of the interval. From a
+    folder of day partitions only the interval's days are read."""
     days = days_of(start, end, settings.timezone)
-    events = load_events(settings.raw_events)
+    events = load_events(settings.raw_events, days=days)
     day = day_of_rows(events, settings)
     events, day = events[day.isin(days)], day[day.isin(days)]
     logged = EventLog(settings.paths.event_log).read(
