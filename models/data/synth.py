@@ -48,7 +48,7 @@ from typing import Any, TextIO
 import numpy as np
 import pandas as pd
 
-from feature_repo.contract import BEHAVIORS, INTENT_BEHAVIORS, PAGE_VIEW, SHOP_TIMEZONE
+from feature_repo.contract import BEHAVIORS, INTENT_BEHAVIORS, PAGE_VIEW, SHOP_TIMEZONE, SHOP_UTC_OFFSET_S
 
 GENERATOR_VERSION = "1"
 MARKER = "SYNTHETIC.json"
@@ -128,18 +128,27 @@ def _quantiles(values: np.ndarray, points: int = 101) -> list[float]:
     return [float(v) for v in np.quantile(np.asarray(values, dtype=np.float64), np.linspace(0, 1, points))]
 
 
-def _expected_distinct(exponent: float, size: int, draws: int) -> float:
-    """Distinct values expected among `draws` draws from a Zipf law over `size` ranks."""
-    weight = np.arange(1, size + 1, dtype=np.float64) ** -exponent
-    return float(-np.expm1(draws * np.log1p(-weight / weight.sum())).sum())
+def lognormal_weights(sigma: float, size: int) -> np.ndarray:
+    """Popularity of `size` ranks, most popular first: the quantiles of a lognormal law of shape
+    `sigma` (no randomness), normalised to sum to one."""
+    from scipy.special import ndtri
+
+    z = ndtri((size - np.arange(size) - 0.5) / size)
+    weight = np.exp(sigma * (z - z[0]))
+    return weight / weight.sum()
 
 
-def _zipf_exponent(draws: int, distinct: int, size: int) -> float:
-    """The Zipf exponent over `size` ranks under which `draws` draws show `distinct` values on
+def _expected_distinct(sigma: float, size: int, draws: int) -> float:
+    """Distinct values expected among `draws` draws from `lognormal_weights(sigma, size)`."""
+    return float(-np.expm1(draws * np.log1p(-lognormal_weights(sigma, size))).sum())
+
+
+def _popularity_shape(draws: int, distinct: int, size: int) -> float:
+    """The lognormal shape over `size` values under which `draws` draws show `distinct` values on
     average: how concentrated popularity must be for a sample to repeat as often as the real one."""
     from scipy.optimize import brentq
 
-    return float(brentq(lambda s: _expected_distinct(s, size, draws) - distinct, 0.0, 4.0, xtol=1e-6))
+    return float(brentq(lambda s: _expected_distinct(s, size, draws) - distinct, 1e-3, 8.0, xtol=1e-6))
 
 
 def _seen_before(frame: pd.DataFrame, behaviours: tuple[str, ...] | None = None) -> np.ndarray:
@@ -185,6 +194,26 @@ def _category_loyalty(frame: pd.DataFrame) -> tuple[float, float]:
     return float(1 / (1 + np.exp(-best.x[0]))), float(np.exp(best.x[1]))
 
 
+def _session_start_hours(t: np.ndarray, session_first: np.ndarray, iterations: int = 200) -> list[float]:
+    """Shares of session starts per hour of the shop's day such that sessions of the real lengths
+    reproduce the real events' hour of day. Evening sessions run longer than morning ones, and
+    sessions spill into the next hours; the generator draws lengths independently of the hour, so
+    the start shares are the real event shares deconvolved (Richardson-Lucy) by the real spill:
+    events per session k clock hours after its start."""
+    hour = (t + SHOP_UTC_OFFSET_S) // _HOUR_S
+    start_hour = hour[session_first][np.cumsum(session_first) - 1]
+    spill = np.bincount(np.minimum(hour - start_hour, 23), minlength=24).astype(np.float64)
+    spill /= spill.sum()
+    events = np.bincount(hour % 24, minlength=24) / len(t)
+    shifts = [np.roll(np.eye(24), k, axis=0) * spill[k] for k in range(24)]
+    blur = np.sum(shifts, axis=0)  # blur[h, s]: share of a session started at hour s seen at hour h
+    start = np.bincount(start_hour[session_first] % 24, minlength=24) / session_first.sum()
+    for _ in range(iterations):
+        start = start * (blur.T @ (events / np.maximum(blur @ start, 1e-12)))
+        start /= start.sum()
+    return [float(v) for v in start]
+
+
 def _sig(value: float, digits: int = 6) -> float:
     return float(f"{value:.{digits}g}")
 
@@ -210,7 +239,7 @@ def fit_parameters(slice_csv: Path | str, stream_csv: Path | str) -> dict[str, A
     session_first = first | (gap > SESSION_GAP_S)
     session = np.cumsum(session_first)
     lengths = np.bincount(session)[1:]
-    local = pd.to_datetime(t[session_first], unit="s", utc=True).tz_convert(SHOP_TIMEZONE)
+    local = pd.to_datetime(t, unit="s", utc=True).tz_convert(SHOP_TIMEZONE)
     day = ((local.normalize() - WINDOW_START).days).to_numpy()
     per_shopper = real.groupby("user_id").size().to_numpy()
 
@@ -238,6 +267,11 @@ def fit_parameters(slice_csv: Path | str, stream_csv: Path | str) -> dict[str, A
         np.flatnonzero(first), np.diff(np.r_[np.flatnonzero(first), len(real)])
     )
     lag_q = _quantiles(lag)
+    # re-views in a session that return to the item met last in the current category
+    in_session = ~session_first
+    latest_in_cat = index.groupby([real["user_id"], real["category_id"]]).shift().to_numpy()
+    returned = previous.to_numpy() == np.r_[np.nan, latest_in_cat[:-1]]
+    category_return = float(returned[repeat & in_session].mean())
     # chance that a lag drawn from the table reaches back no further than the shopper's start
     reachable = np.interp(pos[is_pv & (pos >= 1)], lag_q, np.linspace(0, 1, len(lag_q)))
     repeat_share = float(repeat.sum() / is_pv.sum())
@@ -251,10 +285,7 @@ def fit_parameters(slice_csv: Path | str, stream_csv: Path | str) -> dict[str, A
             "user_slice": _describe_file(slice_csv),
             "stream_hour": _describe_file(stream_csv),
         },
-        "events_per_shopper": {
-            "log_mean": float(np.log(per_shopper).mean()),
-            "log_std": float(np.log(per_shopper).std()),
-        },
+        "events_per_shopper_quantiles": _quantiles(per_shopper),
         "behavior_mix": {b: float(mix.get(b, 0.0)) for b in BEHAVIORS},
         "intent_linked_share": float(linked.sum() / intent.sum()),
         "linked_mix": {b: float(linked_mix.get(b, 0.0)) for b in INTENT_BEHAVIORS},
@@ -263,22 +294,23 @@ def fit_parameters(slice_csv: Path | str, stream_csv: Path | str) -> dict[str, A
         "session_gap_s": SESSION_GAP_S,
         "session_length_quantiles": _quantiles(lengths),
         "within_session_gap_s_quantiles": _quantiles(gap[~session_first]),
-        "session_start_day_shares": [float(v) for v in np.bincount(day, minlength=WINDOW_DAYS) / len(day)],
-        "session_start_hour_shares": [float(v) for v in np.bincount(local.hour, minlength=24) / len(day)],
+        "day_shares": [float(v) for v in np.bincount(day, minlength=WINDOW_DAYS) / len(day)],
+        "session_start_hour_shares": _session_start_hours(t, session_first),
         "repeat_view": {
             "share": repeat_share,
             "generation_probability": float(min(1.0, repeat_share / reachable.mean())),
             "lag_quantiles": lag_q,
+            "category_return_share": category_return,
         },
         "category_loyalty": {"stay": stay, "novelty": novelty},
         # The stream hour is a cross-section of all of Taobao's shoppers: its distinct items and
         # categories, counted once per shopper (a shopper's repeats are the loyalty process's),
         # against Taobao's full catalogue.
         "popularity": {
-            "item_zipf": _zipf_exponent(
+            "item_lognormal_sigma": _popularity_shape(
                 len(stream.drop_duplicates(["user_id", "item_id"])), stream["item_id"].nunique(), TAOBAO_ITEMS
             ),
-            "category_zipf": _zipf_exponent(
+            "category_lognormal_sigma": _popularity_shape(
                 len(stream.drop_duplicates(["user_id", "category_id"])),
                 stream["category_id"].nunique(),
                 TAOBAO_CATEGORIES,
@@ -338,10 +370,9 @@ class _Catalogue:
     def __init__(self, sizes: Sizes, params: dict[str, Any], rng: np.random.Generator):
         pop = params["popularity"]
         n_items, n_cats = sizes.items, sizes.categories
-        cat_weight = np.arange(1, n_cats + 1, dtype=np.float64) ** -pop["category_zipf"]
-        self.category_cdf = np.cumsum(cat_weight / cat_weight.sum())
+        self.category_cdf = np.cumsum(lognormal_weights(pop["category_lognormal_sigma"], n_cats))
         self.category_ids = rng.permutation(n_cats).astype(np.int64) + 1
-        item_weight = np.arange(1, n_items + 1, dtype=np.float64) ** -pop["item_zipf"]
+        item_weight = lognormal_weights(pop["item_lognormal_sigma"], n_items)
         item_ids = rng.permutation(n_items).astype(np.int64) + 1
         # every category gets one item, the rest go to categories in proportion to their popularity
         item_cat = np.empty(n_items, dtype=np.int64)
@@ -359,10 +390,51 @@ class _Catalogue:
     def categories(self, u: np.ndarray) -> np.ndarray:
         return np.minimum(np.searchsorted(self.category_cdf, u), len(self.category_cdf) - 1)
 
-    def items(self, cat: np.ndarray, u: np.ndarray) -> np.ndarray:
+    def items(self, cat: np.ndarray, u: np.ndarray, uniform: bool = False) -> np.ndarray:
+        """Items of the categories `cat` for uniform numbers `u`: by popularity, or uniformly."""
+        if uniform:
+            width = self.cat_last[cat] - self.cat_first[cat] + 1
+            return self.items_by_cat[
+                self.cat_first[cat] + np.minimum(width - 1, (u * width).astype(np.int64))
+            ]
         target = self.cat_lo[cat] + u * (self.cat_hi[cat] - self.cat_lo[cat])
         pos = np.clip(np.searchsorted(self.cum_weight, target), self.cat_first[cat], self.cat_last[cat])
         return self.items_by_cat[pos]
+
+
+def _distinct_per_shopper(
+    values: np.ndarray,
+    roots: np.ndarray,
+    shopper: np.ndarray,
+    draw: Callable[[np.ndarray, bool], np.ndarray],
+    rounds: int = 10,
+) -> np.ndarray:
+    """`values` with those at `roots` redrawn (up to `rounds` times) where the same shopper has the
+    same value at another root: a fresh draw that lands on a value the shopper already has is
+    drawn again, by popularity at first, then uniformly (a shopper may have met a small category's
+    popular items all). The first root with a value keeps it."""
+    values = values.copy()
+    width = np.int64(values.max(initial=0)) + 1
+    key = shopper[roots].astype(np.int64) * width + values[roots]
+    taken, first = np.unique(key, return_index=True)
+    again = np.ones(len(roots), dtype=bool)
+    again[first] = False
+    rows = roots[again]
+    for round_ in range(rounds):
+        if not len(rows):
+            break
+        fresh = draw(rows, round_ >= rounds // 2)
+        key = shopper[rows].astype(np.int64) * width + fresh
+        at = np.minimum(np.searchsorted(taken, key), len(taken) - 1)
+        free = taken[at] != key
+        _, first = np.unique(key, return_index=True)
+        unique_new = np.zeros(len(rows), dtype=bool)
+        unique_new[first] = True
+        accept = free & unique_new
+        values[rows[accept]] = fresh[accept]
+        taken = np.sort(np.r_[taken, key[accept]])
+        rows = rows[~accept]
+    return values
 
 
 def _grouped_running_max(values: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -401,7 +473,7 @@ def _chunk(
     n_sessions = len(first_index)
     duration = np.r_[offset[first_index[1:] - 1], offset[-1]] if n_sessions > 1 else offset[-1:]
     size = np.diff(np.r_[first_index, m])
-    day = rng.choice(WINDOW_DAYS, size=n_sessions, p=_shares(params["session_start_day_shares"]))
+    day = rng.choice(WINDOW_DAYS, size=n_sessions, p=_shares(params["day_shares"]))
     hour = rng.choice(24, size=n_sessions, p=_shares(params["session_start_hour_shares"]))
     begin = day * _DAY_S + hour * _HOUR_S + rng.random(n_sessions) * _HOUR_S
     begin = np.minimum(begin, _WINDOW_S - 1 - duration - size - counts[shopper[first_index]])
@@ -433,16 +505,39 @@ def _chunk(
     novel = rng.random(m) < loyalty["novelty"] / (loyalty["novelty"] + pos)
     back = ~is_repeat & ~stay & ~novel
     earlier = starts[shopper] + np.floor(rng.random(m) * pos).astype(np.int64)
+    # a re-view inside a session returns, as often as in the real data, to the item met last in the
+    # current category (before the previous event): "A B A" comparisons
+    returning = is_repeat & in_session & (rng.random(m) < repeat["category_return_share"])
+    is_repeat &= ~returning
     cat_root = index.copy()
     cat_root[is_repeat] = (index - lag)[is_repeat]
-    cat_root[stay] = index[stay] - 1
+    cat_root[stay | returning] = index[stay | returning] - 1
     cat_root[back] = earlier[back]
     cat_root = _resolve(cat_root)
-    category = catalogue.categories(rng.random(m))[cat_root]
+    # a new category is new to the shopper, a freshly drawn item one they have not met
+    category = _distinct_per_shopper(
+        catalogue.categories(rng.random(m)),
+        np.flatnonzero(cat_root == index),
+        shopper,
+        lambda rows, _uniform: catalogue.categories(rng.random(len(rows))),
+    )[cat_root]
     item_root = index.copy()
     item_root[is_repeat] = (index - lag)[is_repeat]
+    group = shopper.astype(np.int64) * (len(catalogue.category_cdf) + 1) + category
+    by_group = np.argsort(group, kind="stable")
+    before = np.full(m, -1, dtype=np.int64)  # the shopper's previous event in the same category
+    same = group[by_group[1:]] == group[by_group[:-1]]
+    before[by_group[1:][same]] = by_group[:-1][same]
+    target = np.r_[-1, before[:-1]]  # ... of the previous event
+    returning &= target >= 0
+    item_root[returning] = target[returning]
     item_root = _resolve(item_root)
-    item = catalogue.items(category, rng.random(m))[item_root]
+    item = _distinct_per_shopper(
+        catalogue.items(category, rng.random(m)),
+        np.flatnonzero(item_root == index),
+        shopper,
+        lambda rows, uniform: catalogue.items(category[rows], rng.random(len(rows)), uniform),
+    )[item_root]
 
     # planted signal: views convert in proportion to the shopper's share of events in the category
     key = shopper.astype(np.int64) * (len(catalogue.category_cdf) + 1) + category
@@ -486,9 +581,9 @@ def _chunk(
 
 
 def _shopper_counts(sizes: Sizes, params: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
-    """Events per shopper: lognormal weights, the N events split among them, each at least one."""
-    fit = params["events_per_shopper"]
-    weight = rng.lognormal(fit["log_mean"], fit["log_std"], size=sizes.shoppers)
+    """Events per shopper: weights drawn from the real counts' quantiles, the N events split in
+    proportion to them, each shopper at least one."""
+    weight = _from_quantiles(params["events_per_shopper_quantiles"], rng.random(sizes.shoppers))
     extra = sizes.events - sizes.shoppers
     counts = np.ones(sizes.shoppers, dtype=np.int64)
     if extra:
@@ -634,3 +729,296 @@ def is_synthetic(path: Path | str) -> bool:
             except (OSError, ValueError):
                 return False
     return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics: synthetic against real, side by side
+
+REAL_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/taobao_userbehavior"
+REAL_SLICE = "userbehavior_user_slice.csv"
+REAL_STREAM = "userbehavior_stream_20171126T0100Z_0200Z.csv"
+# The real stream's hour, 2017-11-26 09:00-10:00 in the shop's time zone: the cross-section the
+# popularity statistics are taken on, in the synthetic data too.
+CROSS_SECTION = (
+    int(pd.Timestamp("2017-11-26T01:00:00Z").timestamp()),
+    int(pd.Timestamp("2017-11-26T02:00:00Z").timestamp()),
+)
+STATS_SHOPPERS = CHUNK_SHOPPERS  # the shoppers the per-shopper statistics are computed on (ids 1..)
+
+
+@dataclass(frozen=True)
+class Statistic:
+    key: str
+    label: str
+    group: str
+    tolerance: float | None  # |synthetic - real| allowed, absolute; None: reported, not held to it
+    relative: bool = False  # tolerance as a fraction of the real value
+
+
+STATISTICS = (
+    Statistic("events_per_shopper_mean", "events per shopper, mean", "shoppers", 0.15, True),
+    Statistic("events_per_shopper_median", "events per shopper, median", "shoppers", 0.15, True),
+    Statistic("events_per_shopper_p90", "events per shopper, 90th percentile", "shoppers", 0.2, True),
+    Statistic("share_pv", "share of pv", "behaviour", 0.01),
+    Statistic("share_cart", "share of cart", "behaviour", 0.01),
+    Statistic("share_fav", "share of fav", "behaviour", 0.01),
+    Statistic("share_buy", "share of buy", "behaviour", 0.01),
+    Statistic("intent_linked_share", "cart/fav/buy after a view of the item", "conversion", 0.05),
+    Statistic(
+        "label_positive_rate", "views followed by cart/fav/buy within 6 h (label)", "conversion", 0.4, True
+    ),
+    Statistic("conversion_delay_median_s", "view -> cart/fav/buy delay, median (s)", "conversion", 0.5, True),
+    Statistic("repeat_view_share", "views of an item met before", "repeats", 0.05),
+    Statistic(
+        "sessions_per_shopper_median", "sessions per shopper, median (30 min gap)", "sessions", 0.3, True
+    ),
+    Statistic("events_per_session_mean", "events per session, mean", "sessions", 0.3, True),
+    Statistic("gap_in_session_median_s", "gap inside a session, median (s)", "sessions", 0.3, True),
+    Statistic("gap_median_s", "gap between a shopper's events, median (s)", "sessions", 0.3, True),
+    Statistic("hour_of_day_tv", "hour of day: total variation from real", "time", 0.05),
+    Statistic("evening_share", "share of events 19:00-23:00 (shop time)", "time", 0.03),
+    Statistic("night_share", "share of events 00:00-06:00 (shop time)", "time", 0.02),
+    Statistic("day_tv", "day of window: total variation from real", "time", 0.05),
+    Statistic("top_category_share_median", "shopper's top category share, median", "loyalty", 0.08),
+    Statistic("distinct_categories_median", "categories per shopper, median", "loyalty", 0.3, True),
+    Statistic(
+        "same_category_in_session", "same category as the previous event in a session", "loyalty", 0.08
+    ),
+    Statistic("category_share_auc", "AUC of shopper's category share for the label", "signal", None),
+    Statistic(
+        "distinct_items_per_pair", "cross-section: distinct items / (shopper, item) pairs", "popularity", None
+    ),
+    Statistic(
+        "distinct_categories_per_pair",
+        "cross-section: distinct categories / (shopper, category) pairs",
+        "popularity",
+        None,
+    ),
+    Statistic(
+        "top10_category_share", "cross-section: top 10 categories' share of events", "popularity", None
+    ),
+)
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+
+
+def _conversion_delays(frame: pd.DataFrame, linked: np.ndarray) -> np.ndarray:
+    views = frame.loc[frame["behavior_type"] == PAGE_VIEW, ["user_id", "item_id", "timestamp"]]
+    views = views.rename(columns={"timestamp": "viewed"})
+    intents = frame.loc[linked, ["user_id", "item_id", "timestamp"]]
+    joined = pd.merge_asof(
+        intents.sort_values("timestamp"),
+        views.sort_values("viewed"),
+        left_on="timestamp",
+        right_on="viewed",
+        by=["user_id", "item_id"],
+        direction="backward",
+    )
+    return (joined["timestamp"] - joined["viewed"]).to_numpy()
+
+
+def _auc(label: np.ndarray, score: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(label, score)) if 0 < label.sum() < len(label) else float("nan")
+
+
+def _labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """The project's label (models/data/labels.py) on raw-format rows."""
+    from feature_repo.contract import BEHAVIOR, EVENT_TIMESTAMP, LABEL_WINDOW
+    from models.data.labels import label_page_views
+
+    canonical = pd.DataFrame(
+        {
+            "user_id": frame["user_id"],
+            "item_id": frame["item_id"],
+            "category_id": frame["category_id"],
+            BEHAVIOR: frame["behavior_type"],
+            EVENT_TIMESTAMP: pd.to_datetime(frame["timestamp"], unit="s", utc=True),
+        }
+    )
+    return label_page_views(canonical, LABEL_WINDOW, WINDOW_START + pd.Timedelta(days=WINDOW_DAYS))
+
+
+def shopper_statistics(frame: pd.DataFrame) -> dict[str, Any]:
+    """The per-shopper statistics of complete histories (raw columns, Unix seconds)."""
+    frame = _sorted(frame)
+    user, t, cat = frame["user_id"].to_numpy(), frame["timestamp"].to_numpy(), frame["category_id"].to_numpy()
+    behaviour = frame["behavior_type"]
+    first = np.r_[True, user[1:] != user[:-1]]
+    gap = np.r_[0, np.diff(t)]
+    session_first = first | (gap > SESSION_GAP_S)
+    session = np.cumsum(session_first)
+    per_shopper = frame.groupby("user_id").size()
+    mix = behaviour.value_counts(normalize=True)
+    is_pv = (behaviour == PAGE_VIEW).to_numpy()
+    linked = ~is_pv & _seen_before(frame, (PAGE_VIEW,))
+    repeat = is_pv & _seen_before(frame)
+    local = pd.to_datetime(t, unit="s", utc=True).tz_convert(SHOP_TIMEZONE)
+    hours = np.bincount(local.hour, minlength=24) / len(frame)
+    days = np.bincount(((local.normalize() - WINDOW_START).days).to_numpy(), minlength=WINDOW_DAYS)[
+        :WINDOW_DAYS
+    ]
+    per_cat = frame.groupby(["user_id", "category_id"]).size()
+    top_share = per_cat.groupby(level=0).max() / per_shopper
+    in_session = ~session_first
+    labels = _labels(frame)
+    share = (per_cat / per_shopper.reindex(per_cat.index.get_level_values(0)).to_numpy()).rename("share")
+    item_cat = frame.drop_duplicates(["user_id", "item_id"]).set_index(["user_id", "item_id"])["category_id"]
+    labelled = labels.join(item_cat, on=["user_id", "item_id"]).join(share, on=["user_id", "category_id"])
+    return {
+        "events": int(len(frame)),
+        "shoppers": int(len(per_shopper)),
+        "events_per_shopper_mean": float(per_shopper.mean()),
+        "events_per_shopper_median": float(per_shopper.median()),
+        "events_per_shopper_p90": float(per_shopper.quantile(0.9)),
+        **{f"share_{b}": float(mix.get(b, 0.0)) for b in BEHAVIORS},
+        "intent_linked_share": float(linked.sum() / max(1, (~is_pv).sum())),
+        "label_positive_rate": float(labels["label"].mean()),
+        "conversion_delay_median_s": float(np.median(_conversion_delays(frame, linked)))
+        if linked.any()
+        else 0.0,
+        "repeat_view_share": float(repeat.sum() / max(1, is_pv.sum())),
+        "sessions_per_shopper_median": float(pd.Series(session_first).groupby(user).sum().median()),
+        "events_per_session_mean": float(len(frame) / session[-1]),
+        "gap_in_session_median_s": float(np.median(gap[in_session])),
+        "gap_median_s": float(np.median(gap[~first])),
+        "hour_shares": [float(v) for v in hours],
+        "day_shares": [float(v) for v in days / days.sum()],
+        "evening_share": float(hours[19:24].sum()),
+        "night_share": float(hours[0:6].sum()),
+        "top_category_share_median": float(top_share.median()),
+        "distinct_categories_median": float(frame.groupby("user_id")["category_id"].nunique().median()),
+        "same_category_in_session": float((cat == np.r_[-1, cat[:-1]])[in_session].mean()),
+        "category_share_auc": _auc(labelled["label"].to_numpy(), labelled["share"].to_numpy()),
+    }
+
+
+def cross_section_statistics(frame: pd.DataFrame) -> dict[str, Any]:
+    """Popularity on a cross-section of all shoppers (an hour of events)."""
+    cats = frame["category_id"].value_counts().to_numpy()
+    return {
+        "cross_section_events": int(len(frame)),
+        "distinct_items_per_pair": float(
+            frame["item_id"].nunique() / len(frame.drop_duplicates(["user_id", "item_id"]))
+        ),
+        "distinct_categories_per_pair": float(
+            frame["category_id"].nunique() / len(frame.drop_duplicates(["user_id", "category_id"]))
+        ),
+        "top10_category_share": float(cats[:10].sum() / cats.sum()),
+    }
+
+
+def _read_partitions(out_dir: Path, max_user: int | None, hour: tuple[int, int] | None) -> pd.DataFrame:
+    """Rows of a synthetic dataset: those of shoppers 1..max_user (the first rows of each day file,
+    read until a later shopper starts), or those of the cross-section hour."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
+
+    names = ["user_id", "item_id", "category_id", "behavior_type", "timestamp"]
+    types = {"user_id": pa.int64(), "item_id": pa.int64(), "category_id": pa.int64(), "timestamp": pa.int64()}
+    tables = []
+    for folder in sorted(out_dir.glob("date=*")):
+        if hour is not None:
+            day = pd.Timestamp(folder.name.removeprefix("date="), tz=SHOP_TIMEZONE)
+            if not int(day.timestamp()) <= hour[0] < int(day.timestamp()) + _DAY_S:
+                continue
+        reader = pa_csv.open_csv(
+            folder / DAY_FILE,
+            read_options=pa_csv.ReadOptions(column_names=names, block_size=1 << 24),
+            convert_options=pa_csv.ConvertOptions(column_types=types),
+        )
+        for batch in reader:
+            if max_user is not None:  # shoppers come in id order: stop at the first later one
+                tables.append(batch.filter(pc.less_equal(batch["user_id"], max_user)))
+                if batch.num_rows and pc.max(batch["user_id"]).as_py() > max_user:
+                    break
+            else:
+                ts = batch["timestamp"]
+                tables.append(batch.filter(pc.and_(pc.greater_equal(ts, hour[0]), pc.less(ts, hour[1]))))
+    if not tables:
+        return pd.DataFrame(columns=names)
+    return pa.Table.from_batches(tables).to_pandas()
+
+
+def real_statistics(real_dir: Path = REAL_DIR, sample: int | None = None) -> dict[str, Any]:
+    """The statistics of the real slice (per shopper) and stream hour (cross-section; its first
+    `sample` rows when given, to compare with a synthetic cross-section of that size)."""
+    shoppers = shopper_statistics(_in_window(_read_taobao(real_dir / REAL_SLICE)))
+    stream = _read_taobao(real_dir / REAL_STREAM)
+    if sample is not None and sample < len(stream):
+        stream = stream.sample(n=sample, random_state=0)
+    return {**shoppers, **cross_section_statistics(stream)}
+
+
+def synthetic_statistics(out_dir: Path | str) -> dict[str, Any]:
+    """The statistics of a synthetic dataset: per shopper on shoppers 1..STATS_SHOPPERS, popularity
+    on the cross-section hour."""
+    out = Path(out_dir)
+    shoppers = shopper_statistics(_read_partitions(out, STATS_SHOPPERS, None))
+    return {**shoppers, **cross_section_statistics(_read_partitions(out, None, CROSS_SECTION))}
+
+
+def _tv(a: list[float], b: list[float]) -> float:
+    return float(0.5 * np.abs(np.asarray(a) - np.asarray(b)).sum())
+
+
+def compare(out_dir: Path | str, real_dir: Path = REAL_DIR) -> list[dict[str, Any]]:
+    """One row per statistic: real, SYNTHETIC, the tolerance and whether it holds. Written to
+    `out_dir/statistics.json` too."""
+    out = Path(out_dir)
+    synthetic = synthetic_statistics(out)
+    real = real_statistics(real_dir, sample=synthetic["cross_section_events"])
+    synthetic["hour_of_day_tv"] = _tv(synthetic["hour_shares"], real["hour_shares"])
+    synthetic["day_tv"] = _tv(synthetic["day_shares"], real["day_shares"])
+    real["hour_of_day_tv"] = real["day_tv"] = 0.0
+    rows = []
+    for s in STATISTICS:
+        r, y = real[s.key], synthetic[s.key]
+        allowed = None if s.tolerance is None else s.tolerance * (abs(r) if s.relative else 1.0)
+        rows.append(
+            {
+                "group": s.group,
+                "statistic": s.label,
+                "real": r,
+                "synthetic": y,
+                "tolerance": allowed,
+                "ok": None if allowed is None else bool(abs(y - r) <= allowed),
+            }
+        )
+    marker = json.loads((out / MARKER).read_text()) if (out / MARKER).is_file() else {}
+    report = {
+        "SYNTHETIC": True,
+        "dataset": marker,
+        "real": {"dir": str(real_dir), "slice": REAL_SLICE, "stream": REAL_STREAM},
+        "sample": {
+            "shoppers": synthetic["shoppers"],
+            "cross_section_events": synthetic["cross_section_events"],
+        },
+        "rows": rows,
+    }
+    (out / STATISTICS_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The side-by-side table as text."""
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, bool):
+            return "yes" if v else "NO"
+        if isinstance(v, float):
+            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+        return str(v)
+
+    header = ["statistic", "real", "SYNTHETIC", "tolerance", "ok"]
+    body = [[r["statistic"], *(cell(r[k]) for k in ("real", "synthetic", "tolerance", "ok"))] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
+    return "\n".join(lines)
