@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.contract import BEHAVIORS, INTENT_BEHAVIORS, PAGE_VIEW, SHOP_TIMEZONE, SHOP_UTC_OFFSET_S
+from models.settings import PROJECT_ROOT
 
 GENERATOR_VERSION = "1"
 MARKER = "SYNTHETIC.json"
@@ -341,11 +342,13 @@ def parameters_hash(params: dict[str, Any]) -> str:
 def _from_quantiles(table: list[float], u: np.ndarray, log: bool = False) -> np.ndarray:
     """Inverse-CDF draws from a quantile table (evenly spaced probabilities), interpolated
     (in log(1 + x) for the heavy-tailed times)."""
-    grid = np.linspace(0.0, 1.0, len(table))
     values = np.asarray(table, dtype=np.float64)
     if log:
-        return np.expm1(np.interp(u, grid, np.log1p(values)))
-    return np.interp(u, grid, values)
+        values = np.log1p(values)
+    x = u * (len(values) - 1)
+    at = np.minimum(x.astype(np.int64), len(values) - 2)
+    drawn = values[at] + (x - at) * (values[at + 1] - values[at])
+    return np.expm1(drawn) if log else drawn
 
 
 def _shares(values: list[float]) -> np.ndarray:
@@ -361,6 +364,15 @@ def _resolve(pointer: np.ndarray) -> np.ndarray:
         if np.array_equal(nxt, pointer):
             return pointer
         pointer = nxt
+
+
+def _sorted_search(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """np.searchsorted of many random keys in a large table, an order of magnitude faster: the
+    keys are searched in sorted order, so each search starts where the last one ended."""
+    order = np.argsort(keys)
+    found = np.empty(len(keys), dtype=np.int64)
+    found[order] = np.searchsorted(table, keys[order])
+    return found
 
 
 class _Catalogue:
@@ -398,42 +410,42 @@ class _Catalogue:
                 self.cat_first[cat] + np.minimum(width - 1, (u * width).astype(np.int64))
             ]
         target = self.cat_lo[cat] + u * (self.cat_hi[cat] - self.cat_lo[cat])
-        pos = np.clip(np.searchsorted(self.cum_weight, target), self.cat_first[cat], self.cat_last[cat])
+        pos = np.clip(_sorted_search(self.cum_weight, target), self.cat_first[cat], self.cat_last[cat])
         return self.items_by_cat[pos]
 
 
 def _distinct_per_shopper(
-    values: np.ndarray,
     roots: np.ndarray,
     shopper: np.ndarray,
     draw: Callable[[np.ndarray, bool], np.ndarray],
     rounds: int = 10,
 ) -> np.ndarray:
-    """`values` with those at `roots` redrawn (up to `rounds` times) where the same shopper has the
-    same value at another root: a fresh draw that lands on a value the shopper already has is
-    drawn again, by popularity at first, then uniformly (a shopper may have met a small category's
-    popular items all). The first root with a value keeps it."""
-    values = values.copy()
-    width = np.int64(values.max(initial=0)) + 1
-    key = shopper[roots].astype(np.int64) * width + values[roots]
-    taken, first = np.unique(key, return_index=True)
+    """Values drawn for the rows `roots`, drawn again (up to `rounds` times) where the same shopper
+    has the same value at another root: a fresh draw that lands on a value the shopper already has
+    is redrawn, by popularity at first, then uniformly (a shopper may have met all of a small
+    category's popular items). The first root with a value keeps it."""
+    values = draw(roots, False)
+    width = np.int64(values.max(initial=0)) + 1 + 2**24  # room for values a redraw may bring
+    owner = shopper[roots].astype(np.int64) * width
+    taken, first = np.unique(owner + values, return_index=True)
+    taken_later: list[np.ndarray] = []
     again = np.ones(len(roots), dtype=bool)
     again[first] = False
-    rows = roots[again]
+    pending = np.flatnonzero(again)
     for round_ in range(rounds):
-        if not len(rows):
+        if not len(pending):
             break
-        fresh = draw(rows, round_ >= rounds // 2)
-        key = shopper[rows].astype(np.int64) * width + fresh
-        at = np.minimum(np.searchsorted(taken, key), len(taken) - 1)
-        free = taken[at] != key
-        _, first = np.unique(key, return_index=True)
-        unique_new = np.zeros(len(rows), dtype=bool)
-        unique_new[first] = True
+        fresh = draw(roots[pending], round_ >= rounds // 2)
+        key = owner[pending] + fresh
+        free = taken[np.minimum(np.searchsorted(taken, key), len(taken) - 1)] != key
+        for later in taken_later:
+            free &= later[np.minimum(np.searchsorted(later, key), len(later) - 1)] != key
+        unique_new = np.zeros(len(pending), dtype=bool)
+        unique_new[np.unique(key, return_index=True)[1]] = True
         accept = free & unique_new
-        values[rows[accept]] = fresh[accept]
-        taken = np.sort(np.r_[taken, key[accept]])
-        rows = rows[~accept]
+        values[pending[accept]] = fresh[accept]
+        taken_later.append(np.sort(key[accept]))
+        pending = pending[~accept]
     return values
 
 
@@ -515,12 +527,12 @@ def _chunk(
     cat_root[back] = earlier[back]
     cat_root = _resolve(cat_root)
     # a new category is new to the shopper, a freshly drawn item one they have not met
-    category = _distinct_per_shopper(
-        catalogue.categories(rng.random(m)),
-        np.flatnonzero(cat_root == index),
-        shopper,
-        lambda rows, _uniform: catalogue.categories(rng.random(len(rows))),
-    )[cat_root]
+    roots = np.flatnonzero(cat_root == index)
+    category = np.empty(m, dtype=np.int64)
+    category[roots] = _distinct_per_shopper(
+        roots, shopper, lambda rows, _uniform: catalogue.categories(rng.random(len(rows)))
+    )
+    category = category[cat_root]
     item_root = index.copy()
     item_root[is_repeat] = (index - lag)[is_repeat]
     group = shopper.astype(np.int64) * (len(catalogue.category_cdf) + 1) + category
@@ -532,47 +544,68 @@ def _chunk(
     returning &= target >= 0
     item_root[returning] = target[returning]
     item_root = _resolve(item_root)
-    item = _distinct_per_shopper(
-        catalogue.items(category, rng.random(m)),
-        np.flatnonzero(item_root == index),
+    roots = np.flatnonzero(item_root == index)
+    item = np.empty(m, dtype=np.int64)
+    item[roots] = _distinct_per_shopper(
+        roots,
         shopper,
         lambda rows, uniform: catalogue.items(category[rows], rng.random(len(rows)), uniform),
-    )[item_root]
+    )
+    item = item[item_root]
 
     # planted signal: views convert in proportion to the shopper's share of events in the category
-    key = shopper.astype(np.int64) * (len(catalogue.category_cdf) + 1) + category
-    _, inverse, per_key = np.unique(key, return_inverse=True, return_counts=True)
-    share = per_key[inverse] / counts[shopper]
-    lift = share ** params["planted_signal"]
+    _, inverse, per_group = np.unique(group, return_inverse=True, return_counts=True)
+    lift = (per_group[inverse] / counts[shopper]) ** params["planted_signal"]
     views = behaviour == 0
     p_convert = linked * intents / mix[PAGE_VIEW] * lift / max(lift[views].mean(), 1e-12)
     converted = views & (rng.random(m) < p_convert)
-    delay = np.maximum(
-        1, np.round(_from_quantiles(params["conversion_delay_s_quantiles"], rng.random(m), log=True))
-    )
-    follow_t = seconds + delay.astype(np.int64)
-    converted &= follow_t < _WINDOW_S - counts[shopper]
     src = np.flatnonzero(converted)
+    delay = np.maximum(
+        1, np.round(_from_quantiles(params["conversion_delay_s_quantiles"], rng.random(len(src)), log=True))
+    )
+    follow_t = seconds[src] + delay.astype(np.int64)
+    inside = follow_t < _WINDOW_S - counts[shopper[src]]
+    src, follow_t = src[inside], follow_t[inside]
     linked_mix = np.asarray([params["linked_mix"][b] for b in INTENT_BEHAVIORS])
     follow_b = 1 + rng.choice(len(INTENT_BEHAVIORS), size=len(src), p=linked_mix / linked_mix.sum())
 
-    # each shopper keeps their count: as many of their unconverted own events go as intents came
-    everyone = {
-        "shopper": np.r_[shopper, shopper[src]],
-        "seconds": np.r_[seconds, follow_t[src]],
-        "category": np.r_[category, category[src]],
-        "item": np.r_[item, item[src]],
-        "behavior": np.r_[behaviour, follow_b.astype(np.int8)],
+    # each shopper keeps their count: for every intent that follows a view, one of the shopper's
+    # unconverted events goes (an intent for which none is found after a few tries is not added)
+    dropped = np.zeros(m, dtype=bool)
+    owner = shopper[src]
+    victim = np.full(len(src), -1, dtype=np.int64)
+    pending = np.arange(len(src))
+    for _ in range(8):
+        if not len(pending):
+            break
+        who = owner[pending]
+        cand = starts[who] + np.minimum(
+            counts[who] - 1, (rng.random(len(pending)) * counts[who]).astype(np.int64)
+        )
+        ok = ~converted[cand] & ~dropped[cand]
+        first = np.zeros(len(pending), dtype=bool)
+        first[np.unique(cand, return_index=True)[1]] = True
+        ok &= first
+        victim[pending[ok]] = cand[ok]
+        dropped[cand[ok]] = True
+        pending = pending[~ok]
+    added = victim >= 0
+    src, follow_t, follow_b = src[added], follow_t[added], follow_b[added]
+    order = np.argsort(shopper[src].astype(np.int64) * _BIG + follow_t, kind="stable")
+    src, follow_t, follow_b = src[order], follow_t[order], follow_b[order]
+    kept = ~dropped
+    at = np.searchsorted(
+        (shopper.astype(np.int64) * _BIG + seconds)[kept],
+        shopper[src].astype(np.int64) * _BIG + follow_t,
+        "right",
+    )
+    events = {
+        "shopper": np.insert(shopper[kept], at, shopper[src]),
+        "seconds": np.insert(seconds[kept], at, follow_t),
+        "category": np.insert(category[kept], at, category[src]),
+        "item": np.insert(item[kept], at, item[src]),
+        "behavior": np.insert(behaviour[kept], at, follow_b.astype(np.int8)),
     }
-    keep_rank = np.r_[rng.random(m) + np.where(converted, 3.0, 0.0), 2.0 + rng.random(len(src))]
-    order = np.lexsort((keep_rank, everyone["shopper"]))
-    extra = np.bincount(shopper[src], minlength=len(counts))
-    ranked_shopper = everyone["shopper"][order]
-    rank = np.arange(len(order)) - np.r_[0, np.cumsum(counts + extra)[:-1]][ranked_shopper]
-    kept = np.sort(order[rank >= extra[ranked_shopper]])
-    events = {k: v[kept] for k, v in everyone.items()}
-    order = np.argsort(events["shopper"].astype(np.int64) * _BIG + events["seconds"], kind="stable")
-    events = {k: v[order] for k, v in events.items()}
     # one shopper's events in distinct seconds (two rows alike would be one event twice), all in the window
     t = events["seconds"] - pos
     t = np.minimum(_grouped_running_max(t, shopper.astype(np.int64)), _WINDOW_S - counts[shopper])
@@ -734,7 +767,7 @@ def is_synthetic(path: Path | str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Statistics: synthetic against real, side by side
 
-REAL_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/taobao_userbehavior"
+REAL_DIR = PROJECT_ROOT.parent / "shared/data/taobao_userbehavior"
 REAL_SLICE = "userbehavior_user_slice.csv"
 REAL_STREAM = "userbehavior_stream_20171126T0100Z_0200Z.csv"
 # The real stream's hour, 2017-11-26 09:00-10:00 in the shop's time zone: the cross-section the
@@ -966,10 +999,16 @@ def _tv(a: list[float], b: list[float]) -> float:
     return float(0.5 * np.abs(np.asarray(a) - np.asarray(b)).sum())
 
 
-def compare(out_dir: Path | str, real_dir: Path = REAL_DIR) -> list[dict[str, Any]]:
+def compare(out_dir: Path | str, real_dir: Path | None = None) -> list[dict[str, Any]]:
     """One row per statistic: real, SYNTHETIC, the tolerance and whether it holds. Written to
     `out_dir/statistics.json` too."""
     out = Path(out_dir)
+    real_dir = Path(real_dir or REAL_DIR)
+    missing = [name for name in (REAL_SLICE, REAL_STREAM) if not (real_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"the real data to compare with is missing: {', '.join(missing)} in {real_dir}"
+        )
     synthetic = synthetic_statistics(out)
     real = real_statistics(real_dir, sample=synthetic["cross_section_events"])
     synthetic["hour_of_day_tv"] = _tv(synthetic["hour_shares"], real["hour_shares"])
