@@ -33,6 +33,7 @@ parameters hash), every progress line, and `is_synthetic(path)` for later stages
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -132,11 +133,19 @@ def _quantiles(values: np.ndarray, points: int = 101) -> list[float]:
 def lognormal_weights(sigma: float, size: int) -> np.ndarray:
     """Popularity of `size` ranks, most popular first: the quantiles of a lognormal law of shape
     `sigma` (no randomness), normalised to sum to one."""
+    z = _normal_scores(size)
+    weight = np.exp(sigma * (z - z[0]))
+    return weight / weight.sum()
+
+
+@functools.lru_cache(maxsize=4)
+def _normal_scores(size: int) -> np.ndarray:
+    """Standard normal quantiles at (size - r - 0.5) / size, r = 0..size-1 (largest first)."""
     from scipy.special import ndtri
 
     z = ndtri((size - np.arange(size) - 0.5) / size)
-    weight = np.exp(sigma * (z - z[0]))
-    return weight / weight.sum()
+    z.setflags(write=False)
+    return z
 
 
 def _expected_distinct(sigma: float, size: int, draws: int) -> float:
@@ -382,6 +391,7 @@ class _Catalogue:
     def __init__(self, sizes: Sizes, params: dict[str, Any], rng: np.random.Generator):
         pop = params["popularity"]
         n_items, n_cats = sizes.items, sizes.categories
+        self.n_items, self.n_categories = n_items, n_cats
         self.category_cdf = np.cumsum(lognormal_weights(pop["category_lognormal_sigma"], n_cats))
         self.category_ids = rng.permutation(n_cats).astype(np.int64) + 1
         item_weight = lognormal_weights(pop["item_lognormal_sigma"], n_items)
@@ -418,6 +428,7 @@ def _distinct_per_shopper(
     roots: np.ndarray,
     shopper: np.ndarray,
     draw: Callable[[np.ndarray, bool], np.ndarray],
+    size: int,
     rounds: int = 10,
 ) -> np.ndarray:
     """Values drawn for the rows `roots`, drawn again (up to `rounds` times) where the same shopper
@@ -425,8 +436,7 @@ def _distinct_per_shopper(
     is redrawn, by popularity at first, then uniformly (a shopper may have met all of a small
     category's popular items). The first root with a value keeps it."""
     values = draw(roots, False)
-    width = np.int64(values.max(initial=0)) + 1 + 2**24  # room for values a redraw may bring
-    owner = shopper[roots].astype(np.int64) * width
+    owner = shopper[roots].astype(np.int64) * np.int64(size + 1)  # values are below `size`
     taken, first = np.unique(owner + values, return_index=True)
     taken_later: list[np.ndarray] = []
     again = np.ones(len(roots), dtype=bool)
@@ -444,7 +454,8 @@ def _distinct_per_shopper(
         unique_new[np.unique(key, return_index=True)[1]] = True
         accept = free & unique_new
         values[pending[accept]] = fresh[accept]
-        taken_later.append(np.sort(key[accept]))
+        if accept.any():
+            taken_later.append(np.sort(key[accept]))
         pending = pending[~accept]
     return values
 
@@ -530,7 +541,10 @@ def _chunk(
     roots = np.flatnonzero(cat_root == index)
     category = np.empty(m, dtype=np.int64)
     category[roots] = _distinct_per_shopper(
-        roots, shopper, lambda rows, _uniform: catalogue.categories(rng.random(len(rows)))
+        roots,
+        shopper,
+        lambda rows, _uniform: catalogue.categories(rng.random(len(rows))),
+        catalogue.n_categories,
     )
     category = category[cat_root]
     item_root = index.copy()
@@ -550,6 +564,7 @@ def _chunk(
         roots,
         shopper,
         lambda rows, uniform: catalogue.items(category[rows], rng.random(len(rows)), uniform),
+        catalogue.n_items + 1,
     )
     item = item[item_root]
 
@@ -656,11 +671,13 @@ def write_synthetic(
     shoppers: int | None = None,
     items: int | None = None,
     params: dict[str, Any] | None = None,
-    progress: TextIO | None = sys.stderr,
+    progress: TextIO | bool | None = True,
 ) -> SynthResult:
     """Write `events` SYNTHETIC events in the raw Taobao format, one CSV per local day
     (`out_dir/date=YYYY-MM-DD/events.csv`) plus `out_dir/SYNTHETIC.json`; byte-identical for a
-    seed. Files are written under a temporary name and renamed when complete."""
+    seed. Files are written under a temporary name and renamed when complete. `shoppers` and
+    `items` replace Taobao's proportions; `params` the committed fit; `progress` is where the
+    progress lines go (True: stderr, None: nowhere)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pa_csv
@@ -670,7 +687,7 @@ def write_synthetic(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).unlink(missing_ok=True)
-    say = _progress(progress)
+    say = _progress(sys.stderr if progress is True else progress or None)
     say(
         f"generating {sizes.events:,} events, {sizes.shoppers:,} shoppers, {sizes.items:,} items, "
         f"{sizes.categories:,} categories, seed {seed} -> {out}"
@@ -817,7 +834,12 @@ STATISTICS = (
     Statistic(
         "same_category_in_session", "same category as the previous event in a session", "loyalty", 0.08
     ),
-    Statistic("category_share_auc", "AUC of shopper's category share for the label", "signal", None),
+    Statistic(
+        "category_share_auc",
+        "AUC for the label of the category's share of the shopper's past",
+        "signal",
+        None,
+    ),
     Statistic(
         "distinct_items_per_pair", "cross-section: distinct items / (shopper, item) pairs", "popularity", None
     ),
@@ -875,6 +897,23 @@ def _labels(frame: pd.DataFrame) -> pd.DataFrame:
     return label_page_views(canonical, LABEL_WINDOW, WINDOW_START + pd.Timedelta(days=WINDOW_DAYS))
 
 
+def _labelled_views(frame: pd.DataFrame) -> pd.DataFrame:
+    """The project's labelled views of sorted raw rows, each with what a model can know of the
+    planted signal at the view: the share of the shopper's earlier events in the item's category."""
+    prior = frame.groupby("user_id").cumcount().to_numpy()
+    prior_in_category = frame.groupby(["user_id", "category_id"]).cumcount().to_numpy()
+    views = pd.DataFrame(
+        {
+            "user_id": frame["user_id"],
+            "item_id": frame["item_id"],
+            "event_timestamp": pd.to_datetime(frame["timestamp"], unit="s", utc=True),
+            "category_share": prior_in_category / np.maximum(prior, 1),
+        }
+    )[(frame["behavior_type"] == PAGE_VIEW).to_numpy()]
+    views = views.drop_duplicates(["user_id", "item_id", "event_timestamp"])
+    return _labels(frame).merge(views, on=["user_id", "item_id", "event_timestamp"], how="left")
+
+
 def shopper_statistics(frame: pd.DataFrame) -> dict[str, Any]:
     """The per-shopper statistics of complete histories (raw columns, Unix seconds)."""
     frame = _sorted(frame)
@@ -897,10 +936,7 @@ def shopper_statistics(frame: pd.DataFrame) -> dict[str, Any]:
     per_cat = frame.groupby(["user_id", "category_id"]).size()
     top_share = per_cat.groupby(level=0).max() / per_shopper
     in_session = ~session_first
-    labels = _labels(frame)
-    share = (per_cat / per_shopper.reindex(per_cat.index.get_level_values(0)).to_numpy()).rename("share")
-    item_cat = frame.drop_duplicates(["user_id", "item_id"]).set_index(["user_id", "item_id"])["category_id"]
-    labelled = labels.join(item_cat, on=["user_id", "item_id"]).join(share, on=["user_id", "category_id"])
+    labelled = _labelled_views(frame)
     return {
         "events": int(len(frame)),
         "shoppers": int(len(per_shopper)),
@@ -909,7 +945,7 @@ def shopper_statistics(frame: pd.DataFrame) -> dict[str, Any]:
         "events_per_shopper_p90": float(per_shopper.quantile(0.9)),
         **{f"share_{b}": float(mix.get(b, 0.0)) for b in BEHAVIORS},
         "intent_linked_share": float(linked.sum() / max(1, (~is_pv).sum())),
-        "label_positive_rate": float(labels["label"].mean()),
+        "label_positive_rate": float(labelled["label"].mean()),
         "conversion_delay_median_s": float(np.median(_conversion_delays(frame, linked)))
         if linked.any()
         else 0.0,
@@ -925,7 +961,7 @@ def shopper_statistics(frame: pd.DataFrame) -> dict[str, Any]:
         "top_category_share_median": float(top_share.median()),
         "distinct_categories_median": float(frame.groupby("user_id")["category_id"].nunique().median()),
         "same_category_in_session": float((cat == np.r_[-1, cat[:-1]])[in_session].mean()),
-        "category_share_auc": _auc(labelled["label"].to_numpy(), labelled["share"].to_numpy()),
+        "category_share_auc": _auc(labelled["label"].to_numpy(), labelled["category_share"].to_numpy()),
     }
 
 
