@@ -10,22 +10,27 @@ memory stays bounded at any N and the output is byte-identical for a seed.
 How a shopper's events are made (every parameter fitted by `fit_parameters`, committed in
 `synth_params.json`):
 
-- **How many**: events per shopper are lognormal; the N events are split among N/101 shoppers.
+- **How many**: the N events are split among N/101 shoppers in proportion to counts drawn from
+  the real shoppers' counts.
 - **When**: events come in sessions (a gap over 30 minutes starts a new one); session lengths and
   the gaps inside a session follow the real quantiles; a session starts on a day and at an hour
-  of the shop's time zone drawn from the real session starts.
-- **What**: an event re-views an item the shopper saw k events earlier (k from the real lags), or
-  stays in the previous event's category, or returns to one of the shopper's earlier categories
-  (a Pólya urn: loyal shoppers), or opens a new category, drawn from a Zipf law; items within a
-  category follow a Zipf law too (both exponents fitted on the real stream hour).
+  of the shop's time zone such that the events' days and hours are the real ones.
+- **What**: an event re-views an item the shopper met k events earlier (k from the real lags; in
+  a session, as often as in the real data, the last item met in the current category), or stays
+  in the previous event's category, or returns to one of the shopper's earlier categories (a
+  Pólya urn: loyal shoppers), or opens a category new to the shopper. Category and item
+  popularity are lognormal, fitted to how often the real stream hour repeats them; each item is
+  in one category, and a freshly drawn item is one the shopper has not met.
 - **Behaviour**: views, plus carts/favs/buys that follow a view of the same item after the real
   delays ("linked"), plus carts/favs/buys of items not viewed before, in the real proportions.
+  Each shopper's events fall in distinct seconds inside the window, so none repeats another.
 
 **Planted signal** (ground truth a model can learn): the chance that a view converts into a later
 cart/fav/buy of the same item is proportional to the shopper's share of events in that item's
-category (`PLANTED_SIGNAL`). A shopper's favourite categories are both what they view most and
-what they buy in, so the share of the candidate's category in the shopper's history (the
-`user_item_affinity` features) predicts the label.
+category (`PLANTED_SIGNAL` is the power of the share). A shopper's favourite categories are both
+what they view most and what they buy in, so the share of the candidate's category in the
+shopper's past (the `user_item_affinity` features) predicts the label: AUC about 0.69, against
+0.57 for the same measure on the real slice and 0.58 on synthetic data without the planted term.
 
 Everything written is labelled SYNTHETIC: `DIR/SYNTHETIC.json` (generator version, seed, sizes,
 parameters hash), every progress line, and `is_synthetic(path)` for later stages.
@@ -1013,22 +1018,12 @@ def _read_partitions(out_dir: Path, max_user: int | None, hour: tuple[int, int] 
     return pa.Table.from_batches(tables).to_pandas()
 
 
-def real_statistics(real_dir: Path = REAL_DIR, sample: int | None = None) -> dict[str, Any]:
-    """The statistics of the real slice (per shopper) and stream hour (cross-section; its first
-    `sample` rows when given, to compare with a synthetic cross-section of that size)."""
-    shoppers = shopper_statistics(_in_window(_read_taobao(real_dir / REAL_SLICE)))
-    stream = _read_taobao(real_dir / REAL_STREAM)
-    if sample is not None and sample < len(stream):
-        stream = stream.sample(n=sample, random_state=0)
-    return {**shoppers, **cross_section_statistics(stream)}
+def _subsample(frame: pd.DataFrame, size: int) -> pd.DataFrame:
+    return frame.sample(n=size, random_state=0) if size < len(frame) else frame
 
 
-def synthetic_statistics(out_dir: Path | str) -> dict[str, Any]:
-    """The statistics of a synthetic dataset: per shopper on shoppers 1..STATS_SHOPPERS, popularity
-    on the cross-section hour."""
-    out = Path(out_dir)
-    shoppers = shopper_statistics(_read_partitions(out, STATS_SHOPPERS, None))
-    return {**shoppers, **cross_section_statistics(_read_partitions(out, None, CROSS_SECTION))}
+def _subsample(frame: pd.DataFrame, size: int) -> pd.DataFrame:
+    return frame.sample(n=size, random_state=0) if size < len(frame) else frame
 
 
 def _tv(a: list[float], b: list[float]) -> float:
@@ -1045,8 +1040,20 @@ def compare(out_dir: Path | str, real_dir: Path | None = None) -> list[dict[str,
         raise FileNotFoundError(
             f"the real data to compare with is missing: {', '.join(missing)} in {real_dir}"
         )
-    synthetic = synthetic_statistics(out)
-    real = real_statistics(real_dir, sample=synthetic["cross_section_events"])
+    # per shopper: the real slice against shoppers 1..STATS_SHOPPERS; popularity: the real stream
+    # hour against the same hour of the synthetic data, both at one size (ratios of distinct values
+    # depend on the sample's size)
+    hour = _read_partitions(out, None, CROSS_SECTION)
+    stream = _read_taobao(real_dir / REAL_STREAM)
+    size = min(len(hour), len(stream))
+    synthetic = {
+        **shopper_statistics(_read_partitions(out, STATS_SHOPPERS, None)),
+        **cross_section_statistics(_subsample(hour, size)),
+    }
+    real = {
+        **shopper_statistics(_in_window(_read_taobao(real_dir / REAL_SLICE))),
+        **cross_section_statistics(_subsample(stream, size)),
+    }
     synthetic["hour_of_day_tv"] = _tv(synthetic["hour_shares"], real["hour_shares"])
     synthetic["day_tv"] = _tv(synthetic["day_shares"], real["day_shares"])
     real["hour_of_day_tv"] = real["day_tv"] = 0.0
