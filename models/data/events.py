@@ -55,6 +55,12 @@ def raw_event_files(path: Path | str, days: Iterable[date | datetime] | None = N
     ]
 
 
+def partition_day(file: Path | str) -> str | None:
+    """The day (YYYY-MM-DD) of a raw-event file in a day partition, else None."""
+    folder = Path(file).parent.name
+    return folder.removeprefix(PARTITION_PREFIX) if folder.startswith(PARTITION_PREFIX) else None
+
+
 def read_raw_events(path: Path | str, days: Iterable[date | datetime] | None = None) -> pd.DataFrame:
     """Read headerless Taobao UserBehavior events as strings, one row per line: a CSV (plain or
     gzip), or the files of `days` in a folder of day partitions (see `raw_event_files`), whose

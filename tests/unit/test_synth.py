@@ -115,20 +115,33 @@ def test_the_project_ingests_and_validates_every_row(small, tmp_path, monkeypatc
     assert (len(outcome.accepted), len(outcome.quarantined)) == (SMALL, 0)
 
 
-def test_a_run_for_one_day_reads_only_that_days_partition(small, tmp_path, monkeypatch):
+def test_a_run_for_one_day_reads_only_that_days_partition_and_judges_all_its_rows(
+    small, tmp_path, monkeypatch
+):
+    from models.data.validation import validate_events
+
     copy = tmp_path / "raw"
     shutil.copytree(small, copy)
     (copy / "date=2017-11-30/events.csv").write_text("not,a,valid,row\n")  # another day's file
+    late = int(pd.Timestamp("2017-11-29T12:00:00+08:00").timestamp())
+    with (copy / "date=2017-11-27/events.csv").open("a") as f:
+        f.write(f"1,1,1,pv,{late}\n")  # delivered with 11-27, timed on 11-29
     monkeypatch.setenv("CTR_RAW_EVENTS", str(copy))
     monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path / "data"))
     settings = get_settings()
+    days = json.loads((small / synth.MARKER).read_text())["days"]
     day = pd.Timestamp("2017-11-27", tz="Asia/Shanghai")
     raw = collect_raw_events(settings, day, day + pd.Timedelta(days=1))
-    expected = json.loads((small / synth.MARKER).read_text())["days"]["2017-11-27"]
-    assert len(raw.events) == expected
-    assert raw.events["user_id"].notna().all()
+    assert len(raw.events) == days["2017-11-27"] + 1
+    assert raw.events["user_id"].notna().all()  # the broken file of 11-30 was not read
     assert [f.parent.name for f in raw_event_files(copy, [day])] == ["date=2017-11-27"]
+    outcome = validate_events(raw.events, day, day + pd.Timedelta(days=1), 0.01)
+    assert len(outcome.quarantined) == 1
+    assert outcome.quarantined["event_timestamp"].iloc[0] == pd.Timestamp(late, unit="s", tz="UTC")
+    on_29 = pd.Timestamp("2017-11-29", tz="Asia/Shanghai")
+    assert len(collect_raw_events(settings, on_29, on_29 + pd.Timedelta(days=1)).events) == days["2017-11-29"]
     whole = collect_raw_events(settings, settings.window_start, settings.window_end)
+    assert len(whole.events) == SMALL - days["2017-11-30"] + 1 + 1  # each line read once
     assert whole.events["user_id"].isna().sum() == 1  # the broken line, read with the whole window
 
 
