@@ -52,11 +52,6 @@ def generate(out: Path, events: int, seed: int) -> dict:
     }
 
 
-def _figure(value: float | None) -> str:
-    """Four significant digits: shares and rates are small numbers."""
-    return "" if value is None else f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -98,10 +93,10 @@ def main() -> int:
     table = [
         {
             "statistic": r["statistic"],
-            "real": _figure(r["real"]),
-            f"SYNTHETIC {size}": _figure(r["synthetic"]),
-            "tolerance": _figure(r["tolerance"]),
-            "ok": {True: "yes", False: "NO", None: ""}[r["ok"]],
+            "real": synth.format_figure(r["real"]),
+            f"SYNTHETIC {size}": synth.format_figure(r["synthetic"]),
+            "tolerance": synth.format_figure(r["tolerance"]),
+            "ok": synth.format_figure(r["ok"]),
         }
         for r in statistics
     ]

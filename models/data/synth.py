@@ -174,6 +174,18 @@ def _seen_before(frame: pd.DataFrame, behaviours: tuple[str, ...] | None = None)
     return (joined["_i"].to_numpy() < np.arange(len(frame))) & joined["_i"].notna().to_numpy()
 
 
+def _histories(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For rows sorted by shopper and time: whether each is its shopper's first, the gap since the
+    shopper's previous row (s; 0 for the first), whether it starts a session, its index within
+    its shopper's rows."""
+    user, t = frame["user_id"].to_numpy(), frame["timestamp"].to_numpy()
+    first = np.r_[True, user[1:] != user[:-1]]
+    gap = np.where(first, 0, np.r_[0, np.diff(t)])
+    starts = np.flatnonzero(first)
+    pos = np.arange(len(frame)) - np.repeat(starts, np.diff(np.r_[starts, len(frame)]))
+    return first, gap, first | (gap > SESSION_GAP_S), pos
+
+
 def _category_loyalty(frame: pd.DataFrame) -> tuple[float, float]:
     """Maximum-likelihood (stay, novelty) of the category process on the rows whose item the
     shopper had not met before: stay in the previous event's category with probability `stay`
@@ -181,14 +193,10 @@ def _category_loyalty(frame: pd.DataFrame) -> tuple[float, float]:
     shopper's j-th event, else one of the earlier events' categories, uniformly over those events."""
     from scipy.optimize import minimize
 
-    user = frame["user_id"].to_numpy()
     cat = frame["category_id"].to_numpy()
-    t = frame["timestamp"].to_numpy()
-    first = np.r_[True, user[1:] != user[:-1]]
-    starts = np.flatnonzero(first)
-    pos = np.arange(len(frame)) - np.repeat(starts, np.diff(np.r_[starts, len(frame)]))
+    _, _, session_first, pos = _histories(frame)
     prior = frame.groupby(["user_id", "category_id"]).cumcount().to_numpy()  # earlier rows, same category
-    in_session = ~first & (np.r_[0, np.diff(t)] <= SESSION_GAP_S)
+    in_session = ~session_first
     same_as_prev = in_session & (cat == np.r_[-1, cat[:-1]])
     fresh_item = ~_seen_before(frame)
     use = fresh_item & (pos >= 1)
@@ -248,10 +256,8 @@ def fit_parameters(slice_csv: Path | str, stream_csv: Path | str) -> dict[str, A
     stream hour (a cross-section of all shoppers, for popularity)."""
     real = _in_window(_read_taobao(slice_csv))
     stream = _read_taobao(stream_csv)
-    user, t, behaviour = real["user_id"].to_numpy(), real["timestamp"].to_numpy(), real["behavior_type"]
-    first = np.r_[True, user[1:] != user[:-1]]
-    gap = np.r_[0, np.diff(t)]
-    session_first = first | (gap > SESSION_GAP_S)
+    t, behaviour = real["timestamp"].to_numpy(), real["behavior_type"]
+    _, gap, session_first, pos = _histories(real)
     session = np.cumsum(session_first)
     lengths = np.bincount(session)[1:]
     local = pd.to_datetime(t, unit="s", utc=True).tz_convert(SHOP_TIMEZONE)
@@ -261,26 +267,11 @@ def fit_parameters(slice_csv: Path | str, stream_csv: Path | str) -> dict[str, A
     is_pv = (behaviour == PAGE_VIEW).to_numpy()
     intent = ~is_pv
     linked = intent & _seen_before(real, (PAGE_VIEW,))
-    # delay of a linked intent: since the latest earlier view of the same item
-    views = real.loc[is_pv, ["user_id", "item_id", "timestamp"]].rename(columns={"timestamp": "viewed"})
-    intents = real.loc[linked, ["user_id", "item_id", "timestamp"]]
-    delays = pd.merge_asof(
-        intents.sort_values("timestamp"),
-        views.sort_values("viewed"),
-        left_on="timestamp",
-        right_on="viewed",
-        by=["user_id", "item_id"],
-        direction="backward",
-    )
-    delay_s = (delays["timestamp"] - delays["viewed"]).to_numpy()
     # repeat views: lag in events back to the latest earlier event of the same item
     index = pd.Series(np.arange(len(real)))
     previous = index.groupby([real["user_id"], real["item_id"]]).shift()
     repeat = is_pv & previous.notna().to_numpy()
     lag = (index - previous).to_numpy()[repeat].astype(np.int64)
-    pos = np.arange(len(real)) - np.repeat(
-        np.flatnonzero(first), np.diff(np.r_[np.flatnonzero(first), len(real)])
-    )
     lag_q = _quantiles(lag)
     # re-views in a session that return to the item met last in the current category
     in_session = ~session_first
@@ -305,7 +296,7 @@ def fit_parameters(slice_csv: Path | str, stream_csv: Path | str) -> dict[str, A
         "intent_linked_share": float(linked.sum() / intent.sum()),
         "linked_mix": {b: float(linked_mix.get(b, 0.0)) for b in INTENT_BEHAVIORS},
         "unlinked_mix": {b: float(unlinked_mix.get(b, 0.0)) for b in INTENT_BEHAVIORS},
-        "conversion_delay_s_quantiles": _quantiles(delay_s),
+        "conversion_delay_s_quantiles": _quantiles(_conversion_delays(real, linked)),
         "session_gap_s": SESSION_GAP_S,
         "session_length_quantiles": _quantiles(lengths),
         "within_session_gap_s_quantiles": _quantiles(gap[~session_first]),
@@ -924,9 +915,7 @@ def shopper_statistics(frame: pd.DataFrame) -> dict[str, Any]:
     frame = _sorted(frame)
     user, t, cat = frame["user_id"].to_numpy(), frame["timestamp"].to_numpy(), frame["category_id"].to_numpy()
     behaviour = frame["behavior_type"]
-    first = np.r_[True, user[1:] != user[:-1]]
-    gap = np.r_[0, np.diff(t)]
-    session_first = first | (gap > SESSION_GAP_S)
+    first, gap, session_first, _ = _histories(frame)
     session = np.cumsum(session_first)
     per_shopper = frame.groupby("user_id").size()
     mix = behaviour.value_counts(normalize=True)
@@ -1086,20 +1075,25 @@ def compare(out_dir: Path | str, real_dir: Path | None = None) -> list[dict[str,
     return rows
 
 
+def format_figure(value: Any) -> str:
+    """A table cell: four significant digits (shares and rates are small numbers), yes/NO."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return str(value)
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The side-by-side table as text."""
 
-    def cell(v: Any) -> str:
-        if v is None:
-            return ""
-        if isinstance(v, bool):
-            return "yes" if v else "NO"
-        if isinstance(v, float):
-            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
-        return str(v)
-
     header = ["statistic", "real", "SYNTHETIC", "tolerance", "ok"]
-    body = [[r["statistic"], *(cell(r[k]) for k in ("real", "synthetic", "tolerance", "ok"))] for r in rows]
+    body = [
+        [r["statistic"], *(format_figure(r[k]) for k in ("real", "synthetic", "tolerance", "ok"))]
+        for r in rows
+    ]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
