@@ -959,8 +959,13 @@ def shopper_statistics(frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+_CROSS_SECTION_KEYS = ("distinct_items_per_pair", "distinct_categories_per_pair", "top10_category_share")
+
+
 def cross_section_statistics(frame: pd.DataFrame) -> dict[str, Any]:
-    """Popularity on a cross-section of all shoppers (an hour of events)."""
+    """Popularity on a cross-section of all shoppers (an hour of events; none: not measured)."""
+    if frame.empty:
+        return {"cross_section_events": 0, **dict.fromkeys(_CROSS_SECTION_KEYS)}
     cats = frame["category_id"].value_counts().to_numpy()
     return {
         "cross_section_events": int(len(frame)),
@@ -989,6 +994,8 @@ def _read_partitions(out_dir: Path, max_user: int | None, hour: tuple[int, int] 
             day = pd.Timestamp(folder.name.removeprefix("date="), tz=SHOP_TIMEZONE)
             if not int(day.timestamp()) <= hour[0] < int(day.timestamp()) + _DAY_S:
                 continue
+        if (folder / DAY_FILE).stat().st_size == 0:
+            continue
         reader = pa_csv.open_csv(
             folder / DAY_FILE,
             read_options=pa_csv.ReadOptions(column_names=names, block_size=1 << 24),
@@ -1048,8 +1055,8 @@ def compare(out_dir: Path | str, real_dir: Path | None = None) -> list[dict[str,
     real["hour_of_day_tv"] = real["day_tv"] = 0.0
     rows = []
     for s in STATISTICS:
-        r, y = real[s.key], synthetic[s.key]
-        allowed = None if s.tolerance is None else s.tolerance * (abs(r) if s.relative else 1.0)
+        r, y = (None if v is None or not math.isfinite(v) else v for v in (real[s.key], synthetic[s.key]))
+        allowed = None if s.tolerance is None or r is None else s.tolerance * (abs(r) if s.relative else 1.0)
         rows.append(
             {
                 "group": s.group,
@@ -1057,7 +1064,7 @@ def compare(out_dir: Path | str, real_dir: Path | None = None) -> list[dict[str,
                 "real": r,
                 "synthetic": y,
                 "tolerance": allowed,
-                "ok": None if allowed is None else bool(abs(y - r) <= allowed),
+                "ok": None if allowed is None else y is not None and bool(abs(y - r) <= allowed),
             }
         )
     marker = json.loads((out / MARKER).read_text()) if (out / MARKER).is_file() else {}
