@@ -270,6 +270,14 @@ def _replay(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from models.data import synth
 
+    if args.fit:
+        try:
+            synth.write_parameters(args.real)
+        except FileNotFoundError as exc:
+            print(f"ctr synth: {exc}", file=sys.stderr)
+            return 2
+        print(synth.PARAMS_PATH)
+        return 0
     if (args.out is None) == (args.compare is None):
         print("ctr synth: give --out DIR to generate, or --compare DIR to compare a dataset", file=sys.stderr)
         return 2
@@ -396,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--items", type=int, help="items (default: events / 24, as in Taobao)")
     synth.add_argument(
         "--compare", type=Path, metavar="DIR", help="compare a synthetic dataset with the real data"
+    )
+    synth.add_argument(
+        "--fit", action="store_true", help="refit the parameters on the real slices (--real) and write them"
     )
     synth.add_argument(
         "--real",

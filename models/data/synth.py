@@ -332,6 +332,18 @@ def _describe_file(path: Path | str) -> dict[str, Any]:
     return {"name": Path(path).name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
+def write_parameters(real_dir: Path | str | None = None, path: Path | str = PARAMS_PATH) -> dict[str, Any]:
+    """Refit on the real slices in `real_dir` (default: ../shared/data/taobao_userbehavior) and
+    write the parameters the generator runs with: `ctr synth --fit`."""
+    real = Path(real_dir or REAL_DIR)
+    params = fit_parameters(real / REAL_SLICE, real / REAL_STREAM)
+    text = json.dumps(params, indent=2)
+    # one line per list of numbers: the file stays short enough to read and to diff
+    text = re.sub(r"\[\s+([-0-9.e+,\s]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+    Path(path).write_text(text + "\n")
+    return params
+
+
 def load_parameters(path: Path | str = PARAMS_PATH) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
