@@ -335,6 +335,38 @@ def _backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(args: argparse.Namespace) -> int:
+    from models.data import synth
+
+    if args.fit:
+        try:
+            synth.write_parameters(args.real)
+        except FileNotFoundError as exc:
+            print(f"ctr synth: {exc}", file=sys.stderr)
+            return 2
+        print(synth.PARAMS_PATH)
+        return 0
+    if (args.out is None) == (args.compare is None):
+        print("ctr synth: give --out DIR to generate, or --compare DIR to compare a dataset", file=sys.stderr)
+        return 2
+    try:
+        if args.out is not None:
+            events = synth.parse_size(args.events)
+            synth.write_synthetic(args.out, events, seed=args.seed, shoppers=args.users, items=args.items)
+        folder = args.out or args.compare
+        if not synth.is_synthetic(folder):
+            print(f"ctr synth: {folder} holds no {synth.MARKER}", file=sys.stderr)
+            return 2
+        rows = synth.compare(folder, args.real)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ctr synth: {exc}", file=sys.stderr)
+        return 2
+    print(f"SYNTHETIC {folder} against the real Taobao slices in {args.real or synth.REAL_DIR}:")
+    print(synth.format_table(rows))
+    print(f"(also in {Path(folder) / synth.STATISTICS_FILE})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ctr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -456,6 +488,38 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--batch", type=int, default=500, help="most events per request")
     replay.add_argument("--limit", type=int, help="stop after this many events")
     replay.set_defaults(func=_replay)
+
+    synth = sub.add_parser(
+        "synth",
+        help="write SYNTHETIC Taobao-format events of any size, fitted to the real slices",
+        description="Write N SYNTHETIC events in the raw Taobao UserBehavior format, one headerless CSV per "
+        "local day of the shop (DIR/date=YYYY-MM-DD/events.csv) plus DIR/SYNTHETIC.json; point "
+        "CTR_RAW_EVENTS at DIR to run the pipeline on them. Shoppers, items and categories scale with N in "
+        "Taobao's proportions (N/101 shoppers, N/24 items, up to 9,439 categories). The distributions are "
+        "fitted to the real user slice and stream hour (models/data/synth_params.json). The same seed "
+        "writes the same bytes. Progress goes to stderr; at the end, a table of each statistic, real beside "
+        "SYNTHETIC, is printed and written to DIR/statistics.json (--compare DIR prints it for a dataset "
+        "written before).",
+    )
+    synth.add_argument("--events", default="1M", help="how many events: 84287, 1e6, 10M, 100M (default 1M)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--out", type=Path, metavar="DIR", help="the folder to write (created if missing)")
+    synth.add_argument("--users", type=int, help="shoppers (default: events / 101, as in Taobao)")
+    synth.add_argument("--items", type=int, help="items (default: events / 24, as in Taobao)")
+    synth.add_argument(
+        "--compare", type=Path, metavar="DIR", help="compare a synthetic dataset with the real data"
+    )
+    synth.add_argument(
+        "--fit", action="store_true", help="refit the parameters on the real slices (--real) and write them"
+    )
+    synth.add_argument(
+        "--real",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the real Taobao slices to compare with (default ../shared/data/taobao_userbehavior)",
+    )
+    synth.set_defaults(func=_synth)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -10,6 +10,9 @@ are found through its line number in the source file.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +31,50 @@ from feature_repo.contract import (
 )
 
 SOURCE_ROW = "source_row"
+PARTITION_PREFIX = "date="  # a day partition of raw events: <dir>/date=YYYY-MM-DD/*.csv[.gz]
 
 
-def read_raw_events(path: Path | str) -> pd.DataFrame:
-    """Read a headerless Taobao UserBehavior CSV (plain or gzip) as strings, one row per line.
+def raw_event_files(path: Path | str, days: Iterable[date | datetime] | None = None) -> list[Path]:
+    """The files holding raw events: `path` itself for a file; for a folder of day partitions
+    (`date=YYYY-MM-DD/*.csv` or `*.csv.gz`, days in the shop's time zone), the files of `days`
+    (all days when None), oldest day first. Only the days asked for are read: that is what the
+    partitions are for."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    wanted = None if days is None else {f"{PARTITION_PREFIX}{d:%Y-%m-%d}" for d in days}
+    folders = sorted(p for p in path.glob(f"{PARTITION_PREFIX}*") if p.is_dir())
+    if not folders:
+        raise FileNotFoundError(f"{path} holds no day partitions ({PARTITION_PREFIX}YYYY-MM-DD/)")
+    return [
+        f
+        for folder in folders
+        if wanted is None or folder.name in wanted
+        for f in sorted(folder.iterdir())
+        if f.is_file() and f.name.endswith((".csv", ".csv.gz"))
+    ]
+
+
+def partition_day(file: Path | str) -> str | None:
+    """The day (YYYY-MM-DD) of a raw-event file in a day partition, else None."""
+    folder = Path(file).parent.name
+    return folder.removeprefix(PARTITION_PREFIX) if folder.startswith(PARTITION_PREFIX) else None
+
+
+def read_raw_events(path: Path | str, days: Iterable[date | datetime] | None = None) -> pd.DataFrame:
+    """Read headerless Taobao UserBehavior events as strings, one row per line: a CSV (plain or
+    gzip), or the files of `days` in a folder of day partitions (see `raw_event_files`), whose
+    lines are numbered through the files in day order."""
+    frames = [_read_raw_file(f) for f in raw_event_files(path, days)]
+    if not frames:
+        frames = [_read_raw_file(None)]
+    raw = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    raw[SOURCE_ROW] = np.arange(1, len(raw) + 1)
+    return raw
+
+
+def _read_raw_file(path: Path | None) -> pd.DataFrame:
+    """One file's lines split into the raw columns (None: no lines).
 
     Each line is split here rather than by the CSV parser, which would take an extra field on the
     first line for an index and cut extra fields elsewhere silently. A line with missing fields gets
@@ -40,16 +83,19 @@ def read_raw_events(path: Path | str) -> pd.DataFrame:
     """
     import csv
 
-    lines = pd.read_csv(
-        path,
-        header=None,
-        names=["line"],
-        dtype=str,
-        keep_default_na=False,
-        sep="\x01",  # no field separator: one column holding the whole line
-        quoting=csv.QUOTE_NONE,
-        engine="c",
-    )["line"]
+    lines = pd.Series([], dtype=str, name="line")
+    if path is not None:
+        with contextlib.suppress(pd.errors.EmptyDataError):  # an empty file: no lines
+            lines = pd.read_csv(
+                path,
+                header=None,
+                names=["line"],
+                dtype=str,
+                keep_default_na=False,
+                sep="\x01",  # no field separator: one column holding the whole line
+                quoting=csv.QUOTE_NONE,
+                engine="c",
+            )["line"]
     width = len(RAW_COLUMNS)
     parts = lines.str.split(",", expand=True) if len(lines) else pd.DataFrame(index=lines.index)
     parts = parts.reindex(columns=range(max(width + 1, parts.shape[1])))
@@ -76,16 +122,19 @@ def to_canonical(raw: pd.DataFrame) -> pd.DataFrame:
     return events[[SOURCE_ROW, *EVENT_COLUMNS]]
 
 
-def load_events(path: Path | str, user_id_key: str | None = None) -> pd.DataFrame:
-    """The canonical events of a raw CSV, user ids pseudonymised under `user_id_key` (None: the
-    CTR_USER_ID_KEY setting; empty: the raw ids, as a shop would send them to the ingest service)."""
+def load_events(
+    path: Path | str, user_id_key: str | None = None, days: Iterable[date | datetime] | None = None
+) -> pd.DataFrame:
+    """The canonical events of a raw CSV or of a folder's day partitions (only `days`' when
+    given), user ids pseudonymised under `user_id_key` (None: the CTR_USER_ID_KEY setting; empty:
+    the raw ids, as a shop would send them to the ingest service)."""
     from models.data.privacy import pseudonymise
 
     if user_id_key is None:
         from models.settings import get_settings
 
         user_id_key = get_settings().user_id_key
-    events = to_canonical(read_raw_events(path))
+    events = to_canonical(read_raw_events(path, days))
     events[USER_ID] = pseudonymise(events[USER_ID], user_id_key)
     return events
 
