@@ -7,7 +7,8 @@ the run.
 
 `build_training_set` (labelled page views joined point-in-time through the FeatureService
 `ctr_ranker_realtime_v1`) → `train_xgboost` ‖ `train_wide_deep` (in parallel on queue `gpu`:
-CeleryExecutor workers started with `-q gpu` take them; each uses a GPU when one is visible) →
+CeleryExecutor workers started with `--queues gpu` take them; each uses a GPU when one is visible, and
+records the worker, queue and device in its log and the model's MLflow run) →
 `evaluate` (both models and two baselines on the test days) → `register` (MLflow `challenger`;
 `champion` only if sane and better than the current one) → `publish_champion` updates the asset
 `ctr_champion_model`, which triggers `ctr_deployment`, only when a champion changed.
@@ -49,16 +50,16 @@ def ctr_training():
         return pipeline.build_training_set().to_dict()
 
     @task(queue="gpu")
-    def train_xgboost() -> dict:
+    def train_xgboost(ti=None) -> dict:
         from models import pipeline
 
-        return pipeline.train_xgboost().to_dict()
+        return pipeline.train_xgboost(host=ti.hostname, queue=ti.queue).to_dict()
 
     @task(queue="gpu")
-    def train_wide_deep() -> dict:
+    def train_wide_deep(ti=None) -> dict:
         from models import pipeline
 
-        return pipeline.train_wide_deep().to_dict()
+        return pipeline.train_wide_deep(host=ti.hostname, queue=ti.queue).to_dict()
 
     @task
     def evaluate() -> dict:

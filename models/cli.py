@@ -202,6 +202,113 @@ def _airflow_ui(args: argparse.Namespace) -> int:
         stop_process_groups(processes.values(), grace_s=30, stop_signal=signal.SIGINT)
 
 
+# `ctr airflow-celery`: the CeleryExecutor profile on this machine (models/ops/celery_workers.py).
+# The same components as `ctr airflow-ui`, plus a Celery worker per queue; a worker that dies is
+# started again, as the compose file's `restart: unless-stopped` does.
+CELERY_RESTART_DELAY_S = 5
+
+
+def _airflow_celery_environment(port: int) -> dict[str, str]:
+    environ = {**os.environ, "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor"}
+    env = airflow_environment(get_settings(), environ)
+    env["AIRFLOW__API__HOST"] = "127.0.0.1"
+    env["AIRFLOW__API__PORT"] = str(port)
+    env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://127.0.0.1:{port}/execution/")
+    return env
+
+
+def _airflow_celery(args: argparse.Namespace) -> int:
+    from models.ops.celery_workers import WORKERS, answering_workers, metadata_db_problem
+
+    env = _airflow_celery_environment(args.port)
+    problem = metadata_db_problem(env)
+    if problem:
+        print(f"ctr airflow-celery: {problem}", file=sys.stderr)
+        return 2
+    broker = env["AIRFLOW__CELERY__BROKER_URL"]
+    try:
+        answering_workers(broker, timeout_s=1)
+    except Exception as exc:  # the broker's client raises its own connection errors
+        print(
+            f"ctr airflow-celery: no broker at {broker} ({exc}); set AIRFLOW__CELERY__BROKER_URL",
+            file=sys.stderr,
+        )
+        return 2
+    airflow = shutil.which("airflow", path=os.path.dirname(sys.executable) + os.pathsep + env["PATH"])
+    if airflow is None:
+        print("airflow not found; install the environment with `make venv`", file=sys.stderr)
+        return 127
+    logs = Path(env["AIRFLOW_HOME"]) / "logs/components"
+    logs.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{args.port}"
+    commands = {
+        name: ([airflow, *(part.format(port=args.port) for part in command)], env)
+        for name, command in UI_COMPONENTS.items()
+    }
+    for worker in WORKERS:
+        commands[f"worker-{worker.queue}"] = ([airflow, *worker.local_args()], worker.environment(env))
+    names = {worker.name() for worker in WORKERS}
+
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _raise_stop)
+    processes: dict[str, subprocess.Popen] = {}
+    try:
+        print(f"airflow db migrate ({env['AIRFLOW__DATABASE__SQL_ALCHEMY_CONN'].split('@')[-1]})", flush=True)
+        with (logs / "db-migrate.log").open("w") as out:
+            migrate = subprocess.run([airflow, "db", "migrate"], env=env, stdout=out, stderr=out)
+        if migrate.returncode != 0:
+            print(_log_tail(logs / "db-migrate.log"), file=sys.stderr)
+            return migrate.returncode
+        started = datetime.now(UTC)
+        for name, (argv, process_env) in commands.items():
+            processes[name] = start_process_group(argv, env=process_env, log=logs / f"{name}.log")
+        print(f"starting {', '.join(processes)}; their logs: {logs}/", flush=True)
+        deadline = time.monotonic() + args.start_timeout
+        ready = False
+        while True:
+            for name, process in list(processes.items()):
+                if process.poll() is None:
+                    continue
+                if not name.startswith("worker-"):
+                    print(f"{name} exited with {process.returncode}:", file=sys.stderr)
+                    print(_log_tail(logs / f"{name}.log"), file=sys.stderr)
+                    return 1
+                print(f"{name} exited with {process.returncode}; starting it again", flush=True)
+                time.sleep(CELERY_RESTART_DELAY_S)
+                argv, process_env = commands[name]
+                with (logs / f"{name}.log").open("a") as out:
+                    processes[name] = start_process_group(
+                        argv, env=process_env, stdout=out, stderr=subprocess.STDOUT
+                    )
+            if not ready and _healthy_since(url, started) and names <= answering_workers(broker):
+                ready = True
+                print(
+                    "\n".join(
+                        [
+                            "",
+                            f"Airflow UI: {url} (CeleryExecutor, broker {broker})",
+                            *_login_lines(env),
+                            *(f"worker {worker.name()}: queue {worker.queue}" for worker in WORKERS),
+                            "Ctrl-C stops every component",
+                            "",
+                        ]
+                    ),
+                    flush=True,
+                )
+            if not ready and time.monotonic() > deadline:
+                print(f"not healthy within {args.start_timeout:.0f} s; see {logs}/", file=sys.stderr)
+                return 1
+            time.sleep(1)
+    except (KeyboardInterrupt, _Stop):
+        print("stopping Airflow", flush=True)
+        return 0
+    finally:
+        for stop_signal in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(stop_signal, signal.SIG_IGN)
+        # Celery workers finish on SIGTERM (warm shutdown); the other components on SIGINT.
+        stop_process_groups(processes.values(), grace_s=30, stop_signal=signal.SIGINT)
+
+
 def _feast(args: argparse.Namespace) -> int:
     """The Feast CLI on feature_repo/, with the stores the settings choose: it writes the effective
     feature_store.yaml (as `ctr feast-yaml`) and runs `feast -c feature_repo -f that-file ...`."""
@@ -446,6 +553,31 @@ def main(argv: list[str] | None = None) -> int:
         "--poll", type=float, default=15.0, metavar="S", help="with --wait: seconds between checks"
     )
     backfill.set_defaults(func=_backfill)
+
+    airflow_celery = sub.add_parser(
+        "airflow-celery",
+        help="start Airflow with the CeleryExecutor on 127.0.0.1: the components of airflow-ui plus "
+        "a Celery worker for queue `default` and one for queue `gpu`",
+        description="Start the CeleryExecutor profile on this machine: `airflow db migrate`, the API "
+        "server (UI), scheduler, DAG processor and triggerer, and two Celery workers, `airflow celery "
+        "worker --queues default` and `--queues gpu --concurrency 1` (CTR_DEVICE=cuda: the GPU when one "
+        "is visible, else the CPU, said in the task log and the MLflow run). Needs a PostgreSQL metadata "
+        "DB (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN, also the Celery result backend) and a Redis broker "
+        "(AIRFLOW__CELERY__BROKER_URL, default redis://127.0.0.1:6379/0). Prints the URL and the login "
+        "once every component is healthy and both workers answer; a worker that dies is started again; "
+        "Ctrl-C stops them all.",
+    )
+    airflow_celery.add_argument(
+        "--port", type=int, default=8080, help="port of the UI and API (default 8080)"
+    )
+    airflow_celery.add_argument(
+        "--start-timeout",
+        type=float,
+        default=300,
+        metavar="S",
+        help="give up if the components are not all healthy after this many seconds (default 300)",
+    )
+    airflow_celery.set_defaults(func=_airflow_celery)
 
     feast = sub.add_parser(
         "feast",

@@ -60,8 +60,8 @@ from models.stage_results import (
     Validated,
     ValidationTotals,
 )
-from models.training.device import resolve_device
-from models.training.fit import lineage, train_kind
+from models.training.device import choose_device
+from models.training.fit import Placement, lineage, train_kind
 from models.training.warm_start import continue_champion
 
 log = logging.getLogger(__name__)
@@ -270,26 +270,27 @@ def _service_binding(settings: Settings) -> tuple[list[str], str]:
     return numeric, feast_store.fingerprint(service)
 
 
-def train(kind: str, settings: Settings | None = None) -> Trained:
+def train(kind: str, settings: Settings | None = None, host: str = "", queue: str = "") -> Trained:
     """Train one model kind on the training days, early-stopped on the validation day; GPU when
-    present. The model waits under the models dir for evaluate and register."""
+    present. The model waits under the models dir for evaluate and register. `host` and `queue`
+    are the worker and queue Airflow ran the task on, recorded with the model and the device."""
     settings = settings or get_settings()
     features, _ = _service_binding(settings)
-    model, summary = train_kind(
-        kind, _split(settings), features, resolve_device(settings.device), settings.seed
-    )
+    choice = choose_device(settings.device)
+    placement = Placement.of(choice, host, queue)
+    model, summary = train_kind(kind, _split(settings), features, choice.device, settings.seed, placement)
     model.save(settings.paths.trained_model_dir(kind))
     return Trained(kind, model.meta["rows"], model.meta["device"], model.meta["train_seconds"], summary)
 
 
-def train_xgboost(settings: Settings | None = None) -> Trained:
+def train_xgboost(settings: Settings | None = None, host: str = "", queue: str = "") -> Trained:
     """XGBoost on the training days, early-stopped on the validation day; GPU when present."""
-    return train(XGBOOST, settings)
+    return train(XGBOOST, settings, host, queue)
 
 
-def train_wide_deep(settings: Settings | None = None) -> Trained:
+def train_wide_deep(settings: Settings | None = None, host: str = "", queue: str = "") -> Trained:
     """Keras Wide&Deep on the same rows; mixed precision and large batches on a GPU."""
-    return train(WIDE_DEEP, settings)
+    return train(WIDE_DEEP, settings, host, queue)
 
 
 def _trained_models(settings: Settings) -> dict[str, ScoringModel]:

@@ -353,12 +353,31 @@ def _check_online_store_mapping(raw: str) -> None:
         )
 
 
+CELERY_EXECUTOR = "CeleryExecutor"
+# Where the Celery profile's broker is unless AIRFLOW__CELERY__BROKER_URL says otherwise: a local
+# redis-server, database 0 (the Feast online store, when in the same Redis, uses another).
+DEFAULT_CELERY_BROKER = "redis://127.0.0.1:6379/0"
+# Airflow records for a task the host that `[core] hostname_callable` names; the Celery profile's
+# callable answers CTR_WORKER_NAME, so two workers on one machine are told apart.
+WORKER_HOSTNAME_CALLABLE = "models.ops.celery_workers.worker_hostname"
+
+
+def worker_name() -> str:
+    """CTR_WORKER_NAME: the name this Celery worker goes by (its `--celery-hostname`); empty for
+    every other process, which then goes by its machine's name."""
+    return _env("CTR_WORKER_NAME", "")
+
+
 def airflow_environment(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for running Airflow on this project; values already set in `environ` win.
 
     Embedded profile: SQLite metadata DB under the data dir, the project's dags/ folder, API
     server on loopback. Set AIRFLOW__DATABASE__SQL_ALCHEMY_CONN and AIRFLOW__CORE__EXECUTOR for
-    Postgres and Celery.
+    Postgres and Celery. With AIRFLOW__CORE__EXECUTOR=CeleryExecutor the Celery profile's
+    defaults are added: the broker (AIRFLOW__CELERY__BROKER_URL, a local Redis), the result
+    backend in the metadata DB (AIRFLOW__CELERY__RESULT_BACKEND = db+ the metadata DB's URL),
+    queue `default` for every task not sent elsewhere, 4 tasks at a time per worker, and the
+    worker names as the hosts Airflow records.
     """
     environ = dict(os.environ if environ is None else environ)
     defaults = {
@@ -369,4 +388,16 @@ def airflow_environment(settings: Settings, environ: dict[str, str] | None = Non
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
     }
+    if environ.get("AIRFLOW__CORE__EXECUTOR", "").strip() == CELERY_EXECUTOR:
+        defaults.update(
+            {
+                "AIRFLOW__CELERY__BROKER_URL": DEFAULT_CELERY_BROKER,
+                "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": "4",
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": WORKER_HOSTNAME_CALLABLE,
+            }
+        )
+        metadata_db = environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "").strip()
+        if metadata_db:
+            defaults["AIRFLOW__CELERY__RESULT_BACKEND"] = f"db+{metadata_db}"
     return {**environ, **{k: v for k, v in defaults.items() if not environ.get(k)}}

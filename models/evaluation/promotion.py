@@ -28,6 +28,7 @@ from models.registry import (
 )
 from models.scoring import ScoringModel, scoring_latency_ms
 from models.settings import Settings
+from models.training.fit import placement_tags
 
 
 def log_candidate(
@@ -64,7 +65,12 @@ def log_candidate(
             mlflow.log_figure(fig, path)
             plt.close(fig)
         mlflow.set_tags(
-            {TAG_KIND: model.kind, TAG_FEATURE_SERVICE: feature_service, TAG_FINGERPRINT: fingerprint}
+            {
+                TAG_KIND: model.kind,
+                TAG_FEATURE_SERVICE: feature_service,
+                TAG_FINGERPRINT: fingerprint,
+                **placement_tags(model.meta),  # the worker, queue and device that trained it
+            }
         )
         info = log_pyfunc(model, test.head(5), name)
     version = str(info.registered_model_version)
@@ -76,6 +82,7 @@ def log_candidate(
         TAG_TRAINING: training,
         "run_id": run.info.run_id,
         "test_auc": f"{metrics['auc']:.6f}",
+        **placement_tags(model.meta),
     }.items():
         tracking.set_model_version_tag(name, version, key, value)
     tracking.set_registered_model_alias(name, CHALLENGER, version)

@@ -4,6 +4,8 @@ on (rows, device, time, seed, features) so that every saved model says how it wa
 from __future__ import annotations
 
 import logging
+import socket
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from feature_repo.contract import LABEL_WINDOW, MODEL_FEATURE_SERVICE
@@ -12,10 +14,49 @@ from models.kinds import kind_of
 from models.kinds.base import Fitted
 from models.scoring import ScoringModel
 from models.settings import Settings
+from models.training.device import DeviceChoice
 
 log = logging.getLogger(__name__)
 
 LABEL_DEFINITION = f"pv followed by cart/fav/buy of the same item by the same user within {LABEL_WINDOW}"
+
+
+# MLflow tags (and keys of the model's meta["placement"]) saying where a model was trained.
+TAG_WORKER_HOST = "worker_host"
+TAG_WORKER_QUEUE = "worker_queue"
+TAG_DEVICE = "device"
+TAG_DEVICE_REQUESTED = "device_requested"
+TAG_DEVICE_REASON = "device_reason"
+NO_QUEUE = "none (not run by Airflow)"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model was trained: the worker host and the Airflow queue of the task that trained
+    it, and the device with the reason it was chosen. A GPU worker that trained on the CPU shows
+    here, in the task log and in the MLflow run, never only in a worker's own output."""
+
+    worker_host: str
+    worker_queue: str
+    device: str
+    device_requested: str
+    device_reason: str
+
+    @classmethod
+    def of(cls, choice: DeviceChoice, host: str = "", queue: str = "") -> Placement:
+        """`host` and `queue` as Airflow recorded them for the task; outside Airflow, this
+        machine's name and no queue."""
+        return cls(
+            host or socket.getfqdn(), queue or NO_QUEUE, choice.device, choice.requested, choice.reason
+        )
+
+    def tags(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def placement_tags(meta: dict[str, Any]) -> dict[str, str]:
+    """The placement a model's meta records, as MLflow tags ({} for a model without one)."""
+    return {key: str(value) for key, value in (meta.get("placement") or {}).items()}
 
 
 def split_rows(split: Split) -> dict[str, int]:
@@ -35,11 +76,24 @@ def training_meta(fitted: Fitted, features: list[str], **facts: Any) -> dict[str
 
 
 def train_kind(
-    kind: str, split: Split, features: list[str], device: str, seed: int
+    kind: str,
+    split: Split,
+    features: list[str],
+    device: str,
+    seed: int,
+    placement: Placement | None = None,
 ) -> tuple[ScoringModel, dict[str, Any]]:
     """Fit `kind` on the split's training days, early-stopped on its validation day; returns the
-    model and the kind's own summary of the fit (best round or epoch, throughput)."""
+    model and the kind's own summary of the fit (best round or epoch, throughput). `placement`,
+    when given, is logged before the fit and saved in the model's meta."""
+    if placement is not None:
+        where = f"{kind} on worker {placement.worker_host} (queue {placement.worker_queue}), device {device}"
+        if placement.device_requested == "cuda" and device != "cuda":
+            log.warning("%s: %s", where, placement.device_reason)
+        else:
+            log.info("%s: %s", where, placement.device_reason)
     fitted = kind_of(kind).fit(split.train, split.valid, features, device=device, seed=seed)
+    facts: dict[str, Any] = {"placement": placement.tags()} if placement is not None else {}
     meta = training_meta(
         fitted,
         features,
@@ -47,6 +101,7 @@ def train_kind(
         device=device,
         train_seconds=round(fitted.seconds, 3),
         seed=seed,
+        **facts,
     )
     log.info("%s: %s, %.1f s on %s", kind, fitted.summary, fitted.seconds, device)
     return ScoringModel(kind, fitted.model, features, meta, fitted.spec), dict(fitted.summary)
@@ -63,5 +118,6 @@ def lineage(settings: Settings, meta: dict[str, Any], training: str) -> dict[str
         "label": LABEL_DEFINITION,
         "feature_service": MODEL_FEATURE_SERVICE,
         "device": meta["device"],
+        **({"placement": meta["placement"]} if meta.get("placement") else {}),
         "training": training,
     }

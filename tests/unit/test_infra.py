@@ -293,6 +293,64 @@ def _valid(definition: str, objects: list, where: str) -> None:
         assert not errors, f"{where}: {errors[0].message}"
 
 
+# What the Celery profile's integration test (tests/integration/test_celery_workers.py) runs and
+# the deployments must run too: besides the broker's and databases' addresses, which differ by host.
+CELERY_PROFILE_KEYS = (
+    "AIRFLOW__CORE__EXECUTOR",
+    "AIRFLOW__OPERATORS__DEFAULT_QUEUE",
+    "AIRFLOW__CELERY__WORKER_CONCURRENCY",
+    "AIRFLOW__CELERY__RESULT_BACKEND",
+)
+
+
+def test_compose_runs_the_workers_the_celery_profile_runs(compose):
+    from models.ops.celery_workers import DEFAULT_WORKER, GPU_WORKER
+    from models.settings import CELERY_EXECUTOR, airflow_environment, get_settings
+
+    services = compose["services"]
+    airflow = services["airflow-scheduler"]["environment"]
+    profile = airflow_environment(
+        get_settings(),
+        {
+            "AIRFLOW__CORE__EXECUTOR": CELERY_EXECUTOR,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
+        },
+    )
+    for key in CELERY_PROFILE_KEYS:
+        assert airflow[key] == profile[key], key
+    # The broker is Redis database 0, as the profile's default.
+    assert (
+        airflow["AIRFLOW__CELERY__BROKER_URL"].rsplit("/", 1)[1]
+        == profile["AIRFLOW__CELERY__BROKER_URL"].rsplit("/", 1)[1]
+    )
+    # Each worker: the same command (less the one-machine flags, --celery-hostname and
+    # --skip-serve-logs: a container has a host name and a log server of its own) and device.
+    for name, worker in (("airflow-worker", DEFAULT_WORKER), ("airflow-worker-gpu", GPU_WORKER)):
+        service = services[name]
+        assert service["command"] == ["ctr", "airflow", *worker.airflow_args()], name
+        assert service["environment"]["CTR_DEVICE"] == worker.device, name
+        assert "CTR_WORKER_NAME" not in service["environment"], name
+
+
+def test_helm_runs_the_gpu_worker_the_celery_profile_runs():
+    from models.ops.celery_workers import DEFAULT_WORKER, GPU_WORKER
+    from models.settings import airflow_environment, get_settings
+
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    celery = values["workers"]["celery"]
+    profile = airflow_environment(get_settings(), {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor"})
+    assert values["config"]["operators"]["default_queue"] == profile["AIRFLOW__OPERATORS__DEFAULT_QUEUE"]
+    assert (
+        str(values["config"]["celery"]["worker_concurrency"])
+        == profile["AIRFLOW__CELERY__WORKER_CONCURRENCY"]
+    )
+    assert celery["queue"] == DEFAULT_WORKER.queue
+    (gpu,) = [s for s in celery["sets"] if s["queue"] == GPU_WORKER.queue]
+    assert gpu["args"][:2] == ["bash", "-c"]
+    command = f"exec env CTR_DEVICE={GPU_WORKER.device} airflow {' '.join(GPU_WORKER.airflow_args())}"
+    assert gpu["args"][2] == command
+
+
 def test_helm_values_use_known_chart_keys_and_valid_kubernetes_objects():
     values = yaml.safe_load(HELM_VALUES.read_text())
     assert set(values) <= CHART_TOP_LEVEL_KEYS, set(values) - CHART_TOP_LEVEL_KEYS
