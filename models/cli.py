@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -70,6 +71,8 @@ UI_COMPONENTS = {
     "triggerer": ["triggerer", "--skip-serve-logs"],
 }
 UI_HEALTH = ("metadatabase", "scheduler", "dag_processor", "triggerer")
+# Seconds before a component that may be restarted (a Celery worker) is started again.
+RESTART_DELAY_S = 5
 
 
 class _Stop(Exception):
@@ -128,67 +131,61 @@ def _login_lines(env: dict[str, str]) -> list[str]:
     ]
 
 
-def _airflow_ui(args: argparse.Namespace) -> int:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the API server binds
-        try:
-            probe.bind(("127.0.0.1", args.port))
-        except OSError:
-            print(f"127.0.0.1:{args.port} is in use: pick another port with --port", file=sys.stderr)
-            return 1
-    airflow = shutil.which("airflow", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    if airflow is None:
-        print("airflow not found; install the environment with `make venv`", file=sys.stderr)
-        return 127
-    env = _airflow_ui_environment(args.port)
+def _supervise(
+    airflow: str,
+    env: dict[str, str],
+    commands: dict[str, tuple[list[str], dict[str, str]]],
+    *,
+    url: str,
+    start_timeout: float,
+    banner: Callable[[], list[str]],
+    restart: frozenset[str] = frozenset(),
+    also_ready: Callable[[], bool] = lambda: True,
+) -> int:
+    """`airflow db migrate`, then each component in a session (process group) of its own, watched
+    until Ctrl-C: the banner once the API server is healthy (and `also_ready`), a component in
+    `restart` started again when it dies (as compose's `restart: unless-stopped`), any other's death
+    the end of all. Ctrl-C, SIGTERM or a closed terminal reach only this process, which stops them
+    all, once each."""
     logs = Path(env["AIRFLOW_HOME"]) / "logs/components"
     logs.mkdir(parents=True, exist_ok=True)
-    url = f"http://127.0.0.1:{args.port}"
-
-    # The components run in sessions (process groups) of their own: Ctrl-C, SIGTERM or a closed
-    # terminal reach only this process, which stops them all, once each.
+    database = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "").split("@")[-1] or env["AIRFLOW_HOME"]
     for stop_signal in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop_signal, _raise_stop)
     processes: dict[str, subprocess.Popen] = {}
     try:
-        print(f"airflow db migrate ({env['AIRFLOW_HOME']})", flush=True)
+        print(f"airflow db migrate ({database})", flush=True)
         with (logs / "db-migrate.log").open("w") as out:
             migrate = subprocess.run([airflow, "db", "migrate"], env=env, stdout=out, stderr=out)
         if migrate.returncode != 0:
             print(_log_tail(logs / "db-migrate.log"), file=sys.stderr)
             return migrate.returncode
         started = datetime.now(UTC)
-        for name, command in UI_COMPONENTS.items():
-            argv = [airflow, *(part.format(port=args.port) for part in command)]
-            processes[name] = start_process_group(argv, env=env, log=logs / f"{name}.log")
+        for name, (argv, process_env) in commands.items():
+            processes[name] = start_process_group(argv, env=process_env, log=logs / f"{name}.log")
         print(f"starting {', '.join(processes)}; their logs: {logs}/", flush=True)
-        deadline = time.monotonic() + args.start_timeout
+        deadline = time.monotonic() + start_timeout
         ready = False
         while True:
-            for name, process in processes.items():
-                if process.poll() is not None:
+            for name, process in list(processes.items()):
+                if process.poll() is None:
+                    continue
+                if name not in restart:
                     print(f"{name} exited with {process.returncode}:", file=sys.stderr)
                     print(_log_tail(logs / f"{name}.log"), file=sys.stderr)
                     return 1
-            if not ready and _healthy_since(url, started):
+                print(f"{name} exited with {process.returncode}; starting it again", flush=True)
+                time.sleep(RESTART_DELAY_S)
+                argv, process_env = commands[name]
+                with (logs / f"{name}.log").open("a") as out:
+                    processes[name] = start_process_group(
+                        argv, env=process_env, stdout=out, stderr=subprocess.STDOUT
+                    )
+            if not ready and _healthy_since(url, started) and also_ready():
                 ready = True
-                print(
-                    "\n".join(
-                        [
-                            "",
-                            f"Airflow UI: {url}",
-                            *_login_lines(env),
-                            f"DAGs from {env['AIRFLOW__CORE__DAGS_FOLDER']} (new DAGs start paused: "
-                            "switch one on, or trigger it, in the UI; `ctr backfill FROM TO` runs past "
-                            "local days of ctr_features)",
-                            "Ctrl-C stops every component",
-                            "",
-                        ]
-                    ),
-                    flush=True,
-                )
+                print("\n".join(["", *banner(), "Ctrl-C stops every component", ""]), flush=True)
             if not ready and time.monotonic() > deadline:
-                print(f"not healthy within {args.start_timeout:.0f} s; see {logs}/", file=sys.stderr)
+                print(f"not healthy within {start_timeout:.0f} s; see {logs}/", file=sys.stderr)
                 return 1
             time.sleep(1)
     except (KeyboardInterrupt, _Stop):
@@ -197,15 +194,55 @@ def _airflow_ui(args: argparse.Namespace) -> int:
     finally:
         for stop_signal in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(stop_signal, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
-        # Each component as Ctrl-C stops it in a terminal (SIGINT to its process group); after 30 s,
-        # SIGKILL to whatever is left of their process trees, task processes (in groups of their own) too.
+        # Each component as Ctrl-C stops it in a terminal (SIGINT to its process group; Celery workers
+        # then finish warm); after 30 s, SIGKILL to whatever is left of their process trees, task
+        # processes (in groups of their own) too.
         stop_process_groups(processes.values(), grace_s=30, stop_signal=signal.SIGINT)
+
+
+def _airflow_program(env: dict[str, str]) -> str | None:
+    return shutil.which("airflow", path=os.path.dirname(sys.executable) + os.pathsep + env["PATH"])
+
+
+def _components(airflow: str, env: dict[str, str], port: int) -> dict[str, tuple[list[str], dict[str, str]]]:
+    return {
+        name: ([airflow, *(part.format(port=port) for part in command)], env)
+        for name, command in UI_COMPONENTS.items()
+    }
+
+
+def _airflow_ui(args: argparse.Namespace) -> int:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the API server binds
+        try:
+            probe.bind(("127.0.0.1", args.port))
+        except OSError:
+            print(f"127.0.0.1:{args.port} is in use: pick another port with --port", file=sys.stderr)
+            return 1
+    env = _airflow_ui_environment(args.port)
+    airflow = _airflow_program(env)
+    if airflow is None:
+        print("airflow not found; install the environment with `make venv`", file=sys.stderr)
+        return 127
+    url = f"http://127.0.0.1:{args.port}"
+    return _supervise(
+        airflow,
+        env,
+        _components(airflow, env, args.port),
+        url=url,
+        start_timeout=args.start_timeout,
+        banner=lambda: [
+            f"Airflow UI: {url}",
+            *_login_lines(env),
+            f"DAGs from {env['AIRFLOW__CORE__DAGS_FOLDER']} (new DAGs start paused: switch one on, or "
+            "trigger it, in the UI; `ctr backfill FROM TO` runs past local days of ctr_features)",
+        ],
+    )
 
 
 # `ctr airflow-celery`: the CeleryExecutor profile on this machine (models/ops/celery_workers.py).
 # The same components as `ctr airflow-ui`, plus a Celery worker per queue; a worker that dies is
-# started again, as the compose file's `restart: unless-stopped` does.
-CELERY_RESTART_DELAY_S = 5
+# started again, as the compose file's `restart: unless-stopped` does (RESTART_DELAY_S).
 
 
 def _airflow_celery_environment(port: int) -> dict[str, str]:
@@ -234,79 +271,29 @@ def _airflow_celery(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    airflow = shutil.which("airflow", path=os.path.dirname(sys.executable) + os.pathsep + env["PATH"])
+    airflow = _airflow_program(env)
     if airflow is None:
         print("airflow not found; install the environment with `make venv`", file=sys.stderr)
         return 127
-    logs = Path(env["AIRFLOW_HOME"]) / "logs/components"
-    logs.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{args.port}"
-    commands = {
-        name: ([airflow, *(part.format(port=args.port) for part in command)], env)
-        for name, command in UI_COMPONENTS.items()
-    }
+    commands = _components(airflow, env, args.port)
     for worker in WORKERS:
         commands[f"worker-{worker.queue}"] = ([airflow, *worker.local_args()], worker.environment(env))
     names = {worker.name() for worker in WORKERS}
-
-    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stop_signal, _raise_stop)
-    processes: dict[str, subprocess.Popen] = {}
-    try:
-        print(f"airflow db migrate ({env['AIRFLOW__DATABASE__SQL_ALCHEMY_CONN'].split('@')[-1]})", flush=True)
-        with (logs / "db-migrate.log").open("w") as out:
-            migrate = subprocess.run([airflow, "db", "migrate"], env=env, stdout=out, stderr=out)
-        if migrate.returncode != 0:
-            print(_log_tail(logs / "db-migrate.log"), file=sys.stderr)
-            return migrate.returncode
-        started = datetime.now(UTC)
-        for name, (argv, process_env) in commands.items():
-            processes[name] = start_process_group(argv, env=process_env, log=logs / f"{name}.log")
-        print(f"starting {', '.join(processes)}; their logs: {logs}/", flush=True)
-        deadline = time.monotonic() + args.start_timeout
-        ready = False
-        while True:
-            for name, process in list(processes.items()):
-                if process.poll() is None:
-                    continue
-                if not name.startswith("worker-"):
-                    print(f"{name} exited with {process.returncode}:", file=sys.stderr)
-                    print(_log_tail(logs / f"{name}.log"), file=sys.stderr)
-                    return 1
-                print(f"{name} exited with {process.returncode}; starting it again", flush=True)
-                time.sleep(CELERY_RESTART_DELAY_S)
-                argv, process_env = commands[name]
-                with (logs / f"{name}.log").open("a") as out:
-                    processes[name] = start_process_group(
-                        argv, env=process_env, stdout=out, stderr=subprocess.STDOUT
-                    )
-            if not ready and _healthy_since(url, started) and names <= answering_workers(broker):
-                ready = True
-                print(
-                    "\n".join(
-                        [
-                            "",
-                            f"Airflow UI: {url} (CeleryExecutor, broker {broker})",
-                            *_login_lines(env),
-                            *(f"worker {worker.name()}: queue {worker.queue}" for worker in WORKERS),
-                            "Ctrl-C stops every component",
-                            "",
-                        ]
-                    ),
-                    flush=True,
-                )
-            if not ready and time.monotonic() > deadline:
-                print(f"not healthy within {args.start_timeout:.0f} s; see {logs}/", file=sys.stderr)
-                return 1
-            time.sleep(1)
-    except (KeyboardInterrupt, _Stop):
-        print("stopping Airflow", flush=True)
-        return 0
-    finally:
-        for stop_signal in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(stop_signal, signal.SIG_IGN)
-        # Celery workers finish on SIGTERM (warm shutdown); the other components on SIGINT.
-        stop_process_groups(processes.values(), grace_s=30, stop_signal=signal.SIGINT)
+    return _supervise(
+        airflow,
+        env,
+        commands,
+        url=url,
+        start_timeout=args.start_timeout,
+        restart=frozenset(f"worker-{worker.queue}" for worker in WORKERS),
+        also_ready=lambda: names <= answering_workers(broker),
+        banner=lambda: [
+            f"Airflow UI: {url} (CeleryExecutor, broker {broker})",
+            *_login_lines(env),
+            *(f"worker {worker.name()}: queue {worker.queue}" for worker in WORKERS),
+        ],
+    )
 
 
 def _feast(args: argparse.Namespace) -> int:

@@ -28,6 +28,8 @@ TAG_FEATURE_SERVICE = "feature_service"
 TAG_FINGERPRINT = "feature_service_fingerprint"
 TAG_FEATURES = "features"
 TAG_TRAINING = "training"
+# "true" on a model trained on SYNTHETIC data (ctr synth), "false" on real data
+TAG_SYNTHETIC = "data.synthetic"
 
 
 class NoChampionError(LookupError):

@@ -19,6 +19,7 @@ from models.registry import (
     TAG_FEATURES,
     TAG_FINGERPRINT,
     TAG_KIND,
+    TAG_SYNTHETIC,
     TAG_TRAINING,
     NoChampionError,
     client,
@@ -70,6 +71,7 @@ def log_candidate(
                 TAG_FEATURE_SERVICE: feature_service,
                 TAG_FINGERPRINT: fingerprint,
                 **placement_tags(model.meta),  # the worker, queue and device that trained it
+                TAG_SYNTHETIC: str(bool(lineage.get("synthetic"))).lower(),
             }
         )
         info = log_pyfunc(model, test.head(5), name)

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from feature_repo.contract import LABEL_WINDOW, MODEL_FEATURE_SERVICE
+from models.data.synth import is_synthetic
 from models.features.training_set import Split
 from models.kinds import kind_of
 from models.kinds.base import Fitted
@@ -111,6 +112,8 @@ def lineage(settings: Settings, meta: dict[str, Any], training: str) -> dict[str
     """Where a model's training rows came from, logged with its MLflow run."""
     return {
         "source": str(settings.raw_events),
+        # SYNTHETIC data (ctr synth) says so wherever a model trained on it is shown
+        "synthetic": is_synthetic(settings.raw_events),
         "window": [settings.window_start.isoformat(), settings.window_end.isoformat()],
         "valid_start": settings.valid_start.isoformat(),
         "test_start": settings.test_start.isoformat(),

@@ -28,7 +28,14 @@ import pytest
 
 from models.ops.celery_workers import DEFAULT_WORKER, GPU_WORKER
 from models.ops.processes import free_port, process_group
-from models.registry import TAG_FEATURE_SERVICE, TAG_FEATURES, TAG_FINGERPRINT, TAG_KIND, TAG_TRAINING
+from models.registry import (
+    TAG_FEATURE_SERVICE,
+    TAG_FEATURES,
+    TAG_FINGERPRINT,
+    TAG_KIND,
+    TAG_SYNTHETIC,
+    TAG_TRAINING,
+)
 from models.training.fit import (
     TAG_DEVICE,
     TAG_DEVICE_REASON,
@@ -358,6 +365,7 @@ def test_each_training_records_its_worker_queue_and_device(celery_run):
             # No GPU here: the gpu worker (CTR_DEVICE=cuda) trained on the CPU, and says so.
             assert tags[TAG_DEVICE] == "cpu" and tags[TAG_DEVICE_REQUESTED] == "cuda", tags
             assert "no GPU is visible" in tags[TAG_DEVICE_REASON], tags
+        assert version["run_tags"][TAG_SYNTHETIC] == "false"  # trained on the real slice
     for task_id, log in celery_run["logs"].items():
         kind = task_id.removeprefix("train_")
         assert (

@@ -263,3 +263,14 @@ def test_the_command_writes_and_prints_the_side_by_side_table(tmp_path):
         assert main(["synth", "--events", "1.5", "--out", str(tmp_path / "e")]) == 2
         assert main(["synth", "--compare", str(tmp_path)]) == 2
     assert "whole number" in err.getvalue() and "SYNTHETIC.json" in err.getvalue()
+
+
+def test_a_model_trained_on_synthetic_data_says_so_in_its_lineage(small, tmp_path, monkeypatch):
+    from models.training.fit import lineage
+
+    meta = {"rows": {"train": 1}, "device": "cpu"}
+    monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CTR_RAW_EVENTS", str(small))
+    assert lineage(get_settings(), meta, "full")["synthetic"] is True
+    monkeypatch.delenv("CTR_RAW_EVENTS")
+    assert lineage(get_settings(), meta, "full")["synthetic"] is False  # the real slice
