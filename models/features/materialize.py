@@ -19,8 +19,8 @@ for 1 M entities) and it writes about 12 k rows/s. This writes the same rows, as
 * **The registry.** Each view's interval is recorded with `apply_materialization`, so that
   `feast materialize-incremental` and the registry stay as after Feast's own materialize.
 
-A view whose source this reader does not cover (not a local Parquet FileSource, or one with a field
-mapping) is materialized by Feast's own `materialize`.
+A view this reader does not cover (its source not a local Parquet FileSource, or one with a field
+mapping; a view without entities) is materialized by Feast's own `materialize`.
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def materialize(
     for view in _views_to_materialize(store, views):
         began = time.monotonic()
         source = _parquet_source(store, view)
-        if source is None:
-            say(f"{view.name}: its source is not a local Parquet file; Feast's own materialize")
+        if source is None or not view.entity_columns:
+            say(f"{view.name}: not a keyed view on a local Parquet file; Feast's own materialize")
             store.materialize(start_date=start, end_date=end, feature_views=[view.name])
             done.append(ViewMaterialized(view.name, 0, 0, time.monotonic() - began, "feast"))
             continue
@@ -124,14 +124,14 @@ def _aware(when: datetime) -> datetime:
 
 def _views_to_materialize(store: FeatureStore, names: list[str] | None) -> list[FeatureView]:
     """The views Feast's materialize takes: every online, enabled (stream) feature view, or those named."""
-    from feast import OnDemandFeatureView
+    from feast.errors import FeatureViewNotFoundException
 
     if names is not None:
         views = []
         for name in names:
             try:
                 views.append(store.get_feature_view(name))
-            except Exception:  # a stream feature view, or none: Feast's own error then
+            except FeatureViewNotFoundException:  # a stream feature view, or Feast's error for none
                 views.append(store.get_stream_feature_view(name))
         return views
     every = [*store.list_feature_views(), *store.list_stream_feature_views()]
@@ -144,7 +144,6 @@ def _views_to_materialize(store: FeatureStore, names: list[str] | None) -> list[
             f"On-demand views written to the online store ({', '.join(written_on_demand)}) "
             "are materialized by Feast's own materialize only"
         )
-    assert all(not isinstance(v, OnDemandFeatureView) for v in chosen)
     return chosen
 
 
