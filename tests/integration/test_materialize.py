@@ -102,29 +102,28 @@ def _redis_rows(connection: str) -> dict[bytes, dict[bytes, bytes]]:
         client.close()
 
 
-def _intervals(monkeypatch, data_dir: Path, **store: str) -> dict[str, list[tuple]]:
+def _opened(monkeypatch, data_dir: Path, **store: str):
+    """The Feast store of a data dir already applied (its registry and online store as they are)."""
     from models.features.store import open_store
     from models.settings import get_settings
 
     monkeypatch.setenv("CTR_DATA_DIR", str(data_dir))
     for name, value in store.items():
         monkeypatch.setenv(name, value)
-    store_ = open_store(get_settings())
+    return open_store(get_settings())
+
+
+def _intervals(monkeypatch, data_dir: Path, **store: str) -> dict[str, list[tuple]]:
     return {
         v.name: [(i[0].isoformat(), i[1].isoformat()) for i in v.materialization_intervals]
-        for v in store_.list_feature_views()
+        for v in _opened(monkeypatch, data_dir, **store).list_feature_views()
     }
 
 
 def _online(monkeypatch, data_dir: Path, users: list[int], items: list[int], **store: str) -> dict:
     from feature_repo.contract import MODEL_FEATURE_SERVICE, REQUEST_TS
-    from models.features.store import open_store
-    from models.settings import get_settings
 
-    monkeypatch.setenv("CTR_DATA_DIR", str(data_dir))
-    for name, value in store.items():
-        monkeypatch.setenv(name, value)
-    feast = open_store(get_settings())
+    feast = _opened(monkeypatch, data_dir, **store)
     service = feast.get_feature_service(MODEL_FEATURE_SERVICE)
     rows = [{"user_id": u, "item_id": i, REQUEST_TS: 1512273600} for u, i in zip(users, items, strict=True)]
     return feast.get_online_features(features=service, entity_rows=rows).to_dict()
