@@ -212,14 +212,21 @@ def materialize(
     settings: Settings | None = None, start: datetime | None = None, end: datetime | None = None
 ) -> Materialized:
     """Load the interval's feature rows, and any newer ones, into the online store: re-running an
-    old day never leaves older values online than the newest day processed."""
+    old day never leaves older values online than the newest day processed. Bounded batches, with
+    rows/s per view in the log (models/features/materialize.py)."""
     settings = settings or get_settings()
     start, end = _interval(settings, start, end)
     first = _days(settings, start, end)[0]
     present = lake.partitions(settings, lake.ACCEPTED)
     newest = max([pd.Timestamp(end), *(d + pd.Timedelta(days=1) for d in present)])
     until = newest + RECENT_STATE_DELAY
-    feast_store.materialize(feast_store.open_store(settings), first.to_pydatetime(), until.to_pydatetime())
+    feast_store.materialize(
+        feast_store.open_store(settings),
+        first.to_pydatetime(),
+        until.to_pydatetime(),
+        batch_rows=settings.materialize_batch_rows,
+        memory_mb=settings.materialize_memory_mb,
+    )
     return Materialized(first.isoformat(), until.isoformat())
 
 

@@ -118,6 +118,8 @@ class Settings:
     feast_registry: str  # a file path, or a URL Feast reads (s3://, gs://, postgresql://…)
     feast_registry_ttl_s: int
     feast_set: frozenset[str]  # the FEAST_STORE_VARIABLES set in the environment
+    materialize_batch_rows: int  # entity rows per batch written to the online store
+    materialize_memory_mb: int  # DuckDB's memory for picking each entity's newest row
     ingest_max_events: int
     ingest_url: str
     ingest_retry_s: float
@@ -269,6 +271,14 @@ def get_settings() -> Settings:
         feast_registry=_env("CTR_FEAST_REGISTRY", str(paths.feast_registry)),
         feast_registry_ttl_s=_integer("CTR_FEAST_REGISTRY_TTL_S", _env("CTR_FEAST_REGISTRY_TTL_S", "10")),
         feast_set=frozenset(name for name in FEAST_STORE_VARIABLES if _env(name, "")),
+        # Materialization (models/features/materialize.py) holds one batch of rows at a time, and
+        # DuckDB at most this much memory (it spills to a temporary folder beyond), at any size.
+        materialize_batch_rows=_integer(
+            "CTR_MATERIALIZE_BATCH_ROWS", _env("CTR_MATERIALIZE_BATCH_ROWS", "50000")
+        ),
+        materialize_memory_mb=_integer(
+            "CTR_MATERIALIZE_MEMORY_MB", _env("CTR_MATERIALIZE_MEMORY_MB", "2048")
+        ),
         ingest_max_events=ingest_max_events,
         ingest_url=_env("CTR_INGEST_URL", "http://127.0.0.1:3001"),
         # Events taken while the online store was down are logged, then applied this often until it is back.
@@ -322,6 +332,12 @@ def get_settings() -> Settings:
     ):
         if value < 0:
             raise ValueError(f"{name}={value:g}: expected 0 or more seconds")
+    for name, value in (
+        ("CTR_MATERIALIZE_BATCH_ROWS", settings.materialize_batch_rows),
+        ("CTR_MATERIALIZE_MEMORY_MB", settings.materialize_memory_mb),
+    ):
+        if value <= 0:
+            raise ValueError(f"{name}={value}: expected a positive number")
     if settings.http_keep_alive_s <= 0:
         raise ValueError(f"CTR_HTTP_KEEP_ALIVE_S={settings.http_keep_alive_s}: expected a positive number")
     for name, value in (
