@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from feature_repo.contract import BEHAVIOR, BEHAVIORS, EVENT_COLUMNS, EVENT_TIMESTAMP, ID_COLUMNS
-from models.data.events import SOURCE_ROW, repeated_rows
+from models.data.events import repeated_rows
 
 if TYPE_CHECKING:
     from models.settings import Settings
@@ -137,16 +137,6 @@ def build_suite(window_start: datetime, window_end: datetime, mostly: float) -> 
     )
     suite.add_expectation(ex.ExpectColumnValuesToBeNull(column=REPEAT_OF, mostly=mostly))
     return suite
-
-
-def repeat_of(events: pd.DataFrame) -> pd.Series:
-    """For each row, the source line of an earlier identical row of the batch, else null."""
-    columns = list(EVENT_COLUMNS)
-    if not set(columns) <= set(events.columns) or events.empty:
-        return pd.Series(pd.NA, index=events.index, dtype="Int64")
-    line = events[SOURCE_ROW] if SOURCE_ROW in events else pd.Series(events.index, index=events.index)
-    first = line.groupby([events[c] for c in columns], dropna=False, sort=False).transform("first")
-    return first.where(events.duplicated(columns, keep="first")).astype("Int64")
 
 
 @dataclass
