@@ -30,9 +30,9 @@ from feature_repo.contract import (
 )
 from models.data import lake
 from models.data.event_log import EventLog
-from models.data.ingestion import collect_raw_events
+from models.data.ingestion import ingest_to_lake
 from models.data.labels import label_page_views
-from models.data.validation import DataValidationError, raise_for_failures, validate_events, write_outcome
+from models.data.validation import DataValidationError, raise_for_failures, validate_partition
 from models.evaluation import report
 from models.evaluation.metrics import ctr_metrics
 from models.evaluation.promotion import log_candidate, promote_if_better
@@ -87,23 +87,22 @@ def ingest(
     settings: Settings | None = None, start: datetime | None = None, end: datetime | None = None
 ) -> Ingested:
     """Raw CSV + the live event log -> canonical events, one lake partition per day of the interval
-    (models.data.ingestion says which rows go where)."""
+    (models.data.ingestion says which rows go where), read and written in bounded batches."""
     settings = settings or get_settings()
     start, end = _interval(settings, start, end)
-    raw = collect_raw_events(settings, start, end)
-    per_day = {}
-    for day in raw.days:
-        rows = raw.events[raw.day == day]
-        lake.write_partition(rows, settings, lake.INGESTED, day)
-        per_day[f"{day:%Y-%m-%d}"] = len(rows)
+    counts = ingest_to_lake(settings, start, end)
     log.info(
         "ingested %d rows (%d from the event log) into %d days",
-        len(raw.events),
-        raw.event_log_rows,
-        len(raw.days),
+        counts.rows,
+        counts.event_log_rows,
+        len(counts.per_day),
     )
     return Ingested(
-        str(settings.raw_events), len(raw.events), per_day, raw.event_log_rows, raw.duplicates_dropped
+        str(settings.raw_events),
+        counts.rows,
+        counts.per_day,
+        counts.event_log_rows,
+        counts.duplicates_dropped,
     )
 
 
@@ -120,25 +119,19 @@ def validate(
     totals = {"input_rows": 0, "accepted_rows": 0, "quarantined_rows": 0}
     days, broken = {}, []
     for day in _days(settings, start, end):
-        until = day + pd.Timedelta(days=1)
-        batch_rows = lake.read_events(settings, lake.INGESTED, day, until)
-        outcome = validate_events(batch_rows, day, until, settings.max_bad_row_fraction, settings.data_dir)
-        report_path = write_outcome(outcome, settings.paths.quarantine / lake.partition_name(day))
-        summary = {k: v for k, v in outcome.summary().items() if k != "statistics"}
+        verdict, report_path = validate_partition(settings, day)
+        summary = {k: v for k, v in verdict.summary().items() if k != "statistics"}
         days[f"{day:%Y-%m-%d}"] = {**summary, "report": str(report_path)}
         for key in totals:
             totals[key] += summary[key]
-        if outcome.success:
-            lake.write_partition(outcome.accepted, settings, lake.ACCEPTED, day)
-        else:
-            lake.remove_partition(settings, lake.ACCEPTED, day)
-            broken.append((day, outcome, report_path))
+        if not verdict.success:
+            broken.append((day, verdict, report_path))
     docs = data_docs_index(settings)
     log.info("validation: %s", json.dumps(totals))
     log.info("Great Expectations Data Docs: %s", docs)
-    for day, outcome, report_path in broken:
+    for day, verdict, report_path in broken:
         try:
-            raise_for_failures(outcome, report_path)
+            raise_for_failures(verdict, report_path)
         except DataValidationError as error:
             raise DataValidationError(
                 f"{day:%Y-%m-%d}: {error} (Data Docs: {docs}; {len(broken)} of {len(days)} days broken)"

@@ -91,6 +91,7 @@ class Settings:
     test_start: datetime
     timezone: str
     max_bad_row_fraction: float
+    ingest_batch_rows: int  # rows read, validated and written at a time by ingest and validate
     feast_repo: Path
     feast_yaml: Path  # the feature_store.yaml the project starts from (models/features/store.py)
     mlflow_tracking_uri: str
@@ -234,6 +235,9 @@ def get_settings() -> Settings:
         test_start=_timestamp("CTR_TEST_START", "2017-12-02T00:00:00+08:00"),
         timezone=_env("CTR_TIMEZONE", SHOP_TIMEZONE),
         max_bad_row_fraction=float(_env("CTR_MAX_BAD_ROW_FRACTION", "0.01")),
+        # Ingest and validate take a day's rows this many at a time, so their memory is bounded by
+        # it (about 1 GB per million rows), not by the day; the verdict is still the whole day's.
+        ingest_batch_rows=_integer("CTR_INGEST_BATCH_ROWS", _env("CTR_INGEST_BATCH_ROWS", "1000000")),
         feast_repo=feast_repo,
         feast_yaml=feast_yaml,
         mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{paths.mlflow_db}"),
@@ -313,6 +317,8 @@ def get_settings() -> Settings:
     )
     if settings.online_store not in ("sqlite", "redis"):
         raise ValueError(f"CTR_ONLINE_STORE={settings.online_store!r}: expected sqlite or redis")
+    if settings.ingest_batch_rows < 1:
+        raise ValueError(f"CTR_INGEST_BATCH_ROWS={settings.ingest_batch_rows}: expected 1 or more")
     if settings.feast_registry_ttl_s < 0:
         raise ValueError(f"CTR_FEAST_REGISTRY_TTL_S={settings.feast_registry_ttl_s}: expected 0 or more")
     if "CTR_FEAST_ONLINE_STORE" in settings.feast_set:

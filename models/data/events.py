@@ -11,7 +11,7 @@ are found through its line number in the source file.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import date, datetime
 from pathlib import Path
 
@@ -74,19 +74,22 @@ def read_raw_events(path: Path | str, days: Iterable[date | datetime] | None = N
 
 
 def _read_raw_file(path: Path | None) -> pd.DataFrame:
-    """One file's lines split into the raw columns (None: no lines).
+    """One file's lines split into the raw columns (None: no lines), numbered from 1."""
+    chunks = list(_raw_chunks(path, None))
+    raw = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+    raw[SOURCE_ROW] = range(1, len(raw) + 1)
+    return raw
 
-    Each line is split here rather than by the CSV parser, which would take an extra field on the
-    first line for an index and cut extra fields elsewhere silently. A line with missing fields gets
-    empty ones; a line with extra fields keeps its first four with the timestamp blanked. Either
-    way validation quarantines it.
-    """
+
+def _raw_chunks(path: Path | None, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    """A file's lines split into the raw columns, `chunk_rows` lines at a time (None: all at
+    once), numbered through the file from 1; always at least one (maybe empty) chunk."""
     import csv
 
-    lines = pd.Series([], dtype=str, name="line")
+    readers: Iterable[pd.DataFrame] = []
     if path is not None:
         with contextlib.suppress(pd.errors.EmptyDataError):  # an empty file: no lines
-            lines = pd.read_csv(
+            readers = pd.read_csv(
                 path,
                 header=None,
                 names=["line"],
@@ -95,15 +98,99 @@ def _read_raw_file(path: Path | None) -> pd.DataFrame:
                 sep="\x01",  # no field separator: one column holding the whole line
                 quoting=csv.QUOTE_NONE,
                 engine="c",
-            )["line"]
+                chunksize=chunk_rows,
+                encoding_errors="replace",  # bytes that are not UTF-8: a bad line, quarantined
+            )
+            if chunk_rows is None:
+                readers = [readers]
+    offset, chunks = 0, 0
+    for chunk in readers:
+        raw = _split_lines(chunk["line"], offset)
+        offset, chunks = offset + len(raw), chunks + 1
+        yield raw
+    if not chunks:
+        yield _split_lines(pd.Series([], dtype=str, name="line"), 0)
+
+
+def _split_lines(lines: pd.Series, offset: int) -> pd.DataFrame:
+    """Lines split into the raw columns, numbered from offset + 1.
+
+    Each line is split here rather than by the CSV parser, which would take an extra field on the
+    first line for an index and cut extra fields elsewhere silently. A line with missing fields gets
+    empty ones; a line with extra fields keeps its first four with the timestamp blanked. Either
+    way validation quarantines it.
+    """
+    lines = lines.reset_index(drop=True)
     width = len(RAW_COLUMNS)
     parts = lines.str.split(",", expand=True) if len(lines) else pd.DataFrame(index=lines.index)
     parts = parts.reindex(columns=range(max(width + 1, parts.shape[1])))
     extra = parts.iloc[:, width:].notna().any(axis=1)
     raw = parts.iloc[:, :width].fillna("").astype(object).set_axis(list(RAW_COLUMNS), axis=1)
     raw.loc[extra, RAW_COLUMNS[-1]] = ""
-    raw.insert(0, SOURCE_ROW, range(1, len(raw) + 1))
+    raw.insert(0, SOURCE_ROW, range(offset + 1, offset + len(raw) + 1))
     return raw
+
+
+def no_events() -> pd.DataFrame:
+    """An empty frame of canonical events, in the dtypes the reader gives."""
+    return to_canonical(_split_lines(pd.Series([], dtype=str, name="line"), 0))
+
+
+def iter_events(
+    path: Path | str, user_id_key: str, chunk_rows: int, days: Iterable[date | datetime] | None = None
+) -> Iterator[tuple[Path, pd.DataFrame]]:
+    """The canonical events of a raw CSV or of a folder's day partitions (`days`' only when given)
+    as (file, chunk) pairs of at most `chunk_rows` rows: memory bounded by the chunk, not the file.
+    Lines are numbered through the files in day order, as `load_events` numbers them; every file
+    gives at least one (maybe empty) chunk."""
+    from models.data.privacy import pseudonymise
+
+    offset = 0
+    for file in raw_event_files(path, days):
+        rows = 0
+        for raw in _raw_chunks(file, chunk_rows):
+            events = to_canonical(raw)
+            events[SOURCE_ROW] += offset
+            events[USER_ID] = pseudonymise(events[USER_ID], user_id_key)
+            rows += len(events)
+            yield file, events
+        offset += rows
+
+
+def repeated_rows(batches: Callable[[], Iterable[pd.DataFrame]]) -> pd.Series:
+    """The rows that repeat an earlier row field for field (EVENT_COLUMNS, nulls equal) across a
+    sequence of batches read twice (`batches()` gives it afresh): indexed by the row's position in
+    the whole sequence, valued with its first copy's SOURCE_ROW (its position when the batches have
+    none). A repeat is found in any batch after its first copy.
+
+    Memory: one 64-bit hash per row, then the rows whose hash occurs more than once, compared
+    exactly (a hash collision is never taken for a repeat).
+    """
+    columns = list(EVENT_COLUMNS)
+    hashes = [
+        pd.util.hash_pandas_object(b[columns], index=False).to_numpy()
+        for b in batches()
+        if set(columns) <= set(b.columns)
+    ]
+    found = pd.Series([], dtype="Int64")
+    if not hashes:
+        return found
+    shared = pd.Series(np.concatenate(hashes)).duplicated(keep=False).to_numpy()
+    if not shared.any():
+        return found
+    parts, offset = [], 0
+    for batch in batches():
+        take = shared[offset : offset + len(batch)]
+        if take.any():
+            part = batch.loc[take, [c for c in (SOURCE_ROW, *columns) if c in batch.columns]]
+            parts.append(part.set_axis(offset + np.flatnonzero(take)))
+        offset += len(batch)
+    candidates = pd.concat(parts)
+    if SOURCE_ROW not in candidates:
+        candidates[SOURCE_ROW] = candidates.index
+    first = candidates[SOURCE_ROW].groupby([candidates[c] for c in columns], dropna=False, sort=False)
+    first = first.transform("first")
+    return first[candidates.duplicated(columns, keep="first")].astype("Int64")
 
 
 def to_canonical(raw: pd.DataFrame) -> pd.DataFrame:

@@ -6,10 +6,15 @@ row without a usable time to the window's first or last day. A row of a day part
 its partition's day, whatever its time: the run of that day reads it and judges it (a time outside
 the day is quarantined there), and no other run reads it. An event both in the CSV and in the
 log, or logged twice, is kept once.
+
+`ingest_to_lake` does this for data of any size: the raw rows are read `CTR_INGEST_BATCH_ROWS` at
+a time and appended to their day's partition, so memory is bounded by a batch, not a day.
+`collect_raw_events` gives the same rows in one frame, for data that fits in memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,8 +23,17 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.contract import CATEGORY_ID, EVENT_COLUMNS, EVENT_TIMESTAMP, ITEM_ID, USER_ID
+from models.data import lake
 from models.data.event_log import EventLog
-from models.data.events import SOURCE_ROW, load_events, partition_day, raw_event_files
+from models.data.events import (
+    SOURCE_ROW,
+    iter_events,
+    load_events,
+    no_events,
+    partition_day,
+    raw_event_files,
+    repeated_rows,
+)
 from models.data.lake import day_of_rows, days_of
 from models.settings import Settings
 
@@ -84,3 +98,81 @@ def collect_raw_events(settings: Settings, start: datetime, end: datetime) -> Ra
         events, day = events[first_seen], day[first_seen]
         duplicates = before - len(events)
     return RawEvents(events, day, days, len(logged), duplicates)
+
+
+@dataclass(frozen=True)
+class IngestCounts:
+    rows: int  # rows written into the interval's partitions
+    per_day: dict[str, int]  # rows per lake day (YYYY-MM-DD), every day of the interval
+    event_log_rows: int
+    duplicates_dropped: int
+
+
+def _raw_pieces(settings: Settings, days: list[pd.Timestamp]) -> Iterator[tuple[pd.Timestamp, pd.DataFrame]]:
+    """The interval's raw rows as (lake day, rows) pieces of at most CTR_INGEST_BATCH_ROWS rows,
+    in the order `_raw_rows` gives them within each day, numbered as it numbers them."""
+    chunk = settings.ingest_batch_rows
+    if not Path(settings.raw_events).is_dir():
+        wanted = set(days)
+        for _, events in iter_events(settings.raw_events, settings.user_id_key, chunk):
+            day = day_of_rows(events, settings)
+            for owner in day.unique():
+                if owner in wanted:
+                    yield owner, events[(day == owner).to_numpy()]
+        return
+    by_name = {f"{d:%Y-%m-%d}": d for d in days}
+    for file, events in iter_events(settings.raw_events, settings.user_id_key, chunk, days):
+        yield by_name[partition_day(file)], events
+
+
+def ingest_to_lake(settings: Settings, start: datetime, end: datetime) -> IngestCounts:
+    """Write the interval's raw rows and logged events (as `collect_raw_events` selects them) into
+    the `ingested` partitions of its days, CTR_INGEST_BATCH_ROWS rows at a time. Every partition is
+    renamed into place only once all of them are complete: a failure leaves the older ones as they
+    were. With logged events, a row repeating an earlier one of its day is dropped (counted)."""
+    days = days_of(start, end, settings.timezone)
+    template = no_events()
+    logged = EventLog(settings.paths.event_log).read(
+        max(start, settings.window_start), min(end, settings.window_end)
+    )
+    writers = {d: lake.partition_writer(settings, lake.INGESTED, d, template) for d in days}
+    try:
+        for day, rows in _raw_pieces(settings, days):
+            writers[day].write(rows)
+        duplicates = 0
+        if len(logged):
+            logged = _as_events(logged, template).astype(template.dtypes.to_dict())
+            logged_day = day_of_rows(logged, settings)
+            for day, writer in writers.items():
+                writer.write(logged[(logged_day == day).to_numpy()])
+                duplicates += _drop_repeats(settings, writer, template)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    per_day = {f"{d:%Y-%m-%d}": writers[d].rows for d in days}
+    for writer in writers.values():
+        writer.commit()
+    return IngestCounts(sum(per_day.values()), per_day, len(logged), duplicates)
+
+
+def _drop_repeats(settings: Settings, writer: lake.PartitionWriter, template: pd.DataFrame) -> int:
+    """Rewrite a written, not yet committed partition without the rows repeating an earlier one of
+    it (an event both in the raw data and the log, or logged twice); the rows dropped."""
+    writer.close()
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        return lake.iter_parquet(writer.partial, settings.ingest_batch_rows)
+
+    repeats = repeated_rows(chunks).index.to_numpy()
+    if not len(repeats):
+        return 0
+    kept = lake.PartitionWriter(writer.partial, template, partial_suffix=".kept")
+    offset = 0
+    for chunk in chunks():
+        position = offset + pd.RangeIndex(len(chunk))
+        kept.write(chunk[~position.isin(repeats)])
+        offset += len(chunk)
+    kept.commit()
+    writer.rows -= len(repeats)
+    return len(repeats)

@@ -3,13 +3,16 @@
 A day is the unit of work of the feature pipeline: a run for a data interval rewrites exactly the
 partitions of its days (written whole and renamed into place), so re-running or backfilling a
 date range gives the same files and never duplicates a row. Readers see whole partitions only.
+A partition is written batch by batch (`PartitionWriter`, one row group each) and read batch by
+batch (`iter_partition`), so a day of any size passes through in bounded memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -52,6 +55,100 @@ def day_of_rows(events: pd.DataFrame, settings: Settings) -> pd.Series:
 
 def write_partition(frame: pd.DataFrame, settings: Settings, stage: str, day: pd.Timestamp) -> Path:
     return write_offline(frame.reset_index(drop=True), partition_path(settings, stage, day))
+
+
+class PartitionWriter:
+    """A partition written batch by batch, then renamed into place by `commit` (readers see the
+    old file or the new one, never half). Timestamps are stored as `write_offline` stores them
+    (microseconds); the schema, pandas dtypes included, is the template frame's."""
+
+    def __init__(self, path: Path, template: pd.DataFrame, partial_suffix: str = ".partial") -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.partial, self.rows = path, path.with_suffix(partial_suffix), 0
+        self._closed = False
+        self._schema = pa.Table.from_pandas(_as_stored(template.head(0)), preserve_index=False).schema
+        self._writer: Any = pq.ParquetWriter(self.partial, self._schema)
+
+    def write(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+
+        if len(frame):
+            table = pa.Table.from_pandas(_as_stored(frame), schema=self._schema, preserve_index=False)
+            self._writer.write_table(table)
+            self.rows += len(frame)
+
+    def close(self) -> None:
+        """Finish the partial file without renaming it into place."""
+        if not self._closed:
+            self._writer.close()
+            self._closed = True
+
+    def commit(self) -> Path:
+        self.close()
+        self.partial.replace(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self.close()
+        self.partial.unlink(missing_ok=True)
+
+
+def partition_writer(
+    settings: Settings, stage: str, day: pd.Timestamp, template: pd.DataFrame
+) -> PartitionWriter:
+    return PartitionWriter(partition_path(settings, stage, day), template)
+
+
+def _as_stored(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.reset_index(drop=True)
+    stamps = {
+        c: frame[c].dt.as_unit("us") for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)
+    }
+    return frame.assign(**stamps)
+
+
+def partition_rows(settings: Settings, stage: str, day: pd.Timestamp) -> int:
+    """Rows of a partition from its metadata (0 when absent)."""
+    import pyarrow.parquet as pq
+
+    path = partition_path(settings, stage, day)
+    return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+
+
+def iter_partition(
+    settings: Settings, stage: str, day: pd.Timestamp, batch_rows: int
+) -> Iterator[pd.DataFrame]:
+    """A partition's rows in order, `batch_rows` at a time, as `read_events` would give them
+    (same dtypes); a missing or empty partition gives one empty batch."""
+
+    path = partition_path(settings, stage, day)
+    if not path.exists():
+        yield _concat([])
+        return
+    yield from iter_parquet(path, batch_rows)
+
+
+def iter_parquet(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
+    """A Parquet file's rows in order, `batch_rows` at a time (at least one batch, maybe empty)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(path)
+    pending: list[Any] = []
+    held = given = 0
+    for batch in file.iter_batches(batch_size=batch_rows):
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= batch_rows:
+            table = pa.Table.from_batches(pending, schema=file.schema_arrow)
+            yield table.slice(0, batch_rows).to_pandas()
+            rest = table.slice(batch_rows)
+            pending, held, given = rest.to_batches(), rest.num_rows, given + 1
+    if held or not given:
+        yield pa.Table.from_batches(pending, schema=file.schema_arrow).to_pandas()
 
 
 def remove_partition(settings: Settings, stage: str, day: pd.Timestamp) -> bool:

@@ -3,6 +3,11 @@
 The suite is the only place the rules live: rows that GX lists as unexpected go to quarantine,
 the rest are accepted, and input rows = accepted + quarantined always. A batch fails as a whole
 when a rule is broken by more than `max_bad_row_fraction` of its rows, or the schema is wrong.
+
+A batch too large for memory (a day at full size) is validated in chunks (`validate_batches`):
+every chunk goes through the same suite and checkpoint, and the verdict is the whole batch's, from
+the chunks' counts summed per rule (a rule broken by 2 % of one chunk and by none of the others
+may still pass). Repeated rows are found across the whole batch before any chunk is checked.
 """
 
 from __future__ import annotations
@@ -12,21 +17,24 @@ import fcntl
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from feature_repo.contract import BEHAVIOR, BEHAVIORS, EVENT_COLUMNS, EVENT_TIMESTAMP, ID_COLUMNS
-from models.data.events import SOURCE_ROW
+from models.data.events import repeated_rows
+
+if TYPE_CHECKING:
+    from models.settings import Settings
 
 SUITE_NAME = "canonical_events"
 FAILED_CHECKS = "failed_checks"
-# Set on a row that repeats an earlier row of the batch field for field: the earlier row's source
-# line. A repeated delivery is one event; the repeat is quarantined, the first copy kept.
+# Set on a row that repeats an earlier row of the batch (in any chunk) field for field: the earlier
+# row's source line. A repeated delivery is one event; the repeat is quarantined, the first copy kept.
 REPEAT_OF = "repeat_of"
 # The file in a GX project folder that its writers hold while they use it, and how long one waits for
 # another before giving up: a validation holds it for seconds.
@@ -131,25 +139,76 @@ def build_suite(window_start: datetime, window_end: datetime, mostly: float) -> 
     return suite
 
 
-def repeat_of(events: pd.DataFrame) -> pd.Series:
-    """For each row, the source line of an earlier identical row of the batch, else null."""
-    columns = list(EVENT_COLUMNS)
-    if not set(columns) <= set(events.columns) or events.empty:
-        return pd.Series(pd.NA, index=events.index, dtype="Int64")
-    line = events[SOURCE_ROW] if SOURCE_ROW in events else pd.Series(events.index, index=events.index)
-    first = line.groupby([events[c] for c in columns], dropna=False, sort=False).transform("first")
-    return first.where(events.duplicated(columns, keep="first")).astype("Int64")
+@dataclass
+class _Tally:
+    """One expectation's result summed over the chunks of a batch."""
+
+    label: str
+    type: str
+    column: str | None
+    map_rule: bool = False  # a per-row rule, judged by `mostly` over the summed counts
+    chunk_success: bool = True  # a rule of the table (schema, row count): every chunk passed
+    elements: int = 0
+    missing: int = 0
+    unexpected: int = 0
+    sample: list[Any] = field(default_factory=list)
+    raised: str | None = None
+
+    def add(self, check: Any) -> None:
+        observed = check.result or {}
+        self.chunk_success &= bool(check.success)
+        if observed.get("unexpected_count") is not None:
+            self.map_rule = True
+            self.elements += int(observed.get("element_count") or 0)
+            self.missing += int(observed.get("missing_count") or 0)
+            self.unexpected += int(observed["unexpected_count"])
+            self.sample += list(observed.get("partial_unexpected_list") or [])[: 20 - len(self.sample)]
+        if check.exception_info and check.exception_info.get("raised_exception") and self.raised is None:
+            self.raised = str(check.exception_info.get("exception_message"))
+
+    def success(self, mostly: float) -> bool:
+        """GX's own rule (`_mostly_success`), over the rows considered in every chunk."""
+        if not self.map_rule:
+            return self.chunk_success
+        considered = self.elements - self.missing
+        if self.elements == 0 or considered == 0:
+            return True
+        return (float(considered) - float(self.unexpected)) / float(considered) >= mostly
+
+    def describe(self) -> str:
+        """As GX reports the rule: rows and share over the rows it considered, a few examples."""
+        considered = self.elements - self.missing
+        detail = ""
+        if self.map_rule and self.elements > 0 and considered > 0:
+            detail = f" ({self.unexpected} rows, {self.unexpected / considered * 100:.2f}%)"
+        examples = f", e.g. {self.sample[:3]}" if self.sample else ""
+        return f"{self.type}{f'[{self.column}]' if self.column else ''}{detail}{examples}"
 
 
-def _describe(result: Any) -> str:
-    config = result.expectation_config
-    column = config.kwargs.get("column")
-    observed = result.result or {}
-    share = observed.get("unexpected_percent")
-    detail = f" ({observed.get('unexpected_count')} rows, {share:.2f}%)" if share is not None else ""
-    sample = observed.get("partial_unexpected_list")
-    examples = f", e.g. {sample[:3]}" if sample else ""
-    return f"{config.type}{f'[{column}]' if column else ''}{detail}{examples}"
+@dataclass
+class ValidationVerdict:
+    """The verdict on a batch validated in chunks: counts, the failed rules and GX's statistics."""
+
+    success: bool
+    input_rows: int
+    accepted_rows: int
+    quarantined_rows: int
+    failures: list[str] = field(default_factory=list)
+    statistics: dict[str, Any] = field(default_factory=dict)
+    chunks: int = 1
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "success": self.success,
+            "input_rows": self.input_rows,
+            "accepted_rows": self.accepted_rows,
+            "quarantined_rows": self.quarantined_rows,
+            "failures": self.failures,
+            "statistics": self.statistics,
+        }
+
+
+ChunkSink = Callable[[pd.DataFrame, pd.DataFrame], None]  # (accepted, quarantined) rows of one chunk
 
 
 def validate_events(
@@ -164,25 +223,104 @@ def validate_events(
     With `project_root`, the run is kept in a file-backed GX project there (`<root>/gx/`) and its
     Data Docs are rebuilt, so every validated batch can be opened in a browser; without, nothing is
     written. Validations that share a project, in any number of processes, take turns with it
-    (`project_lock`); the checks themselves need no project.
+    (`project_lock`); the checks themselves need no project. The whole batch is one chunk here;
+    `validate_batches` takes one too large for memory.
+    """
+    accepted: list[pd.DataFrame] = []
+    quarantined: list[pd.DataFrame] = []
+
+    def keep(good: pd.DataFrame, bad: pd.DataFrame) -> None:
+        accepted.append(good)
+        quarantined.append(bad)
+
+    frame = events.reset_index(drop=True)
+    verdict = validate_batches(
+        lambda: [frame], window_start, window_end, max_bad_row_fraction, keep, project_root
+    )
+    return ValidationOutcome(
+        success=verdict.success,
+        accepted=accepted[0],
+        quarantined=quarantined[0],
+        failures=verdict.failures,
+        statistics=verdict.statistics,
+    )
+
+
+def validate_batches(
+    chunks: Callable[[], Iterable[pd.DataFrame]],
+    window_start: datetime,
+    window_end: datetime,
+    max_bad_row_fraction: float,
+    sink: ChunkSink,
+    project_root: Path | None = None,
+) -> ValidationVerdict:
+    """Validate one batch given as chunks (`chunks()` gives them afresh, in order; they are read
+    three times): the repeated rows over the whole batch first, then each chunk through the suite
+    and checkpoint, its accepted and quarantined rows handed to `sink`, then the verdict from the
+    counts summed per rule. Memory is bounded by a chunk, whatever the batch's size.
+
+    With `project_root`, every chunk's result is kept in the GX project (its run name says which
+    chunk of how many when there are several) and the Data Docs are rebuilt after the last; the
+    project is held (`project_lock`) for one chunk at a time.
     """
     gx = _gx()
-    frame = events.reset_index(drop=True)
-    frame[REPEAT_OF] = repeat_of(frame)
-    if project_root is None:
-        result = _run_checkpoint(
-            gx, gx.get_context(mode="ephemeral"), [], frame, window_start, window_end, max_bad_row_fraction
-        )
-    else:
-        from great_expectations.checkpoint import UpdateDataDocsAction
+    repeats = repeated_rows(chunks)
+    total = sum(1 for _ in chunks())
+    span = f"{pd.Timestamp(window_start):%Y-%m-%d %H:%M}..{pd.Timestamp(window_end):%Y-%m-%d %H:%M}"
+    ephemeral = gx.get_context(mode="ephemeral") if project_root is None else None
+    tallies: dict[str, _Tally] = {}
+    statistics: dict[str, Any] = {}
+    rows = {"input": 0, "accepted": 0, "quarantined": 0}
+    number = 0
+    for chunk in chunks():
+        number += 1
+        frame = chunk.reset_index(drop=True)
+        offset = rows["input"]
+        mine = repeats[(repeats.index >= offset) & (repeats.index < offset + len(frame))]
+        frame[REPEAT_OF] = pd.Series(pd.NA, index=frame.index, dtype="Int64")
+        frame.loc[mine.index.to_numpy() - offset, REPEAT_OF] = mine.to_numpy()
+        run_name = span if total == 1 else f"{span} chunk {number} of {total}"
+        args = (frame, window_start, window_end, max_bad_row_fraction, run_name)
+        if ephemeral is not None:
+            result = _run_checkpoint(gx, ephemeral, [], *args)
+        else:
+            from great_expectations.checkpoint import UpdateDataDocsAction
 
-        with project_lock(Path(project_root) / "gx"):
-            context = gx.get_context(mode="file", project_root_dir=str(project_root))
-            actions = [UpdateDataDocsAction(name="update_data_docs")]
-            result = _run_checkpoint(
-                gx, context, actions, frame, window_start, window_end, max_bad_row_fraction
-            )
-    return _outcome(frame, result)
+            docs = [UpdateDataDocsAction(name="update_data_docs")] if number == total else []
+            with project_lock(Path(project_root) / "gx"):
+                context = gx.get_context(mode="file", project_root_dir=str(project_root))
+                result = _run_checkpoint(gx, context, docs, *args)
+        accepted, quarantined = _split(frame, result)
+        for check in result.results:
+            name = check.expectation_config.type
+            column = check.expectation_config.kwargs.get("column")
+            label = f"{name}[{column}]" if column else name
+            tallies.setdefault(label, _Tally(label, name, column)).add(check)
+        statistics = dict(result.statistics)
+        rows["input"] += len(frame)
+        rows["accepted"] += len(accepted)
+        rows["quarantined"] += len(quarantined)
+        sink(accepted, quarantined)
+    mostly = 1.0 - max_bad_row_fraction
+    failures = [t.describe() for t in tallies.values() if not t.success(mostly)]
+    failures += [f"{t.label} raised {t.raised}" for t in tallies.values() if t.success(mostly) and t.raised]
+    if number > 1:  # the batch's statistics: the rules judged over the summed counts
+        passed = sum(t.success(mostly) for t in tallies.values())
+        statistics = {
+            "evaluated_expectations": len(tallies),
+            "successful_expectations": passed,
+            "unsuccessful_expectations": len(tallies) - passed,
+            "success_percent": passed / len(tallies) * 100 if tallies else None,
+        }
+    return ValidationVerdict(
+        success=not failures,
+        input_rows=rows["input"],
+        accepted_rows=rows["accepted"],
+        quarantined_rows=rows["quarantined"],
+        failures=failures,
+        statistics=statistics,
+        chunks=number,
+    )
 
 
 def _run_checkpoint(
@@ -193,6 +331,7 @@ def _run_checkpoint(
     window_start: datetime,
     window_end: datetime,
     max_bad_row_fraction: float,
+    run_name: str,
 ) -> Any:
     """The suite for this window saved into `context` and run over `frame`; the validation result."""
     source = context.data_sources.add_or_update_pandas("events")
@@ -214,17 +353,14 @@ def _run_checkpoint(
             result_format={"result_format": "COMPLETE"},
         )
     )
-    span = f"{pd.Timestamp(window_start):%Y-%m-%d %H:%M}..{pd.Timestamp(window_end):%Y-%m-%d %H:%M}"
-    run_id = gx.RunIdentifier(run_name=span)
-    run = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
+    run = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=gx.RunIdentifier(run_name=run_name))
     (result,) = run.run_results.values()
     return result
 
 
-def _outcome(frame: pd.DataFrame, result: Any) -> ValidationOutcome:
+def _split(frame: pd.DataFrame, result: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Accepted and quarantined rows of `frame` from a GX validation result."""
     bad_rows: dict[int, list[str]] = {}
-    failures: list[str] = []
     for check in result.results:
         name = check.expectation_config.type
         column = check.expectation_config.kwargs.get("column")
@@ -232,41 +368,106 @@ def _outcome(frame: pd.DataFrame, result: Any) -> ValidationOutcome:
         for index in (check.result or {}).get("unexpected_index_list") or []:
             row = index if isinstance(index, int) else int(next(iter(index.values())))
             bad_rows.setdefault(row, []).append(label)
-        if not check.success:
-            failures.append(_describe(check))
-        elif check.exception_info and check.exception_info.get("raised_exception"):
-            failures.append(f"{label} raised {check.exception_info.get('exception_message')}")
-
     is_bad = frame.index.isin(list(bad_rows))
     quarantined = frame[is_bad].copy()
     quarantined[FAILED_CHECKS] = [";".join(bad_rows[i]) for i in quarantined.index]
-    return ValidationOutcome(
-        success=bool(result.success) and not failures,
-        accepted=frame[~is_bad].drop(columns=REPEAT_OF).reset_index(drop=True),
-        quarantined=quarantined.reset_index(drop=True),
-        failures=failures,
-        statistics=dict(result.statistics),
-    )
+    accepted = frame[~is_bad].drop(columns=REPEAT_OF).reset_index(drop=True)
+    return accepted, quarantined.reset_index(drop=True)
+
+
+class QuarantineWriter:
+    """A batch's quarantine folder written chunk by chunk: `rows.parquet` and `rows.csv` (all the
+    quarantined rows, in order, string columns as strings) and, at `close`, `report.json`."""
+
+    def __init__(self, quarantine_dir: Path) -> None:
+        quarantine_dir.mkdir(parents=True, exist_ok=True)
+        self.dir = quarantine_dir
+        self._parquet: Any = None
+        self._schema: Any = None
+        self._first: pd.DataFrame | None = None
+        (quarantine_dir / "rows.csv").unlink(missing_ok=True)
+
+    def write(self, quarantined: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        quarantined = quarantined.copy()
+        for column in quarantined.columns:
+            if quarantined[column].dtype == object or str(quarantined[column].dtype) == "string":
+                quarantined[column] = quarantined[column].astype("string")
+        if self._first is None:
+            self._first = quarantined.head(0)
+        if quarantined.empty:
+            return
+        if self._parquet is None:
+            self._schema = pa.Table.from_pandas(quarantined, preserve_index=False).schema
+            self._parquet = pq.ParquetWriter(self.dir / "rows.parquet", self._schema)
+        self._parquet.write_table(
+            pa.Table.from_pandas(quarantined, schema=self._schema, preserve_index=False)
+        )
+        csv = self.dir / "rows.csv"
+        quarantined.astype("string").to_csv(csv, index=False, mode="a", header=not csv.exists())
+
+    def close(self, summary: dict[str, Any]) -> Path:
+        """Finish the rows' files (empty ones when nothing was quarantined) and write the report."""
+        if self._parquet is not None:
+            self._parquet.close()
+        else:
+            empty = self._first if self._first is not None else pd.DataFrame()
+            empty.to_parquet(self.dir / "rows.parquet", index=False)
+            empty.astype("string").to_csv(self.dir / "rows.csv", index=False)
+        report = self.dir / "report.json"
+        report.write_text(json.dumps(summary, indent=2, default=str))
+        return report
 
 
 def write_outcome(outcome: ValidationOutcome, quarantine_dir: Path) -> Path:
     """Write quarantined rows and the report; return the report path."""
-    quarantine_dir.mkdir(parents=True, exist_ok=True)
-    quarantined = outcome.quarantined.copy()
-    for column in quarantined.columns:
-        if quarantined[column].dtype == object or str(quarantined[column].dtype) == "string":
-            quarantined[column] = quarantined[column].astype("string")
-    quarantined.to_parquet(quarantine_dir / "rows.parquet", index=False)
-    quarantined.astype("string").to_csv(quarantine_dir / "rows.csv", index=False)
-    report = quarantine_dir / "report.json"
-    report.write_text(json.dumps(outcome.summary(), indent=2, default=str))
-    return report
+    writer = QuarantineWriter(quarantine_dir)
+    writer.write(outcome.quarantined)
+    return writer.close(outcome.summary())
 
 
-def raise_for_failures(outcome: ValidationOutcome, report: Path) -> None:
+def raise_for_failures(outcome: ValidationOutcome | ValidationVerdict, report: Path) -> None:
     if not outcome.success:
+        summary = outcome.summary()
         raise DataValidationError(
-            f"Event batch failed validation ({len(outcome.quarantined)} of "
-            f"{len(outcome.accepted) + len(outcome.quarantined)} rows quarantined, report {report}):\n  - "
+            f"Event batch failed validation ({summary['quarantined_rows']} of "
+            f"{summary['input_rows']} rows quarantined, report {report}):\n  - "
             + "\n  - ".join(outcome.failures or ["the suite did not pass"])
         )
+
+
+def validate_partition(settings: Settings, day: pd.Timestamp) -> tuple[ValidationVerdict, Path]:
+    """One day's `ingested` partition through the suite, CTR_INGEST_BATCH_ROWS rows at a time: its
+    quarantine folder and report, and its `accepted` partition when the day passes. A broken day
+    gets none (an older one is removed), so nothing downstream reads it; the verdict is the day's."""
+    from models.data import lake
+
+    quarantine = QuarantineWriter(settings.paths.quarantine / lake.partition_name(day))
+    accepted: list[lake.PartitionWriter] = []
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        return lake.iter_partition(settings, lake.INGESTED, day, settings.ingest_batch_rows)
+
+    def keep(good: pd.DataFrame, bad: pd.DataFrame) -> None:
+        if not accepted:
+            accepted.append(lake.partition_writer(settings, lake.ACCEPTED, day, good))
+        accepted[0].write(good)
+        quarantine.write(bad)
+
+    until = day + pd.Timedelta(days=1)
+    try:
+        verdict = validate_batches(chunks, day, until, settings.max_bad_row_fraction, keep, settings.data_dir)
+    except BaseException:
+        for writer in accepted:
+            writer.abort()
+        raise
+    report = quarantine.close(verdict.summary())
+    if verdict.success:
+        accepted[0].commit()
+    else:
+        for writer in accepted:
+            writer.abort()
+        lake.remove_partition(settings, lake.ACCEPTED, day)
+    return verdict, report
