@@ -70,7 +70,9 @@ weights(b, bw) AS (SELECT * FROM (VALUES {weights})),
 ev AS (SELECT v.u, v.i, v.c, v.s, weights.bw * decay.d AS w, v.f, v.r FROM valid AS v
     JOIN weights USING (b) JOIN decay USING (s))"""
 
-# Each pair counts both ways: a -> b weighs b's event, b -> a weighs a's event.
+# Each pair counts both ways: a -> b weighs b's event, b -> a weighs a's event. Sums are
+# compensated (fsum), so they hardly depend on the order threads add in and equal sums tie
+# reproducibly, broken by the smaller id as in every list here.
 _NEIGHBOURS = """
 seq AS (
     SELECT i, s, w, [{lead_i}] AS ni, [{lead_s}] AS ns, [{lead_w}] AS nw
@@ -112,10 +114,14 @@ FROM (SELECT h, i, score FROM hourly UNION ALL SELECT {overall} AS h, i, o AS sc
 ORDER BY h = {overall}, h, score DESC, i"""
 
 
+def _literal(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
+
+
 def _query(body: str, config: CandidateConfig, *, with_events: bool = True, until_ns: int = 0) -> str:
     """One of the list queries, over the events CTE (`until_ns` is for the view of valid events,
     which cannot take parameters); names from the contract."""
-    weights = ", ".join(f"('{b}', {float(v)!r}::DOUBLE)" for b, v in config.behavior_weights.items())
+    weights = ", ".join(f"({_literal(b)}, {float(v)!r}::DOUBLE)" for b, v in config.behavior_weights.items())
     leads = {
         f"lead_{col}": ", ".join(f"lead({col}, {lag}) OVER nxt" for lag in range(1, config.max_lag + 1))
         for col in ("i", "s", "w")
@@ -163,7 +169,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, until: pd.Timestamp, config: Candid
     """Define the valid events over `source` and register the decay of each of their seconds;
     returns how many events weigh in."""
     con.execute(_query(_VALID, config, with_events=False, until_ns=int(until.value)))
-    known = ", ".join(f"'{b}'" for b in config.behavior_weights)
+    known = ", ".join(_literal(b) for b in config.behavior_weights)
     seconds = con.execute(f"SELECT DISTINCT s FROM valid WHERE b IN ({known})").fetchnumpy()["s"]
     seconds = np.asarray(seconds, dtype=np.int64)
     decay = pd.DataFrame({"s": seconds, "d": np.exp2(-((until.timestamp() - seconds) / config.half_life_s))})
@@ -206,7 +212,7 @@ def build_index(
 
 def _sql_list(files: Sequence[Path]) -> str:
     """A list literal of paths, for statements (views) that take no parameters."""
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in files) + "]"
+    return "[" + ", ".join(_literal(str(p)) for p in files) + "]"
 
 
 def build_index_to_folder(
