@@ -239,7 +239,7 @@ def build_index_to_folder(
         con.execute(
             f"CREATE TEMP VIEW source AS SELECT e.*, list_position({paths}, e.filename) AS _f, "
             "e.file_row_number AS _r "
-            f"FROM read_parquet({paths}, filename = true, file_row_number = true) AS e"
+            f"FROM read_parquet({paths}, filename = true, file_row_number = true, union_by_name = true) AS e"
         )
         count = _prepare(con, until, config)
         for name, body in _TABLES.items():
