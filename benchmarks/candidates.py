@@ -1,18 +1,22 @@
-"""Candidate generation (models/retrieval/): recall on the real test days, build time, lookup latency.
+"""Candidate generation (models/retrieval/): recall on the real test days, build cost at size
+(old in-memory NumPy build against the out-of-core DuckDB build), lookup latency.
 
 Quality: the index is built on the events before CTR_TEST_START and every user with events on the
 test days asks once, at the shop hour of their first test-day event, with their last 20 events;
 recall@k is the share of the distinct items they touch on the test days that the list holds, averaged
 over users. "new items" leaves out the items the user had touched before (and excludes them from the
 list). Compared: co-visitation + category + popular fill, popularity of the hour (the cold-start list),
-overall popularity.
+overall popularity. On the real data the DuckDB build is also checked equal to the NumPy one.
 
-Data: the real 814-user Taobao slice; the slice plus the real one-hour stream file (30 k other users'
-events of 2017-11-26, more co-visitation evidence, same test users); and for build time and latency
-only, SYNTHETIC logs fitted to the slice (benchmarks/batch_features.py), whose items are drawn
-independently, so nearly every pair is distinct: a worst case for the number of pairs.
+Build at size: SYNTHETIC raw day partitions (`ctr synth --events N --seed 0 --out DIR`) are turned
+into lake-format Parquet day files with DuckDB (not timed), then each build runs in its own process
+over all of them (until = one second after the last event), so its wall time and peak RSS are its
+own: "old" reads the files with pandas and runs the NumPy build kept in tests/reference_candidates.py
+(under an address-space limit, --old-limit-gib), "new" is the stage's build (models.retrieval.build.
+build_index_to_folder) under CTR_DUCKDB_* limits. Where both run, their indexes are compared.
 
-Usage: python benchmarks/candidates.py [--synthetic 1000000 --synthetic 5000000]
+Usage: python benchmarks/candidates.py [--synthetic-dir /tmp/synth-1M --synthetic-dir /tmp/synth-10M]
+       [--old-max-events 10000000]
 Writes benchmarks/candidates.json and prints the section for RESULTS.md (it does not append to it).
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,8 +38,16 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import HERE, machine, percentiles, print_table  # noqa: E402
-from feature_repo.contract import EVENT_COLUMNS, EVENT_TIMESTAMP, USER_ID  # noqa: E402
+from feature_repo.contract import (  # noqa: E402
+    BEHAVIOR,
+    CATEGORY_ID,
+    EVENT_COLUMNS,
+    EVENT_TIMESTAMP,
+    ITEM_ID,
+    USER_ID,
+)
 from models.retrieval.build import build_index  # noqa: E402
+from models.retrieval.engine import duckdb_limits  # noqa: E402
 from models.retrieval.evaluation import RECALL_METHODS, recall_at_k, recent_history  # noqa: E402
 from models.retrieval.index import CandidateIndex  # noqa: E402
 from models.settings import PROJECT_ROOT, get_settings  # noqa: E402
@@ -134,24 +147,127 @@ def real_rows(label: str, events: pd.DataFrame, targets: pd.DataFrame) -> tuple[
     return rows, speed
 
 
-def synthetic_speed(real: pd.DataFrame, n: int) -> dict:
-    from benchmarks.batch_features import synthetic_events
+def synthetic_lake(raw_dir: Path, lake: Path) -> list[Path]:
+    """The raw day partitions of `raw_dir` as lake-format Parquet day files (canonical columns)."""
+    import duckdb
 
-    events = synthetic_events(real, n)
-    until = events[EVENT_TIMESTAMP].max() + pd.Timedelta(seconds=1)
-    index, seconds = build_timed(events, until)
-    histories = recent_history(events[events[USER_ID] <= 2000], until)
-    summary = index.summary()
-    return {
-        "data": f"SYNTHETIC {n / 1e6:g} M",
-        "events": summary["events"],
-        "items": summary["items"],
-        "pairs": summary["pairs"],
-        "build_s": seconds,
-        **save_load(index),
-        "test_users": 0,
-        **lookup_latency(index, histories, repeat=1),
-    }
+    files = []
+    con = duckdb.connect()
+    for day in sorted(raw_dir.glob("date=*/events.csv")):
+        out = lake / day.parent.name / "events.parquet"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        con.execute(
+            f"""COPY (SELECT user_id::BIGINT AS {USER_ID}, item_id::BIGINT AS {ITEM_ID},
+                category_id::BIGINT AS {CATEGORY_ID}, behavior AS {BEHAVIOR},
+                to_timestamp(ts) AS {EVENT_TIMESTAMP}
+            FROM read_csv(?, header = false, columns = {{'user_id': 'BIGINT', 'item_id': 'BIGINT',
+                'category_id': 'BIGINT', 'behavior': 'VARCHAR', 'ts': 'BIGINT'}}))
+            TO '{out}' (FORMAT parquet)""",
+            [str(day)],
+        )
+        files.append(out)
+    con.close()
+    return files
+
+
+def _child(kind: str, files: list[Path], out: Path, old_limit_gib: float) -> None:
+    """One build in this process; prints its wall time, peak RSS and summary as JSON."""
+    import duckdb
+
+    paths = [str(f) for f in files]
+    con = duckdb.connect()
+    (micros,) = con.execute(
+        f"SELECT epoch_us(max({EVENT_TIMESTAMP})) FROM read_parquet(?)", [paths]
+    ).fetchone()
+    con.close()
+    until = pd.Timestamp(micros, unit="us", tz="UTC") + pd.Timedelta(seconds=1)
+    started = time.perf_counter()
+    if kind == "old":
+        from tests.reference_candidates import build_index as reference_build
+
+        limit = int(old_limit_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        try:
+            events = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+            index = reference_build(events, until)
+            del events
+            index.save(out)
+        except MemoryError:
+            print(json.dumps({"failed": f"MemoryError under a {old_limit_gib:g} GiB address-space limit"}))
+            return
+        summary = index.summary()
+    else:
+        from models.retrieval.build import build_index_to_folder
+        from models.retrieval.engine import duckdb_limits
+
+        summary = build_index_to_folder(files, until, out, limits=duckdb_limits(out.parent))
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "peak_gib": peak_gib(), "summary": summary}))
+
+
+def _run_child(kind: str, files: list[Path], out: Path, old_limit_gib: float) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--out",
+        str(out),
+        "--old-limit-gib",
+        str(old_limit_gib),
+    ]
+    done = subprocess.run(command + [str(f) for f in files], capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        return {"failed": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
+    return json.loads(lines[-1])
+
+
+def same_index(a: Path, b: Path) -> bool:
+    """Same lists in the same order, scores equal to 1e-12 (relative)."""
+    left, right = CandidateIndex.load(a), CandidateIndex.load(b)
+    for name, x in left.tables.items():
+        y = right.tables[name]
+        if x.shape != y.shape:
+            return False
+        ids = [c for c in x.columns if c != "score"]
+        if not all((x[c].to_numpy() == y[c].to_numpy()).all() for c in ids):
+            return False
+        if not np.allclose(x["score"].to_numpy(), y["score"].to_numpy(), rtol=1e-12, atol=0):
+            return False
+    return left.meta == right.meta
+
+
+def synthetic_builds(raw_dir: Path, old_max_events: int, old_limit_gib: float) -> list[dict]:
+    """Old and new build of one SYNTHETIC set (old only up to `old_max_events`)."""
+    meta = json.loads((raw_dir / "SYNTHETIC.json").read_text())
+    rows = []
+    with tempfile.TemporaryDirectory(dir=raw_dir.parent, prefix="cands-bench-") as tmp:
+        files = synthetic_lake(raw_dir, Path(tmp) / "lake")
+        kinds = ["old", "new"] if meta["events"] <= old_max_events else ["new"]
+        results = {k: _run_child(k, files, Path(tmp) / k / "candidates", old_limit_gib) for k in kinds}
+        identical = (
+            same_index(Path(tmp) / "old/candidates", Path(tmp) / "new/candidates")
+            if all("failed" not in r for r in results.values()) and len(results) == 2
+            else None
+        )
+        for kind, result in results.items():
+            summary = result.get("summary", {})
+            rows.append(
+                {
+                    "data": f"SYNTHETIC {meta['events'] / 1e6:g} M",
+                    "build": "old (NumPy, in memory)" if kind == "old" else "new (DuckDB, out of core)",
+                    "events": summary.get("events", meta["events"]),
+                    "items": summary.get("items"),
+                    "pairs kept": summary.get("pairs"),
+                    "build_s": result.get("seconds"),
+                    "events_per_s": round(summary["events"] / result["seconds"]) if summary else None,
+                    "peak RSS GiB": result.get("peak_gib"),
+                    "equal to old": {True: "yes", False: "NO", None: ""}[identical] if kind == "new" else "",
+                    "note": result.get("failed", ""),
+                }
+            )
+    return rows
 
 
 def speed_row(s: dict) -> dict:
@@ -186,10 +302,29 @@ def markdown(title: str, tables: list[list[dict]], notes: list[str], stamp: str)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--synthetic", type=int, action="append", help="synthetic events (repeatable)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--synthetic-dir", type=Path, action="append", help="raw SYNTHETIC day partitions")
+    parser.add_argument(
+        "--old-max-events", type=int, default=10_000_000, help="largest set the old build runs on"
+    )
+    parser.add_argument(
+        "--old-limit-gib", type=float, default=14.0, help="address-space limit of the old build"
+    )
+    parser.add_argument("--json", type=Path, default=HERE / "candidates.json", help="where the results go")
+    parser.add_argument("--child", choices=["old", "new"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("files", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    synthetic = args.synthetic if args.synthetic is not None else [1_000_000, 5_000_000]
+    if args.child:
+        _child(args.child, args.files, args.out, args.old_limit_gib)
+        return
+    synthetic = (
+        args.synthetic_dir
+        if args.synthetic_dir is not None
+        else [Path("/tmp/synth-1M"), Path("/tmp/synth-10M")]
+    )
     settings = get_settings()
     real = window_events(settings.raw_events)
     recall_rows, speeds = [], []
@@ -212,22 +347,32 @@ def main() -> None:
             f"{stream[USER_ID].nunique():,} users, 2017-11-26 09:00-10:00 shop time) to the build; "
             "same test users and targets."
         )
-    for n in synthetic:
-        speeds.append(synthetic_speed(real, n))
+    equal = real_equality(real)
+    notes.append(
+        "DuckDB build against the NumPy build on the real slice (until the test days and after the last "
+        f"event): {'identical lists and order, scores within 1e-12' if equal else 'DIFFERENT'}."
+    )
+    build_rows = []
+    for raw_dir in synthetic:
+        build_rows += synthetic_builds(raw_dir, args.old_max_events, args.old_limit_gib)
     shares = speeds[0]["shares"]
+    limits = duckdb_limits(settings.data_dir)
     notes += [
         "Sources of the k=100 lists on the real slice: "
         + ", ".join(f"{s} {v:.0%}" for s, v in shares.items())
         + ".",
         "Lookup: recommend_with_sources(k=100) with the user's last 20 items and categories at a random "
-        "hour, one thread; cold: cold_start(k=100). SYNTHETIC rows: build time and latency only.",
-        f"Peak resident memory of the run: {peak_gib():.1f} GiB.",
+        "hour, one thread; cold: cold_start(k=100).",
+        f"Builds at size: each in its own process, peak RSS its own (ru_maxrss); new under DuckDB "
+        f"memory_limit={limits.memory_limit}, threads={limits.threads} (CTR_DUCKDB_*), spilling to a temp "
+        "folder; old reads every day file into pandas first. SYNTHETIC rows: build cost only.",
     ]
     speed_rows = [speed_row(s) for s in speeds]
     print_table("Candidate recall on the test days (mean per user)", recall_rows)
-    print_table("Candidate index build and lookup", speed_rows)
+    print_table("Candidate index build and lookup (real)", speed_rows)
+    print_table("Candidate index build at size (SYNTHETIC)", build_rows)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    out = HERE / "candidates.json"
+    out = args.json
     out.write_text(
         json.dumps(
             {
@@ -236,6 +381,7 @@ def main() -> None:
                 "machine": machine(),
                 "rows": recall_rows,
                 "speed_rows": speed_rows,
+                "build_rows": build_rows,
                 "notes": notes,
             },
             indent=2,
@@ -244,12 +390,28 @@ def main() -> None:
     print(f"\nwrote {out}\n\nSection for RESULTS.md:\n")
     print(
         markdown(
-            "Candidate generation: recall, build time, lookup latency",
-            [recall_rows, speed_rows],
+            "Candidate generation: recall, build time at size, lookup latency",
+            [recall_rows, speed_rows, build_rows],
             notes,
             stamp,
         )
     )
+
+
+def real_equality(real: pd.DataFrame) -> bool:
+    """Whether the DuckDB build equals the NumPy build on the real slice, at both cut-offs."""
+    from tests.reference_candidates import build_index as reference_build
+
+    settings = get_settings()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, until in enumerate(
+            (settings.test_start, real[EVENT_TIMESTAMP].max() + pd.Timedelta(seconds=1))
+        ):
+            build_index(real, until).save(Path(tmp) / f"new{i}")
+            reference_build(real, until).save(Path(tmp) / f"old{i}")
+            if not same_index(Path(tmp) / f"old{i}", Path(tmp) / f"new{i}"):
+                return False
+    return True
 
 
 if __name__ == "__main__":

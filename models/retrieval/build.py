@@ -1,23 +1,41 @@
 """Building the candidate index (models.retrieval.index) from events: co-visitation, category and
-hourly popularity lists, vectorised with NumPy and pandas (no Python loop over events)."""
+hourly popularity lists, as DuckDB queries that spill to disk (models.retrieval.engine).
+
+Co-visited pairs are produced per event from its next `max_lag` events (window `lead`s, so the
+work grows with events x max_lag, never with a user's events squared), summed per (item,
+neighbour) and cut to the top `neighbours` per item; no step holds all pairs in memory. From the
+lake the lists are written straight to the index's Parquet files.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 
-from feature_repo.contract import BEHAVIOR, CATEGORY_ID, EVENT_TIMESTAMP, ITEM_ID, USER_ID, shop_hour
-from models.data.events import unix_seconds
-from models.data.lake import ACCEPTED, read_events
+from feature_repo.contract import (
+    BEHAVIOR,
+    CATEGORY_ID,
+    EVENT_TIMESTAMP,
+    ITEM_ID,
+    SHOP_UTC_OFFSET_S,
+    USER_ID,
+    shop_hour,
+)
+from models.data.lake import ACCEPTED, partition_path, partitions
+from models.retrieval.engine import DuckDBLimits, connect, duckdb_limits
 from models.retrieval.index import (
-    _BLOCK_PAIRS,
+    _FILES,
+    _META,
     _OVERALL,
     HOUR,
     HOURS,
@@ -26,193 +44,241 @@ from models.retrieval.index import (
     CandidateConfig,
     CandidateIndex,
     _utc,
+    replace_folder,
 )
 from models.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
+__all__ = ["build_and_save_index", "build_index", "build_index_to_folder", "shop_hour"]
 
-@dataclass(frozen=True)
-class _Events:
-    """Valid events before `until`, ordered by user then time, as arrays."""
+# The valid events: a view over a relation `source` with the canonical columns plus `_f`, `_r`, the
+# file and row each came from, so events of the same user and second keep the order they were read in.
+_VALID = """
+CREATE OR REPLACE TEMP VIEW valid AS
+SELECT
+    e.{user}::BIGINT AS u, e.{item}::BIGINT AS i, e.{category}::BIGINT AS c, e.{behavior}::VARCHAR AS b,
+    epoch_us(e.{ts}) // 1000000 AS s, e._f AS f, e._r AS r
+FROM source AS e
+WHERE e.{user} IS NOT NULL AND e.{item} IS NOT NULL AND e.{category} IS NOT NULL
+    AND e.{behavior} IS NOT NULL AND e.{ts} IS NOT NULL AND epoch_us(e.{ts}) * 1000 < {until_ns}"""
 
-    user: np.ndarray
-    item: np.ndarray  # dense code into `item_ids`
-    category: np.ndarray  # dense code into `category_ids`
-    seconds: np.ndarray
-    weight: np.ndarray  # behaviour weight x recency decay
-    item_ids: np.ndarray  # sorted
-    category_ids: np.ndarray  # sorted
+# An event weighs its behaviour's weight x the recency decay of its second (table `decay`, computed
+# with NumPy's exp2 per distinct second, which libm's pow does not always match to the last bit).
+_EVENTS = """
+weights(b, bw) AS (SELECT * FROM (VALUES {weights})),
+ev AS (SELECT v.u, v.i, v.c, v.s, weights.bw * decay.d AS w, v.f, v.r FROM valid AS v
+    JOIN weights USING (b) JOIN decay USING (s))"""
 
+# Each pair counts both ways: a -> b weighs b's event, b -> a weighs a's event. Sums are
+# compensated (fsum), so they hardly depend on the order threads add in and equal sums tie
+# reproducibly, broken by the smaller id as in every list here.
+_NEIGHBOURS = """
+seq AS (
+    SELECT i, s, w, [{lead_i}] AS ni, [{lead_s}] AS ns, [{lead_w}] AS nw
+    FROM ev WINDOW nxt AS (PARTITION BY u ORDER BY s, f, r)
+),
+pairs AS (SELECT i AS a, s AS sa, w AS wa, unnest(ni) AS b, unnest(ns) AS sb, unnest(nw) AS wb FROM seq),
+directed AS (
+    SELECT unnest([a, b]) AS src, unnest([b, a]) AS dst, unnest([wb, wa]) AS w
+    FROM pairs WHERE b IS NOT NULL AND sb - sa <= $max_gap AND a <> b
+),
+summed AS (SELECT src, dst, fsum(w) AS score FROM directed GROUP BY src, dst)
+SELECT src AS {item}, dst AS {neighbour}, score AS {score} FROM summed
+QUALIFY row_number() OVER (PARTITION BY src ORDER BY score DESC, dst) <= $neighbours
+ORDER BY src, score DESC, dst"""
 
-def _prepare(events: pd.DataFrame, until: pd.Timestamp, config: CandidateConfig) -> _Events:
-    frame = events[[USER_ID, ITEM_ID, CATEGORY_ID, BEHAVIOR, EVENT_TIMESTAMP]].dropna()
-    frame = frame[frame[EVENT_TIMESTAMP] < until]
-    behaviour = frame[BEHAVIOR].astype(str).map(dict(config.behavior_weights))
-    frame, behaviour = frame[behaviour.notna()], behaviour[behaviour.notna()].to_numpy(np.float64)
-    user = frame[USER_ID].to_numpy(np.int64)
-    seconds = unix_seconds(frame[EVENT_TIMESTAMP])
-    order = np.lexsort((seconds, user))  # stable: events of the same second keep their order
-    item_ids, item = np.unique(frame[ITEM_ID].to_numpy(np.int64)[order], return_inverse=True)
-    category_ids, category = np.unique(frame[CATEGORY_ID].to_numpy(np.int64)[order], return_inverse=True)
-    seconds = seconds[order]
-    age = (until.timestamp() - seconds) / config.half_life_s
-    return _Events(
-        user=user[order],
-        item=item.astype(np.int64),
-        category=category.astype(np.int64),
-        seconds=seconds,
-        weight=behaviour[order] * np.exp2(-age),
-        item_ids=item_ids,
-        category_ids=category_ids,
-    )
+_CATEGORIES = """
+summed AS (SELECT c, i, fsum(w) AS score FROM ev GROUP BY c, i)
+SELECT c AS {category}, i AS {item}, score AS {score} FROM summed
+QUALIFY row_number() OVER (PARTITION BY c ORDER BY score DESC, i) <= $per_category
+ORDER BY c, score DESC, i"""
 
-
-def _argsort(keys: np.ndarray) -> np.ndarray:
-    """Stable argsort of non-negative int64 keys.
-
-    When a key and its position fit in 63 bits together they are packed into one integer and
-    sorted by value, which NumPy does several times faster than an argsort.
-    """
-    if not len(keys):
-        return np.empty(0, np.int64)
-    shift = max(int(len(keys) - 1).bit_length(), 1)
-    if int(keys.max()) < 1 << (63 - shift):
-        packed = np.sort((keys << shift) | np.arange(len(keys), dtype=np.int64))
-        return packed & ((1 << shift) - 1)
-    return np.argsort(keys, kind="stable")
-
-
-def _sum_by_key(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sum of weights per distinct key, keys ascending."""
-    if not len(keys):
-        return keys, weights
-    order = _argsort(keys)
-    keys = keys[order]
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    return keys[starts], np.add.reduceat(weights[order], starts)
-
-
-def _top_per_group(
-    group: np.ndarray, member: np.ndarray, score: np.ndarray, keep: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per group, the `keep` members with the highest score.
-
-    Ties keep the input order, so input sorted by (group, member) breaks them by smaller member.
-    """
-    by_score = np.argsort(-score, kind="stable")
-    order = by_score[_argsort(group[by_score])]
-    group, member, score = group[order], member[order], score[order]
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) else group
-    rank = np.arange(len(group)) - np.repeat(starts, np.diff(np.r_[starts, len(group)]))
-    kept = rank < keep
-    return group[kept], member[kept], score[kept]
+# Per hour of day the top `per_hour` items by hour weight + hour_prior * overall weight / 24; an
+# item unseen in an hour scores its prior only, so the overall leaders are the only unseen items
+# that can make an hour's list: they join every hour with zero hour weight. Then every item overall.
+_POPULAR = """
+overall AS (SELECT i, fsum(w) AS o FROM ev GROUP BY i),
+leaders AS (SELECT i FROM overall ORDER BY o DESC, i LIMIT $per_hour),
+by_hour AS (
+    SELECT (s + {offset}) // 3600 % {hours} AS h, i, fsum(w) AS x FROM ev GROUP BY ALL
+    UNION ALL SELECT h.range AS h, l.i, 0.0 AS x FROM range({hours}) AS h CROSS JOIN leaders AS l
+),
+hourly AS (
+    SELECT h, i, x + $hour_prior * o / {hours} AS score
+    FROM (SELECT h, i, fsum(x) AS x FROM by_hour GROUP BY h, i) JOIN overall USING (i)
+    QUALIFY row_number() OVER (PARTITION BY h ORDER BY score DESC, i) <= $per_hour
+)
+SELECT h::BIGINT AS {hour}, i AS {item}, score AS {score}
+FROM (SELECT h, i, score FROM hourly UNION ALL SELECT {overall} AS h, i, o AS score FROM overall)
+ORDER BY h = {overall}, h, score DESC, i"""
 
 
-def _co_visited(ev: _Events, config: CandidateConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the earlier and the later event of every co-visited pair."""
-    earlier, later = [], []
-    for lag in range(1, min(config.max_lag, len(ev.user) - 1) + 1):
-        head, tail = slice(None, -lag), slice(lag, None)
-        pair = np.flatnonzero(
-            (ev.user[head] == ev.user[tail])
-            & (ev.seconds[tail] - ev.seconds[head] <= config.max_gap_s)
-            & (ev.item[head] != ev.item[tail])
-        )
-        earlier.append(pair)
-        later.append(pair + lag)
-    if not earlier:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(earlier), np.concatenate(later)
+def _literal(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
 
 
-def _covisitation(ev: _Events, config: CandidateConfig) -> pd.DataFrame:
-    """Each pair counts both ways: a -> b weighs b's event, b -> a weighs a's event.
-
-    Pairs are summed and ranked per block of source items holding about _BLOCK_PAIRS pairs, so
-    memory stays bounded on large logs; blocks are contiguous, so the result is sorted by source.
-    """
-    n = len(ev.item_ids)
-    earlier, later = _co_visited(ev, config)
-    small = np.int32 if max(n, len(ev.user)) < 2**31 else np.int64  # halves the largest arrays
-    source = np.r_[ev.item[earlier], ev.item[later]].astype(small)
-    target = np.r_[ev.item[later], ev.item[earlier]].astype(small)
-    event = np.r_[later, earlier].astype(small)  # the event whose weight the pair carries
-    del earlier, later
-    parts = [pd.DataFrame({ITEM_ID: [], NEIGHBOUR: [], SCORE: []}, dtype=np.int64)]
-    for lo, hi in _blocks(np.bincount(source, minlength=n), _BLOCK_PAIRS):
-        block = np.flatnonzero((source >= lo) & (source < hi))
-        key, weight = _sum_by_key(
-            (source[block].astype(np.int64) - lo) * n + target[block], ev.weight[event[block]]
-        )
-        src, dst, weight = _top_per_group(key // n + lo, key % n, weight, config.neighbours)
-        parts.append(pd.DataFrame({ITEM_ID: ev.item_ids[src], NEIGHBOUR: ev.item_ids[dst], SCORE: weight}))
-    return pd.concat(parts, ignore_index=True).astype({SCORE: np.float64})
-
-
-def _blocks(counts: np.ndarray, size: int) -> list[tuple[int, int]]:
-    """Contiguous ranges [lo, hi) of positions whose counts add up to about `size` each."""
-    if not counts.sum():
-        return []
-    ends = np.cumsum(counts)
-    cuts = np.searchsorted(ends, np.arange(size, ends[-1], size)) + 1
-    bounds = np.unique(np.r_[0, cuts, len(counts)]).tolist()
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+def _query(body: str, config: CandidateConfig, *, with_events: bool = True, until_ns: int = 0) -> str:
+    """One of the list queries, over the events CTE (`until_ns` is for the view of valid events,
+    which cannot take parameters); names from the contract."""
+    weights = ", ".join(f"({_literal(b)}, {float(v)!r}::DOUBLE)" for b, v in config.behavior_weights.items())
+    leads = {
+        f"lead_{col}": ", ".join(f"lead({col}, {lag}) OVER nxt" for lag in range(1, config.max_lag + 1))
+        for col in ("i", "s", "w")
+    }
+    names = {
+        "user": USER_ID,
+        "item": ITEM_ID,
+        "category": CATEGORY_ID,
+        "behavior": BEHAVIOR,
+        "ts": EVENT_TIMESTAMP,
+        "neighbour": NEIGHBOUR,
+        "score": SCORE,
+        "hour": HOUR,
+        "hours": HOURS,
+        "overall": _OVERALL,
+        "offset": SHOP_UTC_OFFSET_S,
+        "weights": weights,
+        "until_ns": until_ns,
+        **leads,
+    }
+    return (("WITH " + _EVENTS + ",\n" + body) if with_events else body).format(**names)
 
 
-def _category_popularity(ev: _Events, config: CandidateConfig) -> pd.DataFrame:
-    n = len(ev.item_ids)
-    key, weight = _sum_by_key(ev.category * n + ev.item, ev.weight)
-    category, item, weight = _top_per_group(key // n, key % n, weight, config.per_category)
-    return pd.DataFrame({CATEGORY_ID: ev.category_ids[category], ITEM_ID: ev.item_ids[item], SCORE: weight})
+def _parameters(query: str, until: pd.Timestamp, config: CandidateConfig) -> dict[str, Any]:
+    """The named parameters `query` uses."""
+    every = {
+        "max_gap": float(config.max_gap_s),
+        "neighbours": config.neighbours,
+        "per_category": config.per_category,
+        "per_hour": config.per_hour,
+        "hour_prior": float(config.hour_prior),
+    }
+    return {k: v for k, v in every.items() if f"${k}" in query}
 
 
-def _popularity(ev: _Events, config: CandidateConfig) -> pd.DataFrame:
-    """Per hour of day the top `per_hour` items by smoothed hour score; then every item overall."""
-    n = len(ev.item_ids)
-    overall = np.bincount(ev.item, weights=ev.weight, minlength=n)
-    hour = shop_hour(ev.seconds)
-    key, weight = _sum_by_key(hour * n + ev.item, ev.weight)
-    # An item unseen in an hour scores its prior only, so the overall leaders are the only unseen
-    # items that can make an hour's list: add them with zero hour weight.
-    leaders = np.argsort(-overall, kind="stable")[: config.per_hour]
-    extra = (np.arange(HOURS)[:, None] * n + leaders[None, :]).ravel()
-    key, weight = _sum_by_key(np.r_[key, extra], np.r_[weight, np.zeros(len(extra))])
-    item = key % n
-    weight = weight + config.hour_prior * overall[item] / HOURS
-    hours, item, weight = _top_per_group(key // n, item, weight, config.per_hour)
-    everything = np.lexsort((ev.item_ids, -overall))
-    return pd.DataFrame(
-        {
-            HOUR: np.r_[hours, np.full(n, _OVERALL)].astype(np.int64),
-            ITEM_ID: ev.item_ids[np.r_[item, everything]],
-            SCORE: np.r_[weight, overall[everything]],
-        }
-    )
+_TABLES = {"neighbours": _NEIGHBOURS, "categories": _CATEGORIES, "popular": _POPULAR}
+_DTYPES = {
+    "neighbours": {ITEM_ID: np.int64, NEIGHBOUR: np.int64, SCORE: np.float64},
+    "categories": {CATEGORY_ID: np.int64, ITEM_ID: np.int64, SCORE: np.float64},
+    "popular": {HOUR: np.int64, ITEM_ID: np.int64, SCORE: np.float64},
+}
+
+
+def _prepare(con: duckdb.DuckDBPyConnection, until: pd.Timestamp, config: CandidateConfig) -> int:
+    """Define the valid events over `source` and register the decay of each of their seconds;
+    returns how many events weigh in."""
+    con.execute(_query(_VALID, config, with_events=False, until_ns=int(until.value)))
+    known = ", ".join(_literal(b) for b in config.behavior_weights)
+    seconds = con.execute(f"SELECT DISTINCT s FROM valid WHERE b IN ({known})").fetchnumpy()["s"]
+    seconds = np.asarray(seconds, dtype=np.int64)
+    decay = pd.DataFrame({"s": seconds, "d": np.exp2(-((until.timestamp() - seconds) / config.half_life_s))})
+    con.register("decay", decay)
+    query = _query("SELECT count(*) FROM ev", config)
+    return int(con.execute(query, _parameters(query, until, config)).fetchone()[0])
 
 
 def build_index(
-    events: pd.DataFrame, until: datetime | pd.Timestamp, *, config: CandidateConfig | None = None
+    events: pd.DataFrame,
+    until: datetime | pd.Timestamp,
+    *,
+    config: CandidateConfig | None = None,
+    limits: DuckDBLimits | None = None,
 ) -> CandidateIndex:
     """Co-visitation, category and hourly popularity lists from the events strictly before `until`.
 
     `events` is a canonical event frame (feature_repo/contract.py); rows with nulls or an unknown
-    behaviour are skipped.
+    behaviour are skipped. Events of the same user and second keep the frame's order.
     """
     config = config or CandidateConfig()
     until = _utc(until)
-    ev = _prepare(events, until, config)
-    index = CandidateIndex(
-        _covisitation(ev, config),
-        _category_popularity(ev, config),
-        _popularity(ev, config),
-        {"until": until.isoformat(), "events": len(ev.user), "config": config.to_json()},
+    frame = events[[USER_ID, ITEM_ID, CATEGORY_ID, BEHAVIOR, EVENT_TIMESTAMP]].assign(
+        _f=0, _r=np.arange(len(events), dtype=np.int64)
     )
-    return index
+    con = connect(limits or duckdb_limits(get_settings().data_dir))
+    try:
+        con.register("source", frame)
+        count = _prepare(con, until, config)
+        tables = {}
+        for name, body in _TABLES.items():
+            query = _query(body, config)
+            result = con.execute(query, _parameters(query, until, config)).df()
+            tables[name] = result.astype(_DTYPES[name])
+    finally:
+        con.close()
+    meta = {"until": until.isoformat(), "events": count, "config": config.to_json()}
+    return CandidateIndex(tables["neighbours"], tables["categories"], tables["popular"], meta)
 
 
-# The older names of the two builders.
-build_candidates = build_index
+def _sql_list(files: Sequence[Path]) -> str:
+    """A list literal of paths, for statements (views) that take no parameters."""
+    return "[" + ", ".join(_literal(str(p)) for p in files) + "]"
+
+
+def build_index_to_folder(
+    files: Sequence[Path],
+    until: datetime | pd.Timestamp,
+    folder: Path,
+    *,
+    config: CandidateConfig | None = None,
+    limits: DuckDBLimits,
+) -> dict[str, Any]:
+    """Build from Parquet event files (read in the given order) straight into the index folder
+    `folder`, replaced only once every file is written; returns what the index holds (its
+    summary). Nothing the size of the pairs or the lists passes through Python."""
+    config = config or CandidateConfig()
+    until = _utc(until)
+    folder = Path(folder)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    con = connect(limits)
+    try:
+        # The file's position in `files`, then the row's in the file: the order read_events gives.
+        paths = _sql_list(files)
+        con.execute(
+            f"CREATE TEMP VIEW source AS SELECT e.*, list_position({paths}, e.filename) AS _f, "
+            "e.file_row_number AS _r "
+            f"FROM read_parquet({paths}, filename = true, file_row_number = true, union_by_name = true) AS e"
+        )
+        count = _prepare(con, until, config)
+        for name, body in _TABLES.items():
+            query = _query(body, config)
+            target = str(partial / _FILES[name])
+            con.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet)", _parameters(query, until, config))
+        summary = con.execute(
+            f"SELECT (SELECT count(*) FROM read_parquet($p) WHERE {HOUR} = $o), "
+            f"(SELECT count(DISTINCT {ITEM_ID}) FROM read_parquet($n)), "
+            "(SELECT count(*) FROM read_parquet($n)), "
+            f"(SELECT count(DISTINCT {CATEGORY_ID}) FROM read_parquet($c))",
+            {
+                "p": str(partial / _FILES["popular"]),
+                "n": str(partial / _FILES["neighbours"]),
+                "c": str(partial / _FILES["categories"]),
+                "o": _OVERALL,
+            },
+        ).fetchone()
+    finally:
+        con.close()
+    meta = {"until": until.isoformat(), "events": count, "config": config.to_json()}
+    (partial / _META).write_text(json.dumps(meta, indent=2))
+    replace_folder(partial, folder)
+    items, with_neighbours, pairs, categories = (int(v) for v in summary)
+    return {
+        "until": meta["until"],
+        "events": count,
+        "items": items,
+        "items_with_neighbours": with_neighbours,
+        "pairs": pairs,
+        "categories": categories,
+    }
+
+
+def _last_event(con: duckdb.DuckDBPyConnection, files: Sequence[Path]) -> pd.Timestamp | None:
+    paths = [str(p) for p in files]
+    query = f"SELECT epoch_us(max({EVENT_TIMESTAMP})) FROM read_parquet($paths)"
+    (micros,) = con.execute(query, {"paths": paths}).fetchone()
+    return None if micros is None else pd.Timestamp(micros, unit="us", tz="UTC")
 
 
 def build_and_save_index(settings: Settings | None = None) -> dict[str, Any]:
@@ -220,14 +286,20 @@ def build_and_save_index(settings: Settings | None = None) -> dict[str, Any]:
     (CTR_CANDIDATES_DIR), where the ranker loads it; returns what the index holds."""
     settings = settings or get_settings()
     started = time.perf_counter()
-    events = read_events(settings, ACCEPTED)
-    if not len(events):
+    files = [partition_path(settings, ACCEPTED, d) for d in partitions(settings, ACCEPTED)]
+    limits = duckdb_limits(settings.data_dir)
+    last = None
+    if files:
+        con = connect(limits)
+        try:
+            last = _last_event(con, files)
+        finally:
+            con.close()
+    if last is None:
         raise ValueError("No accepted events to build candidates from")
-    until = events[EVENT_TIMESTAMP].max() + pd.Timedelta(seconds=1)  # the last event included
-    index = build_index(events, until)
-    index.save(settings.paths.candidates)
+    until = last + pd.Timedelta(seconds=1)  # the last event included
     summary = {
-        **index.summary(),
+        **build_index_to_folder(files, until, settings.paths.candidates, limits=limits),
         "path": str(settings.paths.candidates),
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -235,4 +307,6 @@ def build_and_save_index(settings: Settings | None = None) -> dict[str, Any]:
     return summary
 
 
+# The older names of the two builders.
+build_candidates = build_index
 build_candidates_stage = build_and_save_index

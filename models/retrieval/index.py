@@ -16,8 +16,9 @@ A request's list is the co-visitation neighbours of the user's recent items (new
 most), then popular items of the recent categories, then the popular items of the hour; without
 duplicates, without the excluded items, and exactly `k` long when the catalogue allows.
 
-This module is the index and its lookups; models.retrieval.build builds it (vectorised with NumPy
-and pandas, no Python loop over events) and models.retrieval.evaluation measures its recall. A
+This module is the index and its lookups; models.retrieval.build builds it (DuckDB queries that
+spill to disk, so the log may be larger than memory) and models.retrieval.evaluation measures its
+recall. A
 built index is a folder of Parquet files plus `meta.json`, loaded into sorted arrays so a lookup
 is a handful of binary searches.
 """
@@ -57,7 +58,6 @@ _FILES = {
 }
 _META = "meta.json"
 _OVERALL = -1  # the `hour` of the overall ranking in popular.parquet
-_BLOCK_PAIRS = 1 << 23  # co-visited pairs summed at once
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,19 @@ def _utc(when: datetime | pd.Timestamp) -> pd.Timestamp:
     if stamp.tzinfo is None:
         raise ValueError(f"{when!r} needs a time zone")
     return stamp.tz_convert("UTC")
+
+
+def replace_folder(partial: Path, folder: Path) -> Path:
+    """Move the fully written `partial` to `folder`, so a reader never sees half an index."""
+    if folder.exists():
+        previous = folder.with_name(folder.name + ".previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(folder, previous)
+        os.replace(partial, folder)
+        shutil.rmtree(previous)
+    else:
+        os.replace(partial, folder)
+    return folder
 
 
 # --- Looking up --------------------------------------------------------------------------------
@@ -192,15 +205,7 @@ class CandidateIndex:
         for name, table in self.tables.items():
             table.to_parquet(partial / _FILES[name], index=False)
         (partial / _META).write_text(json.dumps(self.meta, indent=2))
-        if folder.exists():
-            previous = folder.with_name(folder.name + ".previous")
-            shutil.rmtree(previous, ignore_errors=True)
-            os.replace(folder, previous)
-            os.replace(partial, folder)
-            shutil.rmtree(previous)
-        else:
-            os.replace(partial, folder)
-        return folder
+        return replace_folder(partial, folder)
 
     @classmethod
     def load(cls, folder: Path) -> CandidateIndex:

@@ -216,3 +216,113 @@ def test_popularity_scores_known_items_and_gives_unseen_ones_zero():
     index = build_candidates(events, T0 + pd.Timedelta(hours=4))
     scores = index.popularity([11, 10, 999])
     assert scores[1] == 1.0 and 0 < scores[0] < 1 and scores[2] == 0.0
+
+
+def _assert_same_index(new: CandidateIndex, reference: CandidateIndex) -> None:
+    """Same lists in the same order with the same dtypes, scores equal to 1e-12."""
+    assert new.meta == reference.meta
+    for name, expected in reference.tables.items():
+        got = new.tables[name]
+        assert list(got.columns) == list(expected.columns) and list(got.dtypes) == list(expected.dtypes)
+        ids = [c for c in expected.columns if c != "score"]
+        pd.testing.assert_frame_equal(got[ids], expected[ids], check_exact=True)
+        assert got["score"].to_numpy() == pytest.approx(expected["score"].to_numpy(), rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("cut", ["test_start", "after_the_last_event"])
+def test_the_duckdb_build_equals_the_in_memory_numpy_build_on_the_real_slice(real_events, cut):
+    from models.settings import get_settings
+    from tests.reference_candidates import build_index as reference_build
+
+    until = (
+        get_settings().test_start
+        if cut == "test_start"
+        else real_events["event_timestamp"].max() + pd.Timedelta(seconds=1)
+    )
+    _assert_same_index(build_candidates(real_events, until), reference_build(real_events, until))
+
+
+def test_the_stage_builds_from_the_lake_within_a_small_memory_limit_as_the_numpy_build(
+    real_events, tmp_path, monkeypatch
+):
+    """The stage reads the lake's day files itself (DuckDB, spilling to CTR_DUCKDB_TEMP_DIR) and
+    writes the same index the in-memory build makes of the same events."""
+    from models.data.lake import ACCEPTED, day_of_rows, read_events, write_partition
+    from models.settings import get_settings
+    from tests.reference_candidates import build_index as reference_build
+
+    monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CTR_DUCKDB_MEMORY_LIMIT", "200MB")
+    monkeypatch.setenv("CTR_DUCKDB_THREADS", "1")
+    monkeypatch.setenv("CTR_DUCKDB_TEMP_DIR", str(tmp_path / "spill"))
+    settings = get_settings()
+    days = day_of_rows(real_events, settings)
+    for day, rows in real_events.groupby(days):
+        write_partition(rows, settings, ACCEPTED, day)
+    summary = build_candidates_stage(settings)
+    lake = read_events(settings, ACCEPTED)
+    reference = reference_build(lake, lake["event_timestamp"].max() + pd.Timedelta(seconds=1))
+    built = CandidateIndex.load(settings.candidates_dir)
+    _assert_same_index(built, reference)
+    assert {k: v for k, v in summary.items() if k not in ("path", "seconds")} == reference.summary()
+    assert (tmp_path / "spill").is_dir()
+
+
+def test_events_of_the_same_second_keep_the_order_they_were_logged_in(tmp_path, monkeypatch):
+    """With max_lag=1 only consecutive events pair up: at equal times the logged order decides,
+    in a frame and in the lake's files alike."""
+    from models.data.lake import ACCEPTED, day_of_rows, write_partition
+    from models.settings import get_settings
+
+    rows = [(1, 10, 1, "pv", 0), (1, 12, 1, "pv", 1), (1, 11, 1, "pv", 1)]  # logged 10, 12, 11
+    config = CandidateConfig(max_lag=1)
+    index = build_candidates(_events(rows), UNTIL, config=config)
+    assert index.neighbours(10) == [12] and index.neighbours(11) == [12]
+    monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
+    settings = get_settings()
+    events = _events(rows)
+    (day,) = set(day_of_rows(events, settings))
+    write_partition(events, settings, ACCEPTED, day)
+    from models.data.lake import partition_path
+    from models.retrieval.build import build_index_to_folder
+    from models.retrieval.engine import duckdb_limits
+
+    build_index_to_folder(
+        [partition_path(settings, ACCEPTED, day)],
+        UNTIL,
+        tmp_path / "index",
+        config=config,
+        limits=duckdb_limits(tmp_path),
+    )
+    loaded = CandidateIndex.load(tmp_path / "index")
+    assert loaded.neighbours(10) == [12] and loaded.neighbours(11) == [12]
+    assert loaded.meta == index.meta
+
+
+def test_duckdb_limits_come_from_the_environment_with_documented_defaults(tmp_path, monkeypatch):
+    import os
+
+    from models.retrieval.engine import connect, duckdb_limits
+
+    for name in ("CTR_DUCKDB_MEMORY_LIMIT", "CTR_DUCKDB_THREADS", "CTR_DUCKDB_TEMP_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    limits = duckdb_limits(tmp_path)
+    assert (limits.memory_limit, limits.threads, limits.temp_dir) == (
+        "4GB",
+        os.cpu_count(),
+        tmp_path / "tmp/duckdb",
+    )
+    monkeypatch.setenv("CTR_DUCKDB_MEMORY_LIMIT", "300MB")
+    monkeypatch.setenv("CTR_DUCKDB_THREADS", "1")
+    monkeypatch.setenv("CTR_DUCKDB_TEMP_DIR", str(tmp_path / "spill"))
+    limits = duckdb_limits(tmp_path)
+    con = connect(limits)
+    settings = con.execute(
+        "SELECT current_setting('threads'), current_setting('temp_directory'), "
+        "current_setting('memory_limit')"
+    ).fetchone()
+    con.close()
+    assert settings[:2] == (1, str(tmp_path / "spill")) and settings[2].endswith("MiB")
+    monkeypatch.setenv("CTR_DUCKDB_THREADS", "two")
+    with pytest.raises(ValueError, match="CTR_DUCKDB_THREADS"):
+        duckdb_limits(tmp_path)
