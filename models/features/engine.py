@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from models.settings import Settings
 
 
+_BATCH_ROWS = 500_000  # rows per record batch streamed from DuckDB to a Parquet writer
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How much of the machine a DuckDB run may use."""
@@ -173,12 +176,31 @@ def to_arrow(con: duckdb.DuckDBPyConnection, expr: ir.Table) -> pa.Table:
     return con.sql(sql(con, expr)).to_arrow_table()
 
 
+def _stream_to_parquet(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> int:
+    """Write a query's rows to a Parquet file batch by batch; returns the rows written.
+
+    Every column is written nullable, whatever DuckDB infers for this query, so that a source keeps
+    one schema however its rows were built (one run, or days upserted one by one)."""
+    import pyarrow.parquet as pq
+
+    reader = con.sql(query).to_arrow_reader(_BATCH_ROWS)
+    schema = pa.schema([field.with_nullable(True) for field in reader.schema])
+    rows = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch.cast(schema))
+            rows += batch.num_rows
+    return rows
+
+
 def write_parquet(con: duckdb.DuckDBPyConnection, expr: ir.Table, path: Path) -> int:
-    """Stream a definition's rows into a Parquet file; returns the rows written."""
+    """Stream a definition's rows into a Parquet file (written beside it, then renamed); returns the
+    rows written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    query = sql(con, expr)
-    target = str(path).replace("'", "''")
-    return con.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet)").fetchone()[0]
+    partial = path.with_suffix(".partial")
+    rows = _stream_to_parquet(con, sql(con, expr), partial)
+    partial.replace(path)
+    return rows
 
 
 def upsert_parquet(
@@ -196,7 +218,6 @@ def upsert_parquet(
     query = sql(con, expr)
     partial = path.with_suffix(".partial")
     path.parent.mkdir(parents=True, exist_ok=True)
-    target = str(partial).replace("'", "''")
     kept = 0
     if path.exists():
         old = str(path).replace("'", "''")
@@ -204,8 +225,8 @@ def upsert_parquet(
         hi = f"'{pd.Timestamp(end).tz_convert('UTC').isoformat()}'::TIMESTAMPTZ"
         after = f'"{EVENT_TIMESTAMP}" > {hi}' if include_end else f'"{EVENT_TIMESTAMP}" >= {hi}'
         outside = f"FROM read_parquet('{old}') WHERE \"{EVENT_TIMESTAMP}\" < {lo} OR {after}"
-        kept = con.execute(f"SELECT count(*) {outside}").fetchone()[0]
+        kept = con.execute(f"SELECT count(*) {outside}").fetchall()[0][0]
         query = f"SELECT * {outside} UNION ALL BY NAME ({query})"
-    total = con.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet)").fetchone()[0]
+    total = _stream_to_parquet(con, query, partial)
     partial.replace(path)
     return total - kept

@@ -125,6 +125,7 @@ def test_days_run_newest_first_and_a_rerun_leave_the_sources_of_one_run(lake_dir
         expected = pq.read_table(whole / "offline" / f"{view}.parquet")
         got = pq.read_table(by_day / "offline" / f"{view}.parquet")
         assert got.num_rows == expected.num_rows > 1000, view
+        assert got.schema.equals(expected.schema), view  # nullability included
         assert_same_rows(got, expected, key)
 
 
