@@ -115,15 +115,11 @@ def trend(views_1d, views_7d):
 
 
 def _ibis_conversion(intents: ir.Value, views: ir.Value) -> ir.FloatingValue:
-    prior = ibis.literal(CONVERSION_PRIOR_RATE * CONVERSION_PRIOR_WEIGHT, type="float64")
-    weight = ibis.literal(CONVERSION_PRIOR_WEIGHT, type="float64")
-    return (_f64(intents) + prior) / (_f64(views) + weight)
+    return conversion(_f64(intents), _f64(views))
 
 
 def _ibis_trend(views_1d: ir.Value, views_7d: ir.Value) -> ir.FloatingValue:
-    days = ibis.literal(float(WINDOWS_DAYS["7d"]), type="float64")
-    prior = ibis.literal(TREND_PRIOR, type="float64")
-    return (_f64(views_1d) + prior) / (_f64(views_7d) / days + prior)
+    return trend(_f64(views_1d), _f64(views_7d))
 
 
 # --- The events on the grid -------------------------------------------------------------------
