@@ -28,9 +28,6 @@ if TYPE_CHECKING:
     from models.settings import Settings
 
 
-_BATCH_ROWS = 500_000  # rows per record batch streamed from DuckDB to a Parquet writer
-
-
 @dataclass(frozen=True)
 class EngineConfig:
     """How much of the machine a DuckDB run may use."""
@@ -177,20 +174,21 @@ def to_arrow(con: duckdb.DuckDBPyConnection, expr: ir.Table) -> pa.Table:
 
 
 def _stream_to_parquet(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> int:
-    """Write a query's rows to a Parquet file batch by batch; returns the rows written.
+    """Write a query's rows to a Parquet file with DuckDB's own parallel writer, as they are
+    computed; returns the rows written.
 
-    Every column is written nullable, whatever DuckDB infers for this query, so that a source keeps
-    one schema however its rows were built (one run, or days upserted one by one)."""
-    import pyarrow.parquet as pq
-
-    reader = con.sql(query).to_arrow_reader(_BATCH_ROWS)
-    schema = pa.schema([field.with_nullable(True) for field in reader.schema])
-    rows = 0
-    with pq.ParquetWriter(path, schema) as writer:
-        for batch in reader:
-            writer.write_batch(batch.cast(schema))
-            rows += batch.num_rows
-    return rows
+    Every column is written nullable: DuckDB marks a column required when it can prove it has no
+    nulls, which depends on how the rows were built (one run, or days upserted one by one), and a
+    source must keep one schema whichever way it was built. (List columns are always nullable in
+    DuckDB's Parquet files; copying them through a CASE would cost a copy of every list.)"""
+    relation = con.sql(query)
+    nullable = ", ".join(
+        f'"{c}"' if str(t).endswith("[]") else f'CASE WHEN "{c}" IS NOT NULL THEN "{c}" END AS "{c}"'
+        for c, t in zip(relation.columns, relation.types, strict=True)
+    )
+    target = str(path).replace("'", "''")
+    copy = f"COPY (SELECT {nullable} FROM ({query})) TO '{target}' (FORMAT parquet)"
+    return con.execute(copy).fetchall()[0][0]
 
 
 def write_parquet(con: duckdb.DuckDBPyConnection, expr: ir.Table, path: Path) -> int:
