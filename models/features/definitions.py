@@ -246,24 +246,17 @@ def _top_categories(events: ir.Table, grid: Grid) -> ir.Table:
     offsets = ibis.memtable({"offset": list(range(1, window_days + 1))}, schema={"offset": "int64"})
     spread = _spread(daily, grid, offsets)
     per = spread.group_by([USER_ID, CATEGORY_ID, "k"]).aggregate(n=spread.n.sum())
-    user_k = ibis.window(group_by=[per[USER_ID], per.k])
-    ranked = ibis.window(group_by=[per[USER_ID], per.k], order_by=[ibis.desc(per.n), per[CATEGORY_ID]])
-    per = per.mutate(total=per.n.sum().over(user_k), rank=ibis.row_number().over(ranked))
-    top = per.filter(per["rank"] < TOP_CATEGORIES)
-    entry = ibis.struct(
-        {
-            "rank": top["rank"],
-            "category": top[CATEGORY_ID],
-            "share": (_f64(top.n) / _f64(top.total)).cast("float32"),
-        }
-    )
-    lists = top.group_by([USER_ID, "k"]).aggregate(entries=entry.collect().sort())
+    # sorted by (-events, id): most events first, ties by the lower id
+    entry = ibis.struct({"order": -per.n, "category": per[CATEGORY_ID], "n": per.n})
+    lists = per.group_by([USER_ID, "k"]).aggregate(entries=entry.collect(), total=per.n.sum())
+    top = lists.entries.sort()[:TOP_CATEGORIES]
+    total = _f64(lists.total)
     return lists.select(
         USER_ID,
         "k",
         **{
-            USER_TOP_CATEGORIES: lists.entries.map(lambda e: e.category),
-            USER_TOP_CATEGORY_SHARES: lists.entries.map(lambda e: e.share),
+            USER_TOP_CATEGORIES: top.map(lambda e: e.category),
+            USER_TOP_CATEGORY_SHARES: top.map(lambda e: (_f64(e.n) / total).cast("float32")),
         },
     )
 
