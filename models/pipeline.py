@@ -38,6 +38,7 @@ from models.evaluation.metrics import ctr_metrics
 from models.evaluation.promotion import log_candidate, promote_if_better
 from models.features import batch
 from models.features import store as feast_store
+from models.features.engine import EngineConfig
 from models.features.training_set import Split, join_features, split_by_time
 from models.kinds import KINDS
 from models.monitoring.readout import Thresholds, raise_for_breaches, window_readout
@@ -179,26 +180,22 @@ def build_features(
     days = _days(settings, start, end)
     first, last = days[0], days[-1] + pd.Timedelta(days=1)
     lookback = max(batch.SNAPSHOT_LOOKBACK, batch.RECENT_LOOKBACK)
-    events = lake.read_events(settings, lake.ACCEPTED, first - lookback, last + batch.SNAPSHOT_LOOKAHEAD)
+    lo = (first - lookback).tz_convert(settings.timezone).normalize()
+    until = last + batch.SNAPSHOT_LOOKAHEAD
+    files = [
+        lake.partition_path(settings, lake.ACCEPTED, day)
+        for day in lake.partitions(settings, lake.ACCEPTED)
+        if lo <= day < until
+    ]
     store = feast_store.open_store(settings)
-    rows = {}
-    for view, build in (
-        (USER_VIEW, batch.user_snapshots),
-        (ITEM_VIEW, batch.item_snapshots),
-        (CATEGORY_VIEW, batch.category_snapshots),
-    ):
-        frame = batch.snapshots_between(build, events, first, last, settings.timezone)
-        rows[view] = feast_store.upsert_offline(
-            frame, feast_store.source_path(store, view), first, last, include_end=True
-        )
-    rows[RECENT_VIEW] = feast_store.upsert_offline(
-        batch.recent_activity_between(events, first, last),
-        feast_store.source_path(store, RECENT_VIEW),
-        first + RECENT_STATE_DELAY,
-        last + RECENT_STATE_DELAY,
-        include_end=False,
+    sources = {
+        view: feast_store.source_path(store, view)
+        for view in (USER_VIEW, ITEM_VIEW, CATEGORY_VIEW, RECENT_VIEW)
+    }
+    rows, events = batch.build_interval(
+        files, first, last, settings.timezone, sources, EngineConfig.from_settings(settings)
     )
-    return FeaturesBuilt(rows, len(days), len(events))
+    return FeaturesBuilt(rows, len(days), events)
 
 
 def materialize(

@@ -137,6 +137,10 @@ class Settings:
     user_id_key: str = field(repr=False)
     max_request_bytes: int
     ingest_max_request_bytes: int
+    # The batch feature job's DuckDB (models/features/engine.py): its memory cap, threads, spill folder.
+    duckdb_memory_limit: str
+    duckdb_threads: int
+    duckdb_temp_dir: Path
 
     # Paths under the data dir, by their older names; `paths` has them all.
     @property
@@ -314,6 +318,11 @@ def get_settings() -> Settings:
         ingest_max_request_bytes=int(
             _env("CTR_INGEST_MAX_REQUEST_BYTES", str(max(2**20, 512 * ingest_max_events)))
         ),
+        # The batch feature job runs on DuckDB within this much memory (DuckDB's own size syntax,
+        # e.g. 4GB or 75%), spilling beyond it to CTR_DUCKDB_TEMP_DIR, with this many threads.
+        duckdb_memory_limit=_env("CTR_DUCKDB_MEMORY_LIMIT", "4GB"),
+        duckdb_threads=_integer("CTR_DUCKDB_THREADS", _env("CTR_DUCKDB_THREADS", str(os.cpu_count() or 1))),
+        duckdb_temp_dir=Path(_env("CTR_DUCKDB_TEMP_DIR", str(data_dir / "tmp/duckdb"))).resolve(),
     )
     if settings.online_store not in ("sqlite", "redis"):
         raise ValueError(f"CTR_ONLINE_STORE={settings.online_store!r}: expected sqlite or redis")
