@@ -137,7 +137,7 @@ class Settings:
     user_id_key: str = field(repr=False)
     max_request_bytes: int
     ingest_max_request_bytes: int
-    # The batch feature job's DuckDB (models/features/engine.py): its memory cap, threads, spill folder.
+    # DuckDB's limits for the batch feature job and the candidate build: memory cap, threads, spill folder.
     duckdb_memory_limit: str
     duckdb_threads: int
     duckdb_temp_dir: Path
@@ -318,7 +318,7 @@ def get_settings() -> Settings:
         ingest_max_request_bytes=int(
             _env("CTR_INGEST_MAX_REQUEST_BYTES", str(max(2**20, 512 * ingest_max_events)))
         ),
-        # The batch feature job runs on DuckDB within this much memory (DuckDB's own size syntax,
+        # The batch feature job and the candidate build run on DuckDB within this much memory (DuckDB's own size syntax,
         # e.g. 4GB or 75%), spilling beyond it to CTR_DUCKDB_TEMP_DIR, with this many threads.
         duckdb_memory_limit=_env("CTR_DUCKDB_MEMORY_LIMIT", "4GB"),
         duckdb_threads=_integer("CTR_DUCKDB_THREADS", _env("CTR_DUCKDB_THREADS", str(os.cpu_count() or 1))),

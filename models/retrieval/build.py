@@ -195,7 +195,7 @@ def build_index(
     frame = events[[USER_ID, ITEM_ID, CATEGORY_ID, BEHAVIOR, EVENT_TIMESTAMP]].assign(
         _f=0, _r=np.arange(len(events), dtype=np.int64)
     )
-    con = connect(limits or duckdb_limits(get_settings().data_dir))
+    con = connect(limits or duckdb_limits(get_settings()))
     try:
         con.register("source", frame)
         count = _prepare(con, until, config)
@@ -287,7 +287,7 @@ def build_and_save_index(settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or get_settings()
     started = time.perf_counter()
     files = [partition_path(settings, ACCEPTED, d) for d in partitions(settings, ACCEPTED)]
-    limits = duckdb_limits(settings.data_dir)
+    limits = duckdb_limits(settings)
     last = None
     if files:
         con = connect(limits)

@@ -1,18 +1,15 @@
 """The DuckDB connection the candidate build runs on, bounded so it spills to disk instead of
-growing past its memory limit.
-
-Its three limits come from CTR_DUCKDB_MEMORY_LIMIT (default "4GB"), CTR_DUCKDB_THREADS (default:
-the machine's cores) and CTR_DUCKDB_TEMP_DIR (default `<CTR_DATA_DIR>/tmp/duckdb`), read here
-until the shared settings hold them under the same names and defaults.
-"""
+growing past its memory limit: the same limits as the batch feature job's (CTR_DUCKDB_MEMORY_LIMIT,
+CTR_DUCKDB_THREADS, CTR_DUCKDB_TEMP_DIR in the settings)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+
+from models.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -24,18 +21,9 @@ class DuckDBLimits:
     temp_dir: Path
 
 
-def duckdb_limits(data_dir: Path) -> DuckDBLimits:
-    """The limits from the environment, with the documented defaults."""
-    memory = os.environ.get("CTR_DUCKDB_MEMORY_LIMIT", "").strip() or "4GB"
-    threads_raw = os.environ.get("CTR_DUCKDB_THREADS", "").strip()
-    try:
-        threads = int(threads_raw) if threads_raw else (os.cpu_count() or 1)
-    except ValueError:
-        raise ValueError(f"CTR_DUCKDB_THREADS={threads_raw!r}: expected a whole number") from None
-    if threads < 1:
-        raise ValueError(f"CTR_DUCKDB_THREADS={threads}: expected at least 1")
-    temp = os.environ.get("CTR_DUCKDB_TEMP_DIR", "").strip()
-    return DuckDBLimits(memory, threads, Path(temp) if temp else Path(data_dir) / "tmp" / "duckdb")
+def duckdb_limits(settings: Settings) -> DuckDBLimits:
+    """The settings' limits."""
+    return DuckDBLimits(settings.duckdb_memory_limit, settings.duckdb_threads, settings.duckdb_temp_dir)
 
 
 def connect(limits: DuckDBLimits) -> duckdb.DuckDBPyConnection:

@@ -292,37 +292,39 @@ def test_events_of_the_same_second_keep_the_order_they_were_logged_in(tmp_path, 
         UNTIL,
         tmp_path / "index",
         config=config,
-        limits=duckdb_limits(tmp_path),
+        limits=duckdb_limits(settings),
     )
     loaded = CandidateIndex.load(tmp_path / "index")
     assert loaded.neighbours(10) == [12] and loaded.neighbours(11) == [12]
     assert loaded.meta == index.meta
 
 
-def test_duckdb_limits_come_from_the_environment_with_documented_defaults(tmp_path, monkeypatch):
+def test_duckdb_limits_come_from_the_settings_with_documented_defaults(tmp_path, monkeypatch):
     import os
 
     from models.retrieval.engine import connect, duckdb_limits
+    from models.settings import get_settings
 
+    monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
     for name in ("CTR_DUCKDB_MEMORY_LIMIT", "CTR_DUCKDB_THREADS", "CTR_DUCKDB_TEMP_DIR"):
         monkeypatch.delenv(name, raising=False)
-    limits = duckdb_limits(tmp_path)
+    limits = duckdb_limits(get_settings())
     assert (limits.memory_limit, limits.threads, limits.temp_dir) == (
         "4GB",
         os.cpu_count(),
-        tmp_path / "tmp/duckdb",
+        tmp_path.resolve() / "tmp/duckdb",
     )
     monkeypatch.setenv("CTR_DUCKDB_MEMORY_LIMIT", "300MB")
     monkeypatch.setenv("CTR_DUCKDB_THREADS", "1")
     monkeypatch.setenv("CTR_DUCKDB_TEMP_DIR", str(tmp_path / "spill"))
-    limits = duckdb_limits(tmp_path)
+    limits = duckdb_limits(get_settings())
     con = connect(limits)
     settings = con.execute(
         "SELECT current_setting('threads'), current_setting('temp_directory'), "
         "current_setting('memory_limit')"
     ).fetchone()
     con.close()
-    assert settings[:2] == (1, str(tmp_path / "spill")) and settings[2].endswith("MiB")
+    assert settings[:2] == (1, str((tmp_path / "spill").resolve())) and settings[2].endswith("MiB")
     monkeypatch.setenv("CTR_DUCKDB_THREADS", "two")
     with pytest.raises(ValueError, match="CTR_DUCKDB_THREADS"):
-        duckdb_limits(tmp_path)
+        get_settings()
