@@ -318,8 +318,9 @@ def get_settings() -> Settings:
         ingest_max_request_bytes=int(
             _env("CTR_INGEST_MAX_REQUEST_BYTES", str(max(2**20, 512 * ingest_max_events)))
         ),
-        # The batch feature job and the candidate build run on DuckDB within this much memory (DuckDB's own size syntax,
-        # e.g. 4GB or 75%), spilling beyond it to CTR_DUCKDB_TEMP_DIR, with this many threads.
+        # The batch feature job and the candidate build run on DuckDB within this much memory
+        # (DuckDB's own size syntax, e.g. 4GB or 75%), spilling beyond it to CTR_DUCKDB_TEMP_DIR,
+        # with this many threads.
         duckdb_memory_limit=_env("CTR_DUCKDB_MEMORY_LIMIT", "4GB"),
         duckdb_threads=_integer("CTR_DUCKDB_THREADS", _env("CTR_DUCKDB_THREADS", str(os.cpu_count() or 1))),
         duckdb_temp_dir=Path(_env("CTR_DUCKDB_TEMP_DIR", str(data_dir / "tmp/duckdb"))).resolve(),
