@@ -9,6 +9,7 @@ batch (`iter_partition`), so a day of any size passes through in bounded memory.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -92,8 +93,11 @@ class PartitionWriter:
         return self.path
 
     def abort(self) -> None:
+        """Drop what was written; a partition folder left empty goes too, so that no reader takes
+        the day for one that has a partition."""
         self.close()
         self.partial.unlink(missing_ok=True)
+        _remove_if_empty(self.path.parent)
 
 
 def partition_writer(
@@ -151,12 +155,18 @@ def iter_parquet(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
         yield pa.Table.from_batches(pending, schema=file.schema_arrow).to_pandas()
 
 
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty, or already gone
+        folder.rmdir()
+
+
 def remove_partition(settings: Settings, stage: str, day: pd.Timestamp) -> bool:
     path = partition_path(settings, stage, day)
-    if path.exists():
+    removed = path.exists()
+    if removed:
         path.unlink()
-        return True
-    return False
+    _remove_if_empty(path.parent)
+    return removed
 
 
 def partitions(settings: Settings, stage: str) -> list[pd.Timestamp]:
