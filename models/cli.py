@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from models.ops.backfill import REPROCESS
-from models.ops.processes import start_process_group, stop_process_groups
+from models.ops.processes import environment_program, start_process_group, stop_process_groups
 from models.settings import airflow_environment, get_settings
 
 # Libraries that log every HTTP request at INFO: one line per request would bury the commands' own
@@ -46,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _exec(program: str, argv: list[str], env: dict[str, str]) -> int:
-    path = shutil.which(program, path=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    path = environment_program(program, env)
     if path is None:
         print(f"{program} not found; install the environment with `make venv`", file=sys.stderr)
         return 127
@@ -200,10 +199,6 @@ def _supervise(
         stop_process_groups(processes.values(), grace_s=30, stop_signal=signal.SIGINT)
 
 
-def _airflow_program(env: dict[str, str]) -> str | None:
-    return shutil.which("airflow", path=os.path.dirname(sys.executable) + os.pathsep + env["PATH"])
-
-
 def _components(airflow: str, env: dict[str, str], port: int) -> dict[str, tuple[list[str], dict[str, str]]]:
     return {
         name: ([airflow, *(part.format(port=port) for part in command)], env)
@@ -220,7 +215,7 @@ def _airflow_ui(args: argparse.Namespace) -> int:
             print(f"127.0.0.1:{args.port} is in use: pick another port with --port", file=sys.stderr)
             return 1
     env = _airflow_ui_environment(args.port)
-    airflow = _airflow_program(env)
+    airflow = environment_program("airflow", env)
     if airflow is None:
         print("airflow not found; install the environment with `make venv`", file=sys.stderr)
         return 127
@@ -271,7 +266,7 @@ def _airflow_celery(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    airflow = _airflow_program(env)
+    airflow = environment_program("airflow", env)
     if airflow is None:
         print("airflow not found; install the environment with `make venv`", file=sys.stderr)
         return 127

@@ -16,15 +16,13 @@ This module drives the `airflow` command with the project's environment; it impo
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from models.ops.processes import environment_program
 from models.settings import Settings, airflow_environment
 
 FEATURES_DAG = "ctr_features"
@@ -84,8 +82,7 @@ class AirflowCommand:
     def __init__(self, settings: Settings, timeout_s: float = AIRFLOW_TIMEOUT_S) -> None:
         self.env = airflow_environment(settings)
         self.timeout_s = timeout_s
-        search = os.path.dirname(sys.executable) + os.pathsep + self.env.get("PATH", "")
-        self.program = shutil.which("airflow", path=search)
+        self.program = environment_program("airflow", self.env)
         if self.program is None:
             raise BackfillError("airflow not found; install the environment with `make venv`")
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,6 +38,12 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 class ProcessNotReady(RuntimeError):
     """A process exited before it was ready, or was not ready in time; the message ends with the
     tail of its log."""
+
+
+def environment_program(name: str, env: dict[str, str]) -> str | None:
+    """The path of `name` in this interpreter's environment (the virtualenv's bin/, whether or not
+    it is on PATH), else on env's PATH; None when there is none."""
+    return shutil.which(name, path=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
 
 
 def free_port() -> int:
