@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from feature_repo.contract import EVENT_COLUMNS, EVENT_TIMESTAMP
-from models.features.store import write_offline
+from models.features.store import with_microsecond_stamps, write_offline
 from models.settings import Settings
 
 INGESTED = "ingested"
@@ -107,11 +107,7 @@ def partition_writer(
 
 
 def _as_stored(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.reset_index(drop=True)
-    stamps = {
-        c: frame[c].dt.as_unit("us") for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)
-    }
-    return frame.assign(**stamps)
+    return with_microsecond_stamps(frame.reset_index(drop=True))
 
 
 def partition_rows(settings: Settings, stage: str, day: pd.Timestamp) -> int:

@@ -383,12 +383,18 @@ def write_offline(frame: pd.DataFrame, path: Path) -> Path:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
+    with_microsecond_stamps(frame).to_parquet(partial, index=False)
+    partial.replace(path)
+    return path
+
+
+def with_microsecond_stamps(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its time-zone-aware timestamps in microseconds, as the offline sources and the
+    lake store them."""
     stamps = {
         c: frame[c].dt.as_unit("us") for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)
     }
-    frame.assign(**stamps).to_parquet(partial, index=False)
-    partial.replace(path)
-    return path
+    return frame.assign(**stamps)
 
 
 def write_offline_batches(batches, schema, path: Path) -> Path:
