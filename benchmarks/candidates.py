@@ -46,8 +46,8 @@ from feature_repo.contract import (  # noqa: E402
     ITEM_ID,
     USER_ID,
 )
+from models.features.engine import EngineConfig  # noqa: E402
 from models.retrieval.build import build_index  # noqa: E402
-from models.retrieval.engine import duckdb_limits  # noqa: E402
 from models.retrieval.evaluation import RECALL_METHODS, recall_at_k, recent_history  # noqa: E402
 from models.retrieval.index import CandidateIndex  # noqa: E402
 from models.settings import PROJECT_ROOT, get_settings  # noqa: E402
@@ -198,9 +198,7 @@ def _child(kind: str, files: list[Path], out: Path, old_limit_gib: float) -> Non
         summary = index.summary()
     else:
         from models.retrieval.build import build_index_to_folder
-        from models.retrieval.engine import duckdb_limits
-
-        summary = build_index_to_folder(files, until, out, limits=duckdb_limits(out.parent))
+        summary = build_index_to_folder(files, until, out, limits=EngineConfig.from_settings(get_settings()))
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "peak_gib": peak_gib(), "summary": summary}))
 
@@ -356,7 +354,7 @@ def main() -> None:
     for raw_dir in synthetic:
         build_rows += synthetic_builds(raw_dir, args.old_max_events, args.old_limit_gib)
     shares = speeds[0]["shares"]
-    limits = duckdb_limits(settings.data_dir)
+    limits = EngineConfig.from_settings(settings)
     notes += [
         "Sources of the k=100 lists on the real slice: "
         + ", ".join(f"{s} {v:.0%}" for s, v in shares.items())

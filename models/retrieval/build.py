@@ -32,7 +32,8 @@ from feature_repo.contract import (
     shop_hour,
 )
 from models.data.lake import ACCEPTED, partition_path, partitions
-from models.retrieval.engine import DuckDBLimits, connect, duckdb_limits
+from models.features.engine import EngineConfig
+from models.retrieval.engine import connect
 from models.retrieval.index import (
     _FILES,
     _META,
@@ -183,7 +184,7 @@ def build_index(
     until: datetime | pd.Timestamp,
     *,
     config: CandidateConfig | None = None,
-    limits: DuckDBLimits | None = None,
+    limits: EngineConfig | None = None,
 ) -> CandidateIndex:
     """Co-visitation, category and hourly popularity lists from the events strictly before `until`.
 
@@ -195,7 +196,7 @@ def build_index(
     frame = events[[USER_ID, ITEM_ID, CATEGORY_ID, BEHAVIOR, EVENT_TIMESTAMP]].assign(
         _f=0, _r=np.arange(len(events), dtype=np.int64)
     )
-    con = connect(limits or duckdb_limits(get_settings()))
+    con = connect(limits or EngineConfig.from_settings(get_settings()))
     try:
         con.register("source", frame)
         count = _prepare(con, until, config)
@@ -221,7 +222,7 @@ def build_index_to_folder(
     folder: Path,
     *,
     config: CandidateConfig | None = None,
-    limits: DuckDBLimits,
+    limits: EngineConfig,
 ) -> dict[str, Any]:
     """Build from Parquet event files (read in the given order) straight into the index folder
     `folder`, replaced only once every file is written; returns what the index holds (its
@@ -287,7 +288,7 @@ def build_and_save_index(settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or get_settings()
     started = time.perf_counter()
     files = [partition_path(settings, ACCEPTED, d) for d in partitions(settings, ACCEPTED)]
-    limits = duckdb_limits(settings)
+    limits = EngineConfig.from_settings(settings)
     last = None
     if files:
         con = connect(limits)

@@ -284,15 +284,15 @@ def test_events_of_the_same_second_keep_the_order_they_were_logged_in(tmp_path, 
     (day,) = set(day_of_rows(events, settings))
     write_partition(events, settings, ACCEPTED, day)
     from models.data.lake import partition_path
+    from models.features.engine import EngineConfig
     from models.retrieval.build import build_index_to_folder
-    from models.retrieval.engine import duckdb_limits
 
     build_index_to_folder(
         [partition_path(settings, ACCEPTED, day)],
         UNTIL,
         tmp_path / "index",
         config=config,
-        limits=duckdb_limits(settings),
+        limits=EngineConfig.from_settings(settings),
     )
     loaded = CandidateIndex.load(tmp_path / "index")
     assert loaded.neighbours(10) == [12] and loaded.neighbours(11) == [12]
@@ -302,14 +302,15 @@ def test_events_of_the_same_second_keep_the_order_they_were_logged_in(tmp_path, 
 def test_duckdb_limits_come_from_the_settings_with_documented_defaults(tmp_path, monkeypatch):
     import os
 
-    from models.retrieval.engine import connect, duckdb_limits
+    from models.features.engine import EngineConfig
+    from models.retrieval.engine import connect
     from models.settings import get_settings
 
     monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
     for name in ("CTR_DUCKDB_MEMORY_LIMIT", "CTR_DUCKDB_THREADS", "CTR_DUCKDB_TEMP_DIR"):
         monkeypatch.delenv(name, raising=False)
-    limits = duckdb_limits(get_settings())
-    assert (limits.memory_limit, limits.threads, limits.temp_dir) == (
+    limits = EngineConfig.from_settings(get_settings())
+    assert (limits.memory_limit, limits.threads, limits.temp_directory) == (
         "4GB",
         os.cpu_count(),
         tmp_path.resolve() / "tmp/duckdb",
@@ -317,7 +318,7 @@ def test_duckdb_limits_come_from_the_settings_with_documented_defaults(tmp_path,
     monkeypatch.setenv("CTR_DUCKDB_MEMORY_LIMIT", "300MB")
     monkeypatch.setenv("CTR_DUCKDB_THREADS", "1")
     monkeypatch.setenv("CTR_DUCKDB_TEMP_DIR", str(tmp_path / "spill"))
-    limits = duckdb_limits(get_settings())
+    limits = EngineConfig.from_settings(get_settings())
     con = connect(limits)
     settings = con.execute(
         "SELECT current_setting('threads'), current_setting('temp_directory'), "
