@@ -16,9 +16,7 @@ import pandas as pd
 
 from feature_repo.contract import (
     CATEGORY_VIEW,
-    EVENT_TIMESTAMP,
     ID_COLUMNS,
-    ITEM_ID,
     ITEM_VIEW,
     LABEL,
     LABEL_WINDOW,
@@ -29,7 +27,6 @@ from feature_repo.contract import (
     USER_VIEW,
 )
 from models.data import lake
-from models.data.event_log import EventLog
 from models.data.ingestion import ingest_to_lake
 from models.data.labels import label_page_views
 from models.data.validation import DataValidationError, raise_for_failures, validate_partition
@@ -41,8 +38,7 @@ from models.features import store as feast_store
 from models.features.engine import EngineConfig
 from models.features.training_set import Split, join_features, split_by_time
 from models.kinds import KINDS
-from models.monitoring.readout import Thresholds, raise_for_breaches, window_readout
-from models.monitoring.serving_log import read_serving_log
+from models.monitoring.readout import Thresholds, file_readout, raise_for_breaches
 from models.registry import CHAMPION, NoChampionError, load_by_alias, model_name
 from models.retrieval.build import build_and_save_index
 from models.retrieval.index import CandidateIndex
@@ -414,26 +410,12 @@ def monitor(
     coverage; logged to MLflow. Threshold breaches are listed, `check_thresholds` raises them."""
     settings = settings or get_settings()
     start, end = _interval(settings, start, end)
-    served = read_serving_log(settings.paths.serving_log, start, end)
-    until = pd.Timestamp(end) + LABEL_WINDOW
-    columns = [USER_ID, ITEM_ID, "behavior", EVENT_TIMESTAMP]
-    events = pd.concat(
-        [
-            lake.read_events(settings, lake.ACCEPTED, start, until)[columns],
-            EventLog(settings.paths.event_log).read(start, until.to_pydatetime())[columns],
-        ],
-        ignore_index=True,
-    ).drop_duplicates()
-    training_path = settings.paths.training_set
-    training = pd.read_parquet(training_path) if training_path.exists() else pd.DataFrame()
     try:
-        catalogue = CandidateIndex.load(settings.paths.candidates).summary()["items"]
+        catalogue: int | None = CandidateIndex.load(settings.paths.candidates).summary()["items"]
     except FileNotFoundError:
-        catalogue = int(events[ITEM_ID].nunique()) or 1
-    summary = window_readout(
-        settings, served, events, training, catalogue, Thresholds.from_settings(settings)
-    )
-    log.info("monitoring %s .. %s: %d rows, breaches: %s", start, end, len(served), summary["breaches"])
+        catalogue = None  # the items of the window's events
+    summary = file_readout(settings, start, end, catalogue, Thresholds.from_settings(settings))
+    log.info("monitoring %s .. %s: %d rows, breaches: %s", start, end, summary["rows"], summary["breaches"])
     return Monitored(**summary)
 
 

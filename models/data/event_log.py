@@ -113,9 +113,8 @@ class EventLog:
             written.append(target)
         return written
 
-    def read(self, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
-        """Logged events with start <= time < end (whole partitions outside are not opened),
-        each id once."""
+    def files(self, start: datetime | None = None, end: datetime | None = None) -> list[Path]:
+        """The files of the partitions that can hold events with start <= time < end."""
         files = []
         for folder in sorted(self.root.glob("date=*")):
             day = pd.Timestamp(folder.name.removeprefix("date="), tz="UTC")
@@ -124,6 +123,12 @@ class EventLog:
             ):
                 continue
             files += sorted(folder.glob("part-*.parquet"))
+        return files
+
+    def read(self, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
+        """Logged events with start <= time < end (whole partitions outside are not opened),
+        each id once."""
+        files = self.files(start, end)
         if not files:
             return pd.DataFrame({c: pd.Series(dtype="int64") for c in _LOG_COLUMNS})
         frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)

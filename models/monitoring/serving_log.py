@@ -22,15 +22,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
-from feature_repo.contract import (
-    BEHAVIOR,
-    EVENT_TIMESTAMP,
-    INTENT_BEHAVIORS,
-    ITEM_ID,
-    LABEL_WINDOW,
-    PAGE_VIEW,
-    USER_ID,
-)
+from feature_repo.contract import ITEM_ID, LABEL_WINDOW, USER_ID
 
 log = logging.getLogger(__name__)
 
@@ -228,19 +220,26 @@ def join_outcomes(
     served: pd.DataFrame, events: pd.DataFrame, horizon: timedelta = LABEL_WINDOW
 ) -> pd.DataFrame:
     """Label each served row with what the user did with that item within `horizon` after it was
-    served: `clicked` (viewed it) and `converted` (cart, fav or buy), the model's own label."""
+    served: `clicked` (viewed it) and `converted` (cart, fav or buy), the model's own label.
+
+    The in-memory form of `models.monitoring.tables.with_outcomes`, which the daily readout runs
+    over the log's files; rows keep their order."""
+    import duckdb
+
+    from models.monitoring.tables import OUTCOME_COLUMNS, ROW_KEY, with_outcomes
+
     served = served.reset_index(drop=True)
-    key = np.arange(len(served))
-    later = (
-        served[[USER_ID, ITEM_ID, SERVED_AT]]
-        .assign(_row=key)
-        .merge(events[[USER_ID, ITEM_ID, BEHAVIOR, EVENT_TIMESTAMP]], on=[USER_ID, ITEM_ID])
+    con = duckdb.connect()
+    try:
+        keys = served[list(ROW_KEY)]
+        flags = with_outcomes(
+            con, con.from_df(served[[*ROW_KEY, USER_ID, ITEM_ID, SERVED_AT]]),
+            con.from_df(events[list(OUTCOME_COLUMNS)]), horizon,
+        ).df()[[*ROW_KEY, "clicked", "converted"]]  # fmt: skip
+    finally:
+        con.close()
+    labelled = keys.merge(flags, on=list(ROW_KEY), how="left", validate="one_to_one")
+    return served.assign(
+        clicked=labelled["clicked"].fillna(False).to_numpy(bool),
+        converted=labelled["converted"].fillna(False).to_numpy(bool),
     )
-    ts = pd.to_datetime(later[EVENT_TIMESTAMP], utc=True)
-    inside = (ts >= later[SERVED_AT]) & (ts < later[SERVED_AT] + horizon)
-    later = later[inside]
-    clicked = np.zeros(len(served), bool)
-    converted = np.zeros(len(served), bool)
-    clicked[later.loc[later[BEHAVIOR] == PAGE_VIEW, "_row"].to_numpy()] = True
-    converted[later.loc[later[BEHAVIOR].isin(INTENT_BEHAVIORS), "_row"].to_numpy()] = True
-    return served.assign(clicked=clicked, converted=converted)

@@ -297,3 +297,57 @@ def test_an_empty_serving_log_gives_a_message_and_a_breach_not_an_error(settings
     assert summary["rows"] == 0 and "no rows in this window" in summary["message"]
     assert summary["breaches"] == ["0 requests served in the window, below the minimum of 1"]
     assert summary["mlflow_run_id"] and json.dumps(summary)
+
+
+def test_the_readout_over_the_files_equals_the_one_on_frames(settings):
+    """The DAG's readout (DuckDB over the serving log's, the lake's and the event log's files) gives
+    the numbers the same metrics give on the frames read whole: nothing is lost in the scan."""
+    from models.data import lake
+    from models.data.event_log import EventLog
+    from models.monitoring.readout import file_readout
+    from models.monitoring.serving_log import ServingLog, join_outcomes, read_serving_log
+
+    log = ServingLog(settings.paths.serving_log, flush_rows=10)  # several files
+    responses = [
+        _response(f"r{u}", u, "champion" if u % 3 else "challenger", [u % 20, (u + 1) % 20, (u + 5) % 20])
+        for u in range(60)
+    ] + [_response("down", 99, "champion", [1, 2, 3], fallback=True)]
+    for response in responses:
+        log.append(**response)
+    log.close()
+    late = AT + timedelta(days=1)  # served after the window: left out on both sides
+    outside = ServingLog(settings.paths.serving_log)
+    outside.append(**{**_response("late", 7, "champion", [7]), "served_at": late})
+    outside.close()
+    views = [(u, u % 20, "pv", AT + timedelta(minutes=u, seconds=30)) for u in range(60)]
+    intents = [(u, (u + 1) % 20, "cart", AT + timedelta(minutes=u, seconds=50)) for u in range(0, 60, 4)]
+    accepted = pd.DataFrame(views, columns=["user_id", "item_id", "behavior", "event_timestamp"])
+    accepted = accepted.assign(category_id=accepted["item_id"] % 3)
+    day = pd.Timestamp(AT).tz_convert(settings.timezone).normalize()
+    path = lake.partition_path(settings, lake.ACCEPTED, day)
+    path.parent.mkdir(parents=True)
+    accepted.assign(event_timestamp=pd.to_datetime(accepted["event_timestamp"], utc=True)).to_parquet(path)
+    live = pd.DataFrame(intents, columns=["user_id", "item_id", "behavior", "event_timestamp"])
+    live = live.assign(
+        event_id=np.arange(len(live)), category_id=live["item_id"] % 3, ingested_at=AT,
+        event_timestamp=pd.to_datetime(live["event_timestamp"], utc=True),
+    )  # fmt: skip
+    EventLog(settings.paths.event_log).append(live)
+    training = pd.DataFrame({"item_pv_7d": np.arange(1000) % 9 + 2.0, "category_id": np.arange(1000) % 3})
+    settings.paths.training_set.parent.mkdir(parents=True, exist_ok=True)
+    training.to_parquet(settings.paths.training_set)
+
+    start, end = AT - timedelta(hours=1), AT + timedelta(hours=12)
+    on_files = file_readout(settings, start, end, catalogue_items=40)
+    served = read_serving_log(settings.paths.serving_log, start, end)
+    events = pd.concat([accepted, live])[["user_id", "item_id", "behavior", "event_timestamp"]]
+    on_frames = monitor(settings, served, events, training, catalogue_items=40)
+
+    assert on_files["rows"] == len(served) == 61 * 3
+    champion = on_files["ab"]["variants"]["champion"]
+    assert champion["clicked_rows"] == 40 and champion["converted_rows"] > 0  # outcomes from both logs
+    assert join_outcomes(served, events)["converted"].sum() == sum(
+        v["converted_rows"] for v in on_files["ab"]["variants"].values()
+    )
+    for key in ("rows", "window", "ab", "drift", "coverage", "breaches"):
+        assert on_files[key] == on_frames[key], key
