@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from models.settings import Settings
+from services.metrics import ITEM_FEATURE_READS
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ class RankerFeatures:
     ) -> tuple[pd.DataFrame, np.ndarray]:
         """One row per candidate, in order, and which candidates had no item features."""
         result = self.reader(feature_service).read(user_id, item_ids, request_ts)
+        distinct = len(dict.fromkeys(item_ids))
+        ITEM_FEATURE_READS.labels(source="cache").inc(result.cached_items)
+        ITEM_FEATURE_READS.labels(source="store").inc(max(distinct - result.cached_items, 0))
         frame = result.frame
         unknown = np.isin(np.asarray(item_ids, np.int64), np.asarray(result.unknown_items, np.int64))
         if unknown.any():

@@ -34,3 +34,10 @@ MODEL_RELOADS = bentoml.metrics.Counter(
     documentation="Model swaps after an MLflow alias moved, and failed reload attempts.",
     labelnames=["result"],
 )
+ITEM_FEATURE_READS = bentoml.metrics.Counter(
+    name="ctr_item_feature_reads",
+    documentation="Distinct candidates per request by where their item features came from: the "
+    "ranker's item cache (source=cache) or the online store (source=store); cache / (cache + store) "
+    "is the cache's hit rate.",
+    labelnames=["source"],
+)

@@ -4,6 +4,7 @@ an MLflow alias moves, and fallback while Redis is stopped or hung, with recover
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -137,6 +138,10 @@ def test_a_stopped_or_hung_store_gives_flagged_popularity_and_service_comes_back
 
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
     assert 'ctr_fallback_responses_total{endpoint="rank",reason="store"}' in metrics
+    # The same candidates again and again: read from the store once per cache lifetime, then cached.
+    line = r'^ctr_item_feature_reads_total{{source="{}"}} (\S+)$'
+    reads = {s: float(re.search(line.format(s), metrics, re.M)[1]) for s in ("cache", "store")}
+    assert reads["store"] >= len(ITEMS) and reads["cache"] > reads["store"], reads
 
 
 def _wait_for_model_ranking(url: str, expected: dict) -> None:
