@@ -58,11 +58,12 @@ def _environment(data_dir: Path, redis: str) -> dict[str, str]:
     }
 
 
-def _source_batches(n: int, seed: int, key: str, features: list[str], lists: bool):
-    """SYNTHETIC snapshot rows of n entities: the last day for all, the day before for every other."""
+def _source_batches(n: int, seed: int, key: str, features: list[str], lists: bool, id_offset: int = 0):
+    """SYNTHETIC snapshot rows of n entities (ids from `id_offset`): the last day for all, the day
+    before for every other."""
     rng = np.random.default_rng(seed)
     for first in range(0, n, CHUNK):
-        ids = np.arange(first, min(n, first + CHUNK), dtype=np.int64)
+        ids = np.arange(first, min(n, first + CHUNK), dtype=np.int64) + id_offset
         for day, chosen in ((0, ids), (1, ids[::2])):
             m = len(chosen)
             columns = {
@@ -86,15 +87,16 @@ def _source_batches(n: int, seed: int, key: str, features: list[str], lists: boo
             yield pa.record_batch(columns)
 
 
-def prepare(data_dir: Path, entities: int) -> dict[str, int]:
-    """Apply the repo to a scratch data dir and write the two SYNTHETIC sources (child process)."""
+def prepare(data_dir: Path, entities: int, users: int | None = None, id_offset: int = 0) -> dict[str, int]:
+    """Apply the repo to a scratch data dir and write the two SYNTHETIC sources (child process):
+    `users` shoppers (default: one entity in five) and the rest items, ids from `id_offset`."""
     from models.features.store import apply_repo, open_store, source_path
     from models.settings import get_settings
 
     settings = get_settings()
     apply_repo(settings)
     store = open_store(settings)
-    users = entities // 5
+    users = entities // 5 if users is None else users
     written = {}
     for view, n, key, features, lists in (
         (USER_VIEW, users, "user_id", USER_FEATURES, True),
@@ -102,7 +104,7 @@ def prepare(data_dir: Path, entities: int) -> dict[str, int]:
     ):
         path = source_path(store, view)
         path.parent.mkdir(parents=True, exist_ok=True)
-        batches = _source_batches(n, len(written), key, features, lists)
+        batches = _source_batches(n, len(written), key, features, lists, id_offset)
         first = next(batches)
         rows = first.num_rows
         with pq.ParquetWriter(path, first.schema) as out:

@@ -1,0 +1,256 @@
+"""Serving on a Taobao-size catalogue: the ranker reading a Redis online store that holds ~1 M
+shoppers and ~4 M items, under a fixed /rank load, with the ingest service taking live events
+beside it.
+
+* The online store: the real slice's features (a finished pipeline run under --data-dir, `make
+  demo`) plus a SYNTHETIC catalogue of --users shoppers and --items items (ids above 10^10, the
+  offline sources of benchmarks/materialize.py) written by the pipeline's bounded materialization.
+  Redis's memory for the synthetic catalogue is recorded: bytes per entity and the total.
+* /rank: 100 candidates per request drawn from the synthetic catalogue with a heavy-tailed
+  popularity (item = floor(N u^3)), for synthetic shoppers, at a fixed arrival rate (open loop,
+  latency from each request's scheduled time); the item cache's hit rate is read from the
+  ranker's own /metrics (ctr_item_feature_reads_total). /recommend at a quarter of that rate.
+* Ingest: the real stream hour (moved after the batch data) POSTed to `ctr ingest` at
+  --ingest-rate events/s in batches, during the /rank load. The push to the online store happens
+  inside the call, so an event is readable when its call returns (benchmarks/online_features.py
+  measures that read); the call's round trip is the freshness reported.
+
+Everything runs on this machine: the load generators, the ranker, the ingest service and Redis
+share its cores.
+Usage: python benchmarks/catalogue_serving.py [--data-dir var] [--users 1e6] [--items 4e6]
+       [--rate 50] [--seconds 60] [--ingest-rate 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import print_table, redis_server, write_results  # noqa: E402
+from benchmarks.load import open_loop, summary  # noqa: E402
+from benchmarks.materialize import _redis_used  # noqa: E402
+from benchmarks.service_load import CTR, serve  # noqa: E402
+from models.ops.processes import free_port, process_group  # noqa: E402
+
+ID_OFFSET = 10**10  # synthetic ids stay clear of the real slice's
+STREAM = ROOT.parent / "shared/data/taobao_userbehavior/userbehavior_stream_20171126T0100Z_0200Z.csv"
+LAST_SECOND = 1512316799  # the window's last second: request-time features as of the data's end
+TITLE = "Serving on a Taobao-size catalogue (SYNTHETIC catalogue in Redis)"
+
+
+def write_catalogue(users: int, items: int) -> dict:
+    """Child: the SYNTHETIC offline sources of `users` shoppers and `items` items (ids from
+    ID_OFFSET), materialized into the Redis of CTR_REDIS_CONNECTION by the pipeline's path."""
+    from datetime import UTC, datetime
+
+    import benchmarks.materialize as bench
+    from feature_repo.contract import ITEM_VIEW, USER_VIEW
+    from models.features.materialize import materialize
+    from models.features.store import open_store
+    from models.settings import get_settings
+
+    began = time.perf_counter()
+    written = bench.prepare(Path(os.environ["CTR_DATA_DIR"]), users + items, users=users, id_offset=ID_OFFSET)
+    store = open_store(get_settings())
+    start, end = datetime(2017, 11, 25, tzinfo=UTC), datetime(2017, 12, 4, tzinfo=UTC)
+    materialize(store, start, end, views=[USER_VIEW, ITEM_VIEW], progress=print)
+    return {"source_rows": sum(written.values()), "seconds": round(time.perf_counter() - began, 1)}
+
+
+def rank_bodies(n: int, users: int, items: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    bodies = []
+    for _ in range(n):
+        drawn = np.unique(np.floor(items * rng.random(400) ** 3).astype(np.int64))
+        chosen = rng.permutation(drawn)[:100] + ID_OFFSET
+        bodies.append(
+            {
+                "user_id": int(ID_OFFSET + rng.integers(users)),
+                "item_ids": chosen.tolist(),
+                "context": {"request_ts": LAST_SECOND},
+            }
+        )
+    return bodies
+
+
+def ingest_bodies(rate: float, seconds: float, batch: int) -> list[dict]:
+    """The real stream hour, moved after the batch data (every event its shopper's newest), cut
+    into POST bodies of `batch` events: enough for `rate` events/s during `seconds`."""
+    from models.data.replay import load_stream, payload
+
+    events = load_stream(STREAM)
+    events["event_timestamp"] += pd.Timestamp("2017-12-04", tz="UTC") - events["event_timestamp"].min()
+    needed = min(int(rate * seconds), len(events))
+    return [payload(events.iloc[k : k + batch]) for k in range(0, needed - batch + 1, batch)]
+
+
+def _counter(metrics: str, name: str, labels: str) -> float:
+    found = re.search(rf"^{name}{{{labels}}} (\S+)$", metrics, re.M)
+    return float(found[1]) if found else 0.0
+
+
+def _row(load: str, result: dict, **more) -> dict:
+    keys = ("requests", "req_per_s", "p50_ms", "p99_ms", "non_200", "fallbacks")
+    return {"load": load, **{k: result.get(k) for k in keys}, **more}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "var", help="a finished pipeline run")
+    parser.add_argument("--users", type=float, default=1e6, help="SYNTHETIC shoppers in the online store")
+    parser.add_argument("--items", type=float, default=4e6, help="SYNTHETIC items in the online store")
+    parser.add_argument("--rate", type=float, default=50.0, help="/rank requests per second")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the load")
+    parser.add_argument("--ingest-rate", type=float, default=1000.0, help="events/s POSTed beside it")
+    parser.add_argument("--ingest-batch", type=int, default=20, help="events per POST /events")
+    parser.add_argument("--child", nargs=2, type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(write_catalogue(int(args.child[0]), int(args.child[1]))))
+        return
+    data_dir = args.data_dir.resolve()
+    if not (data_dir / "mlflow/mlflow.db").exists():
+        raise SystemExit(f"no pipeline run under {data_dir}: run `make demo` first")
+    users, items = int(args.users), int(args.items)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-catalogue-") as tmp, redis_server() as redis:
+        folder = Path(tmp)
+        shutil.copy(data_dir / "feast/registry.db", folder / "registry.db")
+        env = {
+            **os.environ,
+            "CTR_FEAST_REGISTRY": str(folder / "registry.db"),
+            "CTR_DATA_DIR": str(data_dir),
+            "CTR_ONLINE_STORE": "redis",
+            "CTR_REDIS_CONNECTION": redis,
+            "PYTHONPATH": str(ROOT),
+            "CTR_EVENT_LOG": str(folder / "events"),
+            "CTR_SERVING_LOG": str(folder / "serving_log"),
+            "CTR_CHALLENGER_SHARE": "0",
+        }
+        done = subprocess.run(
+            [CTR, "run", "--stage", "apply_features", "--stage", "materialize"],
+            env=env, cwd=ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+        if done.returncode:
+            raise SystemExit(f"materializing the slice into Redis failed:\n{done.stderr[-3000:]}")
+        before = _redis_used(redis)
+        # The catalogue's offline files and registry of its own: the same repo, so the same Redis keys.
+        synth_env = {**env, "CTR_DATA_DIR": str(folder / "synth"), "CTR_FEAST_REGISTRY": str(folder / "s.db")}
+        print(f"writing the SYNTHETIC catalogue: {users:,} shoppers + {items:,} items", flush=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", str(users), str(items)],
+            env=synth_env, cwd=ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+        if done.returncode:
+            raise SystemExit(f"writing the catalogue failed:\n{done.stderr[-3000:]}")
+        written = json.loads(done.stdout.strip().splitlines()[-1])
+        used = _redis_used(redis) - before
+        catalogue = {
+            "entities": users + items,
+            "redis_mib": round(used / 2**20),
+            "redis_bytes_per_entity": round(used / (users + items)),
+            "materialize_s": written["seconds"],
+        }
+        print(catalogue, flush=True)
+        shutil.rmtree(folder / "synth", ignore_errors=True)
+
+        bodies = rank_bodies(2000, users, items)
+        port = free_port()
+        ingest_url = f"http://127.0.0.1:{port}"
+        with (
+            serve(env, folder / "serve.log") as url,
+            process_group(
+                [CTR, "ingest", "--port", str(port)], env=env, cwd=ROOT, log=folder / "ingest.log",
+                ready=f"{ingest_url}/readyz", timeout_s=300, name="ctr ingest",
+            ),
+        ):  # fmt: skip
+            for body in bodies[:50]:  # warm-up: models loaded, connections open
+                httpx.post(f"{url}/rank", json=body, timeout=30)
+            rank_only = summary(open_loop(url, bodies, args.rate, args.seconds))
+            rows.append(_row(f"/rank {args.rate:g} req/s alone", rank_only, **catalogue))
+            print_table(TITLE, rows[-1:])
+
+            posts = ingest_bodies(args.ingest_rate, args.seconds, args.ingest_batch)
+            post_rate = args.ingest_rate / args.ingest_batch
+            ingested: dict = {}
+
+            def run_ingest() -> None:
+                span = len(posts) / post_rate
+                ingested["result"] = summary(open_loop(ingest_url, posts, post_rate, span, "/events"))
+
+            metrics_before = httpx.get(f"{url}/metrics", timeout=10).text
+            feeder = threading.Thread(target=run_ingest)
+            feeder.start()
+            beside = summary(open_loop(url, bodies, args.rate, args.seconds))
+            feeder.join()
+            metrics = httpx.get(f"{url}/metrics", timeout=10).text
+            hits = _counter(metrics, "ctr_item_feature_reads_total", 'source="cache"') - _counter(
+                metrics_before, "ctr_item_feature_reads_total", 'source="cache"'
+            )
+            misses = _counter(metrics, "ctr_item_feature_reads_total", 'source="store"') - _counter(
+                metrics_before, "ctr_item_feature_reads_total", 'source="store"'
+            )
+            events_sent = len(posts) * args.ingest_batch
+            rows.append(
+                _row(
+                    f"/rank {args.rate:g} req/s with ingest",
+                    beside,
+                    item_cache_hit_rate=round(hits / (hits + misses), 3) if hits + misses else None,
+                )
+            )
+            result = ingested["result"]
+            rows.append(
+                _row(
+                    f"POST /events, {args.ingest_batch} events each ({args.ingest_rate:g} events/s offered)",
+                    result,
+                    events_per_s=round(result["req_per_s"] * args.ingest_batch),
+                    events_sent=events_sent,
+                    freshness_p99_ms=result.get("p99_ms"),
+                )
+            )
+            recommend = [{"user_id": b["user_id"], "k": 20} for b in bodies]
+            rows.append(
+                _row(
+                    f"/recommend k=20, {args.rate / 4:g} req/s",
+                    summary(open_loop(url, recommend, args.rate / 4, args.seconds, "/recommend")),
+                )
+            )
+    print_table(TITLE, rows)
+    write_results(
+        "catalogue_serving",
+        TITLE,
+        rows,
+        [
+            f"SYNTHETIC catalogue: {users:,} shoppers + {items:,} items (benchmarks/materialize.py's "
+            "offline sources, ids above 10^10) beside the real slice, in one redis-server 7; the model is "
+            "the run's XGBoost champion (trained on the real slice).",
+            "/rank: 100 distinct candidates per request, item = floor(N u^3) (heavy-tailed popularity), "
+            "a random synthetic shopper, open loop. Item cache: CTR_ITEM_CACHE_TTL_S (30 s), hit rate "
+            "from the ranker's ctr_item_feature_reads_total.",
+            "Ingest: the real stream hour moved after the batch data, POSTed in batches during the "
+            "second /rank run; freshness = the call's round trip (the push is inside the call).",
+            "Load generators, services and Redis share the machine's 2 cores.",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
