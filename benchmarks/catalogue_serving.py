@@ -105,9 +105,14 @@ def _counter(metrics: str, name: str, labels: str) -> float:
     return float(found[1]) if found else 0.0
 
 
+MORE = ("item_cache_hit_rate", "events_per_s", "freshness_p99_ms", "entities", "redis_mib",
+        "redis_bytes_per_entity", "materialize_s")  # fmt: skip
+
+
 def _row(load: str, result: dict, **more) -> dict:
+    """One table row, every row with the same columns (None where one does not apply)."""
     keys = ("requests", "req_per_s", "p50_ms", "p99_ms", "non_200", "fallbacks")
-    return {"load": load, **{k: result.get(k) for k in keys}, **more}
+    return {"load": load, **{k: result.get(k) for k in keys}, **{k: more.get(k) for k in MORE}}
 
 
 def main() -> None:
@@ -208,7 +213,6 @@ def main() -> None:
             misses = _counter(metrics, "ctr_item_feature_reads_total", 'source="store"') - _counter(
                 metrics_before, "ctr_item_feature_reads_total", 'source="store"'
             )
-            events_sent = len(posts) * args.ingest_batch
             rows.append(
                 _row(
                     f"/rank {args.rate:g} req/s with ingest",
@@ -222,7 +226,6 @@ def main() -> None:
                     f"POST /events, {args.ingest_batch} events each ({args.ingest_rate:g} events/s offered)",
                     result,
                     events_per_s=round(result["req_per_s"] * args.ingest_batch),
-                    events_sent=events_sent,
                     freshness_p99_ms=result.get("p99_ms"),
                 )
             )
