@@ -319,8 +319,10 @@ def repeated_rows(batches: Callable[[], Iterable[pd.DataFrame]]) -> pd.Series:
     exactly (a hash collision is never taken for a repeat).
     """
     columns = list(EVENT_COLUMNS)
+    # A categorical hashes as its values do (pandas hashes each category once, then takes codes):
+    # the same hashes as the strings, without hashing every row's behaviour string.
     hashes = [
-        pd.util.hash_pandas_object(b[columns], index=False).to_numpy()
+        pd.util.hash_pandas_object(b[columns].astype({BEHAVIOR: "category"}), index=False).to_numpy()
         for b in batches()
         if set(columns) <= set(b.columns)
     ]
@@ -357,7 +359,14 @@ def to_canonical(raw: pd.DataFrame) -> pd.DataFrame:
     behavior = raw[BEHAVIOR].astype("string").str.strip().str.lower()
     events[BEHAVIOR] = behavior.mask(behavior == "")
     seconds = pd.to_numeric(raw["timestamp"].str.strip(), errors="coerce")
-    events[EVENT_TIMESTAMP] = pd.to_datetime(seconds, unit="s", utc=True, errors="coerce")
+    try:
+        stamps = pd.to_datetime(seconds, unit="s", utc=True, errors="coerce")
+    except FloatingPointError:
+        # pandas' vectorised path for float seconds (a column with a missing time) at times reports
+        # an overflow no value causes, after native code ran in the process; its path for objects,
+        # which it takes itself for times out of range, gives the same timestamps.
+        stamps = pd.to_datetime(seconds.astype(object), unit="s", utc=True, errors="coerce")
+    events[EVENT_TIMESTAMP] = stamps
     return events[[SOURCE_ROW, *EVENT_COLUMNS]]
 
 

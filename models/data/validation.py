@@ -333,7 +333,10 @@ def _as_checked(frame: pd.DataFrame) -> pd.DataFrame:
     plain = [
         c
         for c in ID_COLUMNS
-        if isinstance(frame[c].dtype, pd.Int64Dtype) and not frame[c].hasnans and not frame[c].lt(0).any()
+        if c in frame
+        and isinstance(frame[c].dtype, pd.Int64Dtype)
+        and not frame[c].hasnans
+        and not frame[c].lt(0).any()
     ]
     return frame.astype(dict.fromkeys(plain, "int64")) if plain else frame
 
