@@ -8,7 +8,7 @@ when it finished: the machine may be shared.
 Each stage runs in a fresh child process, so its peak RSS (ru_maxrss from wait4) is its own.
 Usage:
   python benchmarks/ingest_validate.py [--sizes 1M 10M 100M] [--root DIR] [--old REV] [--old-max 10M]
-      [--scopes "one day" window] [--corrupt 10M]
+      [--scopes "one day" window] [--corrupt 10M|none] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -172,7 +172,10 @@ def main() -> int:
     parser.add_argument("--old", default="", help="git revision of the code to compare with")
     parser.add_argument("--scopes", nargs="+", default=["one day", "window"], choices=["one day", "window"])
     parser.add_argument("--old-max", default="10M", help="largest size the old code is run on")
-    parser.add_argument("--corrupt", default="", help="size of the corrupt-day run (default: the largest)")
+    parser.add_argument(
+        "--corrupt", default="", help="size of the corrupt-day run (default: the largest; none: no such run)"
+    )
+    parser.add_argument("--tag", default="", help="written as ingest_validate_<tag>.json (one run per tag)")
     args = parser.parse_args()
 
     rows = []
@@ -188,8 +191,9 @@ def main() -> int:
                     print(rows[-1], flush=True)
     batch = os.environ.get("CTR_INGEST_BATCH_ROWS", "1000000")
     print_table("Raw ingest + GX validation: Arrow parse vs line-by-line", rows)
+    suffix = f"_{args.tag}" if args.tag else ""
     write_results(
-        "ingest_validate",
+        f"ingest_validate{suffix}",
         "Raw ingest + GX validation at size: Arrow CSV parse vs line-by-line",
         rows,
         [
@@ -206,11 +210,13 @@ def main() -> int:
             "the row finished (the machine is shared).",
         ],
     )
+    if args.corrupt == "none":
+        return 0
     size = args.corrupt or max(args.sizes, key=synth.parse_size)
     corrupt = [corrupt_run(size, args.root / f"synth-{size}", args.root)]
     print_table("One corrupt day among nine", corrupt)
     write_results(
-        "ingest_validate_corrupt_day",
+        f"ingest_validate_corrupt_day{suffix}",
         "Bad input at scale: one corrupt day among nine",
         corrupt,
         [
