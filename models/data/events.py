@@ -6,6 +6,10 @@ and every row keeps its line number in the source file so a quarantined row can 
 With CTR_USER_ID_KEY set, user ids are replaced by their pseudonyms here (models/data/privacy.py): the
 lake, the quarantine and everything downstream hold no raw id, and a quarantined row's raw values
 are found through its line number in the source file.
+
+The streamed reader (`iter_events`) parses blocks of well-formed lines with Arrow's CSV reader and
+anything else line by line with pandas, as `load_events` reads every line: the same rows, values,
+line numbers and chunks either way.
 """
 
 from __future__ import annotations
