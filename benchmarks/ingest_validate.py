@@ -1,12 +1,14 @@
 """Raw ingest + GX validation (`ctr run --stage ingest`, `--stage validate`) on SYNTHETIC day
 partitions: wall time, events/s and peak RSS of each stage, for one day and for the whole window,
-streamed in batches of CTR_INGEST_BATCH_ROWS (new) and, with --old REV, the in-memory code of that
-git revision where it fits; then one corrupt day among nine (a copy of the largest set with one
-day's partition damaged): only that day is held back and the counts reconcile.
+of this checkout and, with --old REV, of that git revision's code side by side (up to --old-max);
+then one corrupt day among nine (a copy of a set with one day's partition damaged): only that day
+is held back and the counts reconcile. Each row records the load average (as `uptime` gives it)
+when it finished: the machine may be shared.
 
 Each stage runs in a fresh child process, so its peak RSS (ru_maxrss from wait4) is its own.
 Usage:
-  python benchmarks/ingest_validate.py [--sizes 1M 10M] [--root /tmp] [--old REV] [--old-max 10M]
+  python benchmarks/ingest_validate.py [--sizes 1M 10M 100M] [--root DIR] [--old REV] [--old-max 10M]
+      [--scopes "one day" window] [--corrupt 10M|none] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -63,7 +65,13 @@ def run_stage(stage: str, data_dir: Path, raw: Path, span: tuple[str, str], code
     if status != 0:
         raise SystemExit(f"{stage} failed (status {status}) on {raw}")
     printed = json.loads(out.strip().splitlines()[-1])
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, **printed}
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": usage.ru_maxrss / 1024, **printed}
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as `uptime` prints them."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def measure(size: str, raw: Path, version: str, code: Path | None, scope: str) -> dict:
@@ -82,8 +90,14 @@ def measure(size: str, raw: Path, version: str, code: Path | None, scope: str) -
         "ingest_rss_mb": round(ingest["peak_rss_mb"]),
         "validate_s": round(validate["seconds"], 1),
         "validate_rss_mb": round(validate["peak_rss_mb"]),
+        "ingest_cpu_s": round(ingest["cpu_seconds"], 1),
+        "validate_cpu_s": round(validate["cpu_seconds"], 1),
+        "ingest_events_per_s": round(rows / ingest["seconds"]),
+        "validate_events_per_s": round(rows / validate["seconds"]),
         "events_per_s": round(rows / total),
+        "events_per_cpu_s": round(rows / (ingest["cpu_seconds"] + validate["cpu_seconds"])),
         "peak_rss_mb": round(max(ingest["peak_rss_mb"], validate["peak_rss_mb"])),
+        "load_avg": load_average(),
     }
 
 
@@ -136,6 +150,7 @@ def corrupt_run(size: str, source: Path, root: Path) -> dict:
         "validate_s": round(validate["seconds"], 1),
         "peak_rss_mb": round(max(ingest["peak_rss_mb"], validate["peak_rss_mb"])),
         "validate_says": validate.get("error", "passed"),
+        "load_avg": load_average(),
     }
 
 
@@ -154,9 +169,13 @@ def main() -> int:
     )
     parser.add_argument("--sizes", nargs="+", default=["1M", "10M"], help="SYNTHETIC sets ROOT/synth-<size>")
     parser.add_argument("--root", type=Path, default=Path("/tmp"))
-    parser.add_argument("--old", default="", help="git revision of the in-memory code to compare with")
+    parser.add_argument("--old", default="", help="git revision of the code to compare with")
+    parser.add_argument("--scopes", nargs="+", default=["one day", "window"], choices=["one day", "window"])
     parser.add_argument("--old-max", default="10M", help="largest size the old code is run on")
-    parser.add_argument("--corrupt", default="", help="size of the corrupt-day run (default: the largest)")
+    parser.add_argument(
+        "--corrupt", default="", help="size of the corrupt-day run (default: the largest; none: no such run)"
+    )
+    parser.add_argument("--tag", default="", help="written as ingest_validate_<tag>.json (one run per tag)")
     args = parser.parse_args()
 
     rows = []
@@ -164,39 +183,45 @@ def main() -> int:
         code = old_code(args.old, Path(extracted)) if args.old else None
         for size in args.sizes:
             raw = args.root / f"synth-{size}"
-            for scope in ("one day", "window"):
-                rows.append(measure(size, raw, "streamed", None, scope))
+            for scope in args.scopes:
+                rows.append(measure(size, raw, "new", None, scope))
                 print(rows[-1], flush=True)
                 if code is not None and synth.parse_size(size) <= synth.parse_size(args.old_max):
-                    rows.append(measure(size, raw, f"in-memory ({args.old})", code, scope))
+                    rows.append(measure(size, raw, f"old ({args.old})", code, scope))
                     print(rows[-1], flush=True)
     batch = os.environ.get("CTR_INGEST_BATCH_ROWS", "1000000")
-    print_table("Raw ingest + GX validation, streamed vs in-memory", rows)
+    print_table("Raw ingest + GX validation: Arrow parse vs line-by-line", rows)
+    suffix = f"_{args.tag}" if args.tag else ""
     write_results(
-        "ingest_validate",
-        "Raw ingest + GX validation at size: streamed in batches vs in memory",
+        f"ingest_validate{suffix}",
+        "Raw ingest + GX validation at size: Arrow CSV parse vs line-by-line",
         rows,
         [
             "SYNTHETIC data (ctr synth, seed 0): Taobao-format day partitions, 9 days; "
             "no quality is claimed.",
-            f"streamed: CTR_INGEST_BATCH_ROWS={batch}; in-memory: the code before streaming (git revision "
-            f"{args.old or '-'}), which reads the interval whole. one day: {DAY[0][:10]} alone; "
+            f"new: this checkout; old: git revision {args.old or '-'} (lines split by pandas, batch counted "
+            f"by a read); both streamed with CTR_INGEST_BATCH_ROWS={batch}. one day: {DAY[0][:10]} alone; "
             "window: all 9 days.",
             "Each stage in its own child process: seconds wall clock, peak RSS from wait4; events/s = rows / "
-            "(ingest + validate). Validation keeps every chunk's result in a file-backed GX project and "
-            "rebuilds the Data Docs once per day.",
+            "(ingest + validate), per stage rows / its seconds. cpu_s: the stage's user + system CPU seconds "
+            "(wait4); events_per_cpu_s = rows / both stages' CPU seconds, which a busy machine inflates far "
+            "less than wall time. Validation keeps every chunk's result in a file-backed GX project and "
+            "rebuilds the Data Docs once per day. load_avg: the machine's 1/5/15 minute load average when "
+            "the row finished (the machine is shared).",
         ],
     )
+    if args.corrupt == "none":
+        return 0
     size = args.corrupt or max(args.sizes, key=synth.parse_size)
     corrupt = [corrupt_run(size, args.root / f"synth-{size}", args.root)]
     print_table("One corrupt day among nine", corrupt)
     write_results(
-        "ingest_validate_corrupt_day",
+        f"ingest_validate_corrupt_day{suffix}",
         "Bad input at scale: one corrupt day among nine",
         corrupt,
         [
             f"SYNTHETIC {size} copied, {CORRUPT_DAY}'s partition damaged on every third line (unknown "
-            "behaviour, a line cut short, bytes that are not UTF-8); streamed code, "
+            "behaviour, a line cut short, bytes that are not UTF-8); this checkout, "
             f"CTR_INGEST_BATCH_ROWS={batch}.",
             "Validation fails naming the broken day; the other days get their accepted partitions; every "
             "line of every day is accepted or quarantined.",

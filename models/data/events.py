@@ -6,14 +6,20 @@ and every row keeps its line number in the source file so a quarantined row can 
 With CTR_USER_ID_KEY set, user ids are replaced by their pseudonyms here (models/data/privacy.py): the
 lake, the quarantine and everything downstream hold no raw id, and a quarantined row's raw values
 are found through its line number in the source file.
+
+The streamed reader (`iter_events`) parses blocks of well-formed lines with Arrow's CSV reader and
+anything else line by line with pandas, as `load_events` reads every line: the same rows, values,
+line numbers and chunks either way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Callable, Iterable, Iterator
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -81,9 +87,10 @@ def _read_raw_file(path: Path | None) -> pd.DataFrame:
     return raw
 
 
-def _raw_chunks(path: Path | None, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
-    """A file's lines split into the raw columns, `chunk_rows` lines at a time (None: all at
-    once), numbered through the file from 1; always at least one (maybe empty) chunk."""
+def _raw_chunks(path: Path | BinaryIO | None, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    """A file's (or a binary stream's) lines split into the raw columns, `chunk_rows` lines at a
+    time (None: all at once), numbered through the file from 1; always at least one (maybe
+    empty) chunk."""
     import csv
 
     readers: Iterable[pd.DataFrame] = []
@@ -148,13 +155,162 @@ def iter_events(
     offset = 0
     for file in raw_event_files(path, days):
         rows = 0
-        for raw in _raw_chunks(file, chunk_rows):
-            events = to_canonical(raw)
+        for events in _canonical_chunks(file, chunk_rows):
             events[SOURCE_ROW] += offset
             events[USER_ID] = pseudonymise(events[USER_ID], user_id_key)
             rows += len(events)
             yield file, events
         offset += rows
+
+
+# Bytes the two readers may split into lines differently ("\r"), or that the line-by-line
+# reader takes for its own separator: from a block holding one, the rest of its file goes that way.
+_LINE_BREAKERS = (b"\r", b"\x00", b"\x01")
+_ID_LIMIT = 2**53  # ids the line-by-line reader keeps exact in a chunk with a missing one
+_SECONDS_LIMIT = 2**33  # Unix seconds well inside what a timestamp holds
+
+
+def _canonical_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """`to_canonical` of `_raw_chunks(path, chunk_rows)`, chunk for chunk, at the speed of Arrow's
+    CSV parser.
+
+    The file is cut into blocks of `chunk_rows` lines, and each block of well-formed lines (five
+    fields, whole decimal numbers, UTF-8) is parsed by Arrow into the same frame the line-by-line
+    reader gives. Any block Arrow refuses, or whose values the two readers might read differently
+    (hexadecimal digits Arrow accepts, huge ids, far timestamps), goes through the line-by-line
+    reader; from a block that reader would cut differently (a blank line it skips, "\r"), the
+    rest of the file does, so the chunks are the ones it gives. Every line is kept and judged
+    as before.
+    """
+    offset, chunks = 0, 0
+    with _open_raw(path) as handle:
+        blocks = _LineBlocks(handle, chunk_rows)
+        for block in blocks:
+            lines = block.count(b"\n") + (not block.endswith(b"\n"))
+            events = None
+            if not any(b in block for b in _LINE_BREAKERS):
+                events = _arrow_canonical(block, offset, lines)
+                if events is None:
+                    (raw,) = _raw_chunks(io.BytesIO(block), None)
+                    events = to_canonical(raw) if len(raw) == lines else None
+                    if events is not None:
+                        events[SOURCE_ROW] += offset
+            if events is None:  # the rest of the file, from this block on, line by line
+                for raw in _raw_chunks(blocks.rest(block), chunk_rows):
+                    raw[SOURCE_ROW] += offset  # numbered through the rest from 1
+                    yield to_canonical(raw)
+                return
+            offset, chunks = offset + len(events), chunks + 1
+            yield events
+    if not chunks:
+        yield no_events()
+
+
+def _open_raw(path: Path) -> BinaryIO:
+    import gzip
+
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")  # type: ignore[return-value]
+
+
+class _LineBlocks:
+    """A binary file as blocks of `lines` "\n"-ended lines (the last may be shorter), read a few
+    MB at a time; `rest` gives a block and everything after it as one stream again."""
+
+    def __init__(self, handle: BinaryIO, lines: int, read_bytes: int = 1 << 22) -> None:
+        self._handle, self._lines, self._read_bytes = handle, lines, read_bytes
+        self._pending = bytearray()
+
+    def __iter__(self) -> Iterator[bytes]:
+        held = 0
+        while True:
+            piece = self._handle.read(self._read_bytes)
+            self._pending += piece
+            held += piece.count(b"\n")
+            while held >= self._lines or (not piece and self._pending):
+                cut = len(self._pending)
+                if held >= self._lines:
+                    ends = np.flatnonzero(np.frombuffer(self._pending, dtype=np.uint8) == ord("\n"))
+                    cut = int(ends[self._lines - 1]) + 1
+                block = bytes(self._pending[:cut])
+                del self._pending[:cut]
+                held -= block.count(b"\n")
+                yield block
+            if not piece:
+                return
+
+    def rest(self, block: bytes) -> BinaryIO:
+        return io.BufferedReader(_Prefixed(block + bytes(self._pending), self._handle))
+
+
+class _Prefixed(io.RawIOBase):
+    """Bytes already read, then the rest of a binary handle, as one stream."""
+
+    def __init__(self, prefix: bytes, rest: BinaryIO) -> None:
+        self._prefix, self._rest = memoryview(prefix), rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._prefix.nbytes:
+            n = min(len(buffer), self._prefix.nbytes)
+            buffer[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _arrow_canonical(block: bytes, offset: int, lines: int) -> pd.DataFrame | None:
+    """A block of `lines` lines as `to_canonical` reads them, numbered from offset + 1, through
+    Arrow; None when the block needs the line-by-line reader (see `_canonical_chunks`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    if b"x" in block or b"X" in block:  # "0x1f": hexadecimal to Arrow, not a number to pandas
+        return None
+    numbers = {c: pa.int64() for c in RAW_COLUMNS if c != BEHAVIOR}
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(block),
+            read_options=pacsv.ReadOptions(column_names=list(RAW_COLUMNS), block_size=len(block) + 1),
+            parse_options=pacsv.ParseOptions(quote_char=False, double_quote=False, escape_char=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={**numbers, BEHAVIOR: pa.string()},
+                null_values=[""],
+                strings_can_be_null=False,
+                check_utf8=True,
+            ),
+        )
+    except pa.ArrowInvalid:
+        return None
+    if table.num_rows != lines:  # a blank line, which Arrow skips
+        return None
+    events = pd.DataFrame({SOURCE_ROW: np.arange(offset + 1, offset + table.num_rows + 1)})
+    for column in ID_COLUMNS:
+        values = table.column(column)
+        if values.null_count and pc.max(pc.abs(values)).as_py() >= _ID_LIMIT:
+            return None  # pandas reads this chunk's ids as floats, rounded
+        events[column] = values.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    seconds = table.column("timestamp")
+    low, high = pc.min_max(seconds).values()
+    if low.is_valid and max(-low.as_py(), high.as_py()) >= _SECONDS_LIMIT:
+        return None
+    coded = table.column(BEHAVIOR).combine_chunks().dictionary_encode()
+    names = np.array([_behavior(v) for v in coded.dictionary.to_pylist()], dtype=object)
+    codes = coded.indices.to_numpy(zero_copy_only=False) if len(coded) else np.array([], dtype=np.int64)
+    events[BEHAVIOR] = pd.array(names[codes], dtype="string")
+    stamps = pd.to_datetime(seconds.fill_null(0).to_numpy(), unit="s", utc=True)
+    events[EVENT_TIMESTAMP] = stamps.where(~seconds.is_null().to_numpy(zero_copy_only=False))
+    return events[[SOURCE_ROW, *EVENT_COLUMNS]]
+
+
+def _behavior(value: str) -> Any:
+    """One behaviour as `to_canonical` cleans it: trimmed, lower case, missing when empty."""
+    cleaned = value.strip().lower()
+    return cleaned if cleaned else pd.NA
 
 
 def repeated_rows(batches: Callable[[], Iterable[pd.DataFrame]]) -> pd.Series:
@@ -167,8 +323,10 @@ def repeated_rows(batches: Callable[[], Iterable[pd.DataFrame]]) -> pd.Series:
     exactly (a hash collision is never taken for a repeat).
     """
     columns = list(EVENT_COLUMNS)
+    # A categorical hashes as its values do (pandas hashes each category once, then takes codes):
+    # the same hashes as the strings, without hashing every row's behaviour string.
     hashes = [
-        pd.util.hash_pandas_object(b[columns], index=False).to_numpy()
+        pd.util.hash_pandas_object(b[columns].astype({BEHAVIOR: "category"}), index=False).to_numpy()
         for b in batches()
         if set(columns) <= set(b.columns)
     ]
@@ -205,7 +363,14 @@ def to_canonical(raw: pd.DataFrame) -> pd.DataFrame:
     behavior = raw[BEHAVIOR].astype("string").str.strip().str.lower()
     events[BEHAVIOR] = behavior.mask(behavior == "")
     seconds = pd.to_numeric(raw["timestamp"].str.strip(), errors="coerce")
-    events[EVENT_TIMESTAMP] = pd.to_datetime(seconds, unit="s", utc=True, errors="coerce")
+    try:
+        stamps = pd.to_datetime(seconds, unit="s", utc=True, errors="coerce")
+    except FloatingPointError:
+        # pandas' vectorised path for float seconds (a column with a missing time) at times reports
+        # an overflow no value causes, after native code ran in the process; its path for objects,
+        # which it takes itself for times out of range, gives the same timestamps.
+        stamps = pd.to_datetime(seconds.astype(object), unit="s", utc=True, errors="coerce")
+    events[EVENT_TIMESTAMP] = stamps
     return events[[SOURCE_ROW, *EVENT_COLUMNS]]
 
 
