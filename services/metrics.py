@@ -34,3 +34,10 @@ MODEL_RELOADS = bentoml.metrics.Counter(
     documentation="Model swaps after an MLflow alias moved, and failed reload attempts.",
     labelnames=["result"],
 )
+MODEL_REFUSALS = bentoml.metrics.Counter(
+    name="ctr_model_refusals",
+    documentation="Model versions refused because the promotion gate did not admit them for their "
+    "alias, by reason: missing, malformed, signature, mismatch (the record is another version's), "
+    "alias (admitted as challenger only).",
+    labelnames=["reason"],
+)

@@ -84,7 +84,12 @@ class Ranker:
 
         log_refusals_as_client_errors()
         self.store = fail_fast(open_store(SETTINGS))
-        self.pool = ModelPool(SETTINGS, self._check_binding, on_reload=self._after_reload)
+        self.pool = ModelPool(
+            SETTINGS,
+            self._check_binding,
+            on_reload=self._after_reload,
+            on_refusal=lambda reason: metrics.MODEL_REFUSALS.labels(reason=reason).inc(),
+        )
         self.pool.start()
         self.guard = StoreGuard(SETTINGS.feature_timeout_ms / 1000)
         self.serving_log = ServingLog(SETTINGS.serving_log_dir)
