@@ -24,6 +24,7 @@ import json
 import math
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,9 +154,12 @@ def promotion_key(settings: Settings) -> bytes:
                 f"{path} is readable by others (mode {mode:o}): chmod 600 it, or set CTR_PROMOTION_KEY"
             ) from None
         key = path.read_text().strip()
-        if len(key) < 32:
-            raise PromotionKeyError(f"{path} holds no key: remove it to make a new one") from None
-        return key.encode()
+        for _ in range(20):  # another process may have created it and not written it yet
+            if len(key) >= 32:
+                return key.encode()
+            time.sleep(0.05)
+            key = path.read_text().strip()
+        raise PromotionKeyError(f"{path} holds no key: remove it to make a new one") from None
     with os.fdopen(descriptor, "w") as out:
         out.write(secrets.token_hex(32) + "\n")
     return path.read_text().strip().encode()

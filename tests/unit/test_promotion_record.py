@@ -109,6 +109,10 @@ def test_the_embedded_key_is_made_once_beside_the_registry_readable_by_its_owner
     path.chmod(0o644)
     with pytest.raises(PromotionKeyError, match="readable by others"):
         promotion_key(settings)
+    path.chmod(0o600)
+    path.write_text("")  # cut short: never taken for a key
+    with pytest.raises(PromotionKeyError, match="holds no key"):
+        promotion_key(settings)
 
 
 def test_a_tracking_server_needs_the_shared_key(tmp_path, monkeypatch):
