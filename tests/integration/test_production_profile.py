@@ -449,14 +449,13 @@ def test_the_ranker_serves_only_versions_the_gate_promoted(production, productio
         assert "<=" in decision["reason"], decision
         refusal = ("alias", "admitted it as 'challenger'")
 
-    # A forged record (the rejected version's, claiming champion, signed with a guessed key), and
-    # v1's genuine record copied onto a new version of the same run.
-    copy = {"source": first.source, "run_id": first.run_id, "tags": first.tags, "model_id": first.model_id}
-    forged_version = tracking.create_model_version(name, **copy).version
+    # Two copies of v1 (MLflow's copy keeps its tags): one with a forged record (v1's, rewritten for
+    # the copy and signed with a guessed key), one with v1's genuine record as it was.
+    forged_version = tracking.copy_model_version(f"models:/{name}/1", name).version  # tags and all
     record = json.loads(first.tags[TAG_PROMOTION_RECORD])
     forged = sign_record({**record, "version": str(forged_version)}, b"guessed-key-guessed-key-guessed")
     tracking.set_model_version_tag(name, forged_version, TAG_PROMOTION_RECORD, json.dumps(forged))
-    borrowed_version = tracking.create_model_version(name, **copy).version
+    borrowed_version = tracking.copy_model_version(f"models:/{name}/1", name).version
 
     env = {
         **production["serving_env"],
