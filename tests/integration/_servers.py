@@ -250,34 +250,14 @@ class AclRedisProcess(RedisProcess):
     def _client(self):
         return self.client("ctr-admin")
 
+    def _arguments(self) -> list[str]:
+        return [*super()._arguments(), "--aclfile", str(self.aclfile)]
+
     def start(self) -> None:
-        acl = _acl_module()
         descriptor = os.open(self.aclfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as out:
-            out.write(acl["render"](self.passwords))
-        self.process = start_process_group(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--aclfile",
-                str(self.aclfile),
-            ],
-            cwd=self.workdir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_ready(self.process, self._answers_ping, timeout_s=20, name="redis-server", interval_s=0.05)
-        except BaseException:
-            stop_process_group(self.process, grace_s=10)
-            raise
+            out.write(_acl_module()["render"](self.passwords))
+        super().start()
 
 
 def _acl_module() -> dict:
