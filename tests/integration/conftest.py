@@ -162,7 +162,7 @@ class RedisProcess:
             client.close()
 
     def _arguments(self) -> list[str]:
-        """The server's command line: loopback only, no persistence of its own between runs."""
+        """The server's command line: loopback only, no automatic snapshots (stop() saves one)."""
         port = str(self.port)
         return [self.binary, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
