@@ -67,7 +67,6 @@ class ModelPool:
         self.on_refusal = on_refusal
         self.reloads = 0
         self.reload_failures = 0
-        self.refusals = 0
         self.last_error = ""
         # alias -> (version, its promotion record) last refused: not checked, counted or logged again
         self._refused: dict[str, tuple[str, str]] = {}
@@ -91,7 +90,6 @@ class ModelPool:
             served = load_promoted(self.settings, version, alias)
         except UnpromotedVersionError as exc:
             self._refused[alias] = _refusal_key(version)
-            self.refusals += 1
             self.on_refusal(exc.reason)
             raise
         self.check_binding(served)
