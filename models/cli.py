@@ -310,11 +310,20 @@ def _feast_yaml(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from models.registry import NoChampionError, aliased_version
+    from models.registry import (
+        CHAMPION,
+        NoChampionError,
+        PromotionKeyError,
+        UnpromotedVersionError,
+        aliased_version,
+        check_record,
+        promotion_key,
+    )
 
     try:  # refuse to start, rather than a server whose worker fails and restarts forever
-        aliased_version(get_settings())
-    except NoChampionError as exc:
+        settings = get_settings()
+        check_record(aliased_version(settings), CHAMPION, promotion_key(settings))
+    except (NoChampionError, UnpromotedVersionError, PromotionKeyError) as exc:
         print(f"ctr serve: cannot start: {exc}", file=sys.stderr)
         return 2
     return _bentoml_serve("services.ranker:Ranker", args)

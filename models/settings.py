@@ -135,6 +135,7 @@ class Settings:
     # Secrets: kept out of repr() so that printing or logging settings never shows them.
     api_token: str = field(repr=False)
     user_id_key: str = field(repr=False)
+    promotion_key: str = field(repr=False)
     max_request_bytes: int
     ingest_max_request_bytes: int
     # DuckDB's limits for the batch feature job and the candidate build: memory cap, threads, spill folder.
@@ -312,6 +313,10 @@ def get_settings() -> Settings:
         # Key of the user-id pseudonyms (models/data/privacy.py); empty: user ids are kept as the
         # shop sends them.
         user_id_key=_env("CTR_USER_ID_KEY", ""),
+        # HMAC key of the promotion gate's record on each version it admits, which the ranker checks
+        # before serving a version (models/registry.py); empty: a key file beside the embedded SQLite
+        # registry, made on first use. Required with an MLflow tracking server.
+        promotion_key=_env("CTR_PROMOTION_KEY", ""),
         # Larger request bodies get a 413 before they are parsed: the ranker's, and the ingest
         # service's (by default room for CTR_INGEST_MAX_EVENTS events of up to 512 bytes each).
         max_request_bytes=int(_env("CTR_MAX_REQUEST_BYTES", str(2**20))),
@@ -342,6 +347,10 @@ def get_settings() -> Settings:
         )
     if settings.api_token and len(settings.api_token) < MIN_SECRET_LENGTH:
         raise ValueError(f"CTR_API_TOKEN is too short: use at least {MIN_SECRET_LENGTH} random characters")
+    if settings.promotion_key and len(settings.promotion_key) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"CTR_PROMOTION_KEY is too short: use at least {MIN_SECRET_LENGTH} random characters"
+        )
     for name, value in (
         ("CTR_ITEM_CACHE_TTL_S", settings.item_cache_ttl_s),
         ("CTR_UNKNOWN_ITEM_TTL_S", settings.unknown_item_ttl_s),

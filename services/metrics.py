@@ -41,3 +41,10 @@ ITEM_FEATURE_READS = bentoml.metrics.Counter(
     "is the cache's hit rate.",
     labelnames=["source"],
 )
+MODEL_REFUSALS = bentoml.metrics.Counter(
+    name="ctr_model_refusals",
+    documentation="Model versions refused because the promotion gate did not admit them for their "
+    "alias, by reason: missing, malformed, signature, mismatch (the record is another version's), "
+    "alias (admitted as challenger only).",
+    labelnames=["reason"],
+)

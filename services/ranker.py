@@ -4,7 +4,9 @@ POST /rank scores a user's candidate items; POST /recommend generates candidates
 the user's categories, popularity) and ranks them. Features come from the Feast online store
 through the FeatureService each model version was trained with. Most users are scored by the
 MLflow `champion` of CTR_SERVED_MODEL, a stable CTR_CHALLENGER_SHARE of them by its `challenger`;
-both follow their aliases while the service runs. When the store fails or is slow, responses are
+both follow their aliases while the service runs, and only to versions whose promotion record the
+gate signed (models.registry.check_record; refusals are counted in /metrics as
+ctr_model_refusals_total). When the store fails or is slow, responses are
 ranked by popularity and flagged. Every response is logged for the online A/B readout.
 
 With CTR_USER_ID_KEY set, the user id of a request is the shop's own and is pseudonymised
@@ -84,7 +86,12 @@ class Ranker:
 
         log_refusals_as_client_errors()
         self.store = fail_fast(open_store(SETTINGS))
-        self.pool = ModelPool(SETTINGS, self._check_binding, on_reload=self._after_reload)
+        self.pool = ModelPool(
+            SETTINGS,
+            self._check_binding,
+            on_reload=self._after_reload,
+            on_refusal=lambda reason: metrics.MODEL_REFUSALS.labels(reason=reason).inc(),
+        )
         self.pool.start()
         self.guard = StoreGuard(SETTINGS.feature_timeout_ms / 1000)
         self.serving_log = ServingLog(SETTINGS.serving_log_dir)

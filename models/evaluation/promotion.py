@@ -1,9 +1,14 @@
 """From a trained model to the champion: log its run, plots and model to MLflow as a new version
 with alias `challenger`, then the promotion gate moves `champion` to it only if it is sane, its
-registered artifact scores as trained, and it beats the champion on the same test rows."""
+registered artifact scores as trained, and it beats the champion on the same test rows.
+
+Every version the gate admits gets its signed promotion record (models.registry.promotion_record):
+`champion` when promoted, `challenger` when sane but not better. It is written before the alias
+moves, and the ranking service serves no version without it."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -11,6 +16,7 @@ import pandas as pd
 
 from models.evaluation.metrics import ctr_metrics
 from models.evaluation.plots import figures
+from models.evaluation.report import run_metrics
 from models.kinds.packaging import log_pyfunc, pyfunc_scores
 from models.registry import (
     CHALLENGER,
@@ -19,13 +25,17 @@ from models.registry import (
     TAG_FEATURES,
     TAG_FINGERPRINT,
     TAG_KIND,
+    TAG_PROMOTION_RECORD,
     TAG_SYNTHETIC,
+    TAG_TEST_AUC,
     TAG_TRAINING,
     NoChampionError,
     client,
     load_by_alias,
     load_version,
     model_name,
+    promotion_key,
+    promotion_record,
 )
 from models.scoring import ScoringModel, scoring_latency_ms
 from models.settings import Settings
@@ -83,7 +93,7 @@ def log_candidate(
         TAG_FEATURES: ",".join(model.features),
         TAG_TRAINING: training,
         "run_id": run.info.run_id,
-        "test_auc": f"{metrics['auc']:.6f}",
+        TAG_TEST_AUC: f"{metrics['auc']:.6f}",
         **placement_tags(model.meta),
     }.items():
         tracking.set_model_version_tag(name, version, key, value)
@@ -199,6 +209,7 @@ def promote_if_better(
     The first version of an empty registry is promoted if it is sane. A champion trained on other
     features is compared by its recorded test AUC. Returns the decision with its reasons.
     """
+    key = promotion_key(settings)  # before anything: a gate that cannot sign must not run
     tracking = client(settings)
     name = model_name(settings, model.kind)
     scores = model.predict(test)
@@ -217,9 +228,12 @@ def promote_if_better(
         if champion.fingerprint == fingerprint:
             champion_auc = ctr_metrics(y_test, champion.predict(test))["auc"]
         else:
-            champion_auc = float(tracking.get_model_version(name, champion.version).tags["test_auc"])
+            champion_auc = float(tracking.get_model_version(name, champion.version).tags[TAG_TEST_AUC])
         decision["champion_version"] = champion.version
     decision |= decide(candidate_auc, failures, champion_auc, settings.promotion_min_auc_gain)
+    if not failures:  # admitted: as champion if promoted, else as the challenger it already is
+        admitted = CHAMPION if decision["promoted"] else CHALLENGER
+        record_promotion(settings, name, version, admitted, run_metrics(metrics), key)
     if decision["promoted"]:
         tracking.set_registered_model_alias(name, CHAMPION, version)
         tracking.delete_registered_model_alias(name, CHALLENGER)
@@ -229,3 +243,30 @@ def promote_if_better(
         tracking.delete_registered_model_alias(name, CHALLENGER)
     tracking.set_model_version_tag(name, version, "promotion", decision["reason"][:5000])
     return decision
+
+
+def record_promotion(
+    settings: Settings,
+    name: str,
+    version: str,
+    alias: str,
+    metrics: dict[str, float],
+    key: bytes | None = None,
+) -> dict[str, Any]:
+    """Sign and store the gate's record that `version` of `name` may serve as `alias`, with its
+    test-window metrics as its run recorded them (models.evaluation.report.run_metrics); returns
+    the record. The gate calls it; so may an operator holding the key who re-admits a version by
+    hand, which is the point: without the key there is no record."""
+    import json
+
+    tracking = client(settings)
+    record = promotion_record(
+        name,
+        tracking.get_model_version(name, version),
+        alias,
+        metrics,
+        key or promotion_key(settings),
+        datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    tracking.set_model_version_tag(name, version, TAG_PROMOTION_RECORD, json.dumps(record, sort_keys=True))
+    return record

@@ -1,6 +1,8 @@
-"""Real servers for the production-profile tests: PostgreSQL from the Debian package and an
-`mlflow server` process, each on a free loopback port in a process group of its own, and stopped
-afterwards with every process it started (models.ops.processes).
+"""Real servers for the production-profile tests: PostgreSQL from the Debian package, an
+`mlflow server` process (optionally behind MLflow's basic-auth app, through infra/mlflow/serve.sh)
+and a redis-server with the profile's ACL users (infra/redis/acl.py), each on a free loopback port
+in a process group of its own, and stopped afterwards with every process it started
+(models.ops.processes).
 
 PostgreSQL refuses to run as root, and CI runs as root: then the server runs as the unprivileged
 `postgres` account the Debian package creates (else `nobody`), in a data directory owned by it.
@@ -24,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from models.ops.processes import free_port, process_group, start_process_group, stop_process_group, wait_ready
+from tests.integration.conftest import ROOT, RedisProcess
 
 POSTGRES_USER = "ctr"  # the database role the tests connect as (trust authentication, loopback only)
 
@@ -180,14 +183,21 @@ def mlflow_server(
     log: Path,
     env: dict[str, str] | None = None,
     timeout: float = 180,
+    basic_auth: bool = False,
 ) -> Iterator[str]:
     """`mlflow server` with a database backend store and proxied artifacts (`--serve-artifacts`: clients
-    upload and download through the server, which keeps them under `artifacts`); yields its URL."""
+    upload and download through the server, which keeps them under `artifacts`); yields its URL.
+
+    With `basic_auth`, the server is started as the production profile starts it, by
+    infra/mlflow/serve.sh (`--app-name basic-auth`); `env` then holds what that script needs
+    (MLFLOW_AUTH_DATABASE_URI, MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY)."""
     port = free_port()
-    mlflow = Path(sys.executable).parent / "mlflow"
+    bin_dir = Path(sys.executable).parent
+    launcher = [str(bin_dir / "mlflow"), "server"]
+    if basic_auth:
+        launcher = ["sh", str(ROOT / "infra/mlflow/serve.sh")]
     command = [
-        str(mlflow),
-        "server",
+        *launcher,
         "--backend-store-uri",
         backend_store_uri,
         "--serve-artifacts",
@@ -202,9 +212,65 @@ def mlflow_server(
     ]
     # No job runner: it starts seven more processes for MLflow jobs, which the project never submits.
     env = {**(os.environ if env is None else env), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"  # the script runs `mlflow` from PATH
     url = f"http://127.0.0.1:{port}"
     # A process group of its own: the server's web workers are stopped with it.
     with process_group(
         command, env=env, log=log, ready=f"{url}/health", timeout_s=timeout, name="mlflow server"
     ):
         yield url
+
+
+class AclRedisProcess(RedisProcess):
+    """redis-server with the ACL file the production profile renders (infra/redis/acl.py): no
+    client gets in without a user and password. The harness itself (ping, save, shutdown) is
+    `ctr-admin`."""
+
+    def __init__(self, workdir: Path, passwords: dict[str, str]) -> None:
+        super().__init__(workdir)
+        self.passwords = passwords  # CTR_REDIS_*_PASSWORD -> password
+        self.aclfile = workdir / "users.acl"
+        self.users = _acl_module()["USERS"]
+
+    def connection_for(self, user: str) -> str:
+        """Feast's connection string for `user`: ``127.0.0.1:PORT,username=USER,password=...``."""
+        password = self.passwords[self.users[user][0]]
+        return f"127.0.0.1:{self.port},username={user},password={password}"
+
+    def client(self, user: str | None = None, password: str | None = None):
+        """A redis-py client as `user` (None: without credentials)."""
+        import redis
+
+        if user is not None and password is None:
+            password = self.passwords[self.users[user][0]]
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, username=user, password=password, socket_connect_timeout=1
+        )
+
+    def _client(self):
+        return self.client("ctr-admin")
+
+    def _arguments(self) -> list[str]:
+        return [*super()._arguments(), "--aclfile", str(self.aclfile)]
+
+    def start(self) -> None:
+        descriptor = os.open(self.aclfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(_acl_module()["render"](self.passwords))
+        super().start()
+
+
+def _acl_module() -> dict:
+    import runpy
+
+    return runpy.run_path(str(ROOT / "infra/redis/acl.py"))
+
+
+@contextlib.contextmanager
+def acl_redis_process(workdir: Path, passwords: dict[str, str]) -> Iterator[AclRedisProcess]:
+    server = AclRedisProcess(workdir, passwords)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

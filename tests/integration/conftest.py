@@ -161,19 +161,14 @@ class RedisProcess:
         finally:
             client.close()
 
+    def _arguments(self) -> list[str]:
+        """The server's command line: loopback only, no automatic snapshots (stop() saves one)."""
+        port = str(self.port)
+        return [self.binary, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
     def start(self) -> None:
         self.process = start_process_group(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+            self._arguments(),
             cwd=self.workdir,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,

@@ -51,6 +51,10 @@ def test_a_new_champion_is_built_smoke_tested_reloaded_and_recorded(
         second = tracking.create_model_version(name, first.source, first.run_id, tags=first.tags)
         new = str(second.version)
         assert new != str(first.version)
+        # ... through the promotion gate, whose record the service checks before serving it
+        from models.evaluation.promotion import record_promotion
+
+        record_promotion(settings, name, new, CHAMPION, json.loads(first.tags["promotion_record"])["metrics"])
         tracking.set_registered_model_alias(name, CHAMPION, new)
 
         built = build_bento(settings)

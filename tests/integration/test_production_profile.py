@@ -1,7 +1,11 @@
 """The production profile on real servers: the same DAGs and service, switched by environment
 variables only, with Airflow's metadata DB, MLflow's backend store and the Feast registry in a real
 PostgreSQL, MLflow behind a real `mlflow server` (artifacts proxied through it), and the Feast
-online store in a real redis-server.
+online store in a real redis-server. Both are behind credentials, as the profile runs them: Redis
+with one ACL user per role (infra/redis/acl.py, no access without one), MLflow behind its
+basic-auth app (infra/mlflow/serve.sh) with the pipeline's and the ranker's accounts
+(infra/mlflow/create_experiments.py); the pipeline and the service each get their own, and the
+promotion records are signed with a CTR_PROMOTION_KEY they share.
 
 To stay cheap it runs a shorter window (train 11-29..30, early stopping 12-01, test 12-02) over the
 same slice without the days outside it: the feature DAG for those four days, then training.
@@ -14,6 +18,7 @@ import gzip
 import io
 import json
 import runpy
+import secrets
 import subprocess
 import time
 from datetime import datetime
@@ -24,8 +29,8 @@ import pytest
 
 from feature_repo.contract import MODEL_FEATURE_SERVICE, RANKER_FEATURE_SERVICE
 from models.settings import PROJECT_ROOT, default_raw_events
-from tests.integration._servers import mlflow_server, postgres_process
-from tests.integration.conftest import bentoml_serve, project_environment, redis_process, run_dag
+from tests.integration._servers import acl_redis_process, mlflow_server, postgres_process
+from tests.integration.conftest import bentoml_serve, project_environment, run_dag
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +46,13 @@ PERIOD_START = datetime.fromisoformat("2017-11-25T00:00:00+08:00").timestamp()  
 WINDOW_START = datetime.fromisoformat(WINDOW["CTR_WINDOW_START"]).timestamp()
 WINDOW_END = datetime.fromisoformat(WINDOW["CTR_WINDOW_END"]).timestamp()
 AT = 1512187200  # 2017-12-02 12:00 in Beijing
+REDIS_PASSWORDS = (
+    "CTR_REDIS_ADMIN_PASSWORD",
+    "CTR_REDIS_RANKER_PASSWORD",
+    "CTR_REDIS_FEATURES_PASSWORD",
+    "CTR_REDIS_CELERY_PASSWORD",
+)
+PIPELINE, RANKER = "ctr-pipeline", "ctr-ranker"  # the MLflow accounts
 
 
 def _shorter_slice(target: Path) -> dict[str, int]:
@@ -82,13 +94,29 @@ def production(tmp_path_factory):
     (root / "redis").mkdir()
     timings: dict[str, float] = {}
     started = time.monotonic()
-    with postgres_process() as postgres, redis_process(root / "redis") as redis:
-        for database in ("airflow", "mlflow", "feast"):
+    # The secrets of this deployment: generated here, as a cluster's would be, never committed.
+    redis_passwords = {name: secrets.token_urlsafe(24) for name in REDIS_PASSWORDS}
+    mlflow_passwords = {"admin": secrets.token_urlsafe(24), PIPELINE: secrets.token_urlsafe(24)}
+    mlflow_passwords[RANKER] = secrets.token_urlsafe(24)
+    promotion_key = secrets.token_hex(32)
+    with postgres_process() as postgres, acl_redis_process(root / "redis", redis_passwords) as redis:
+        for database in ("airflow", "mlflow", "mlflow_auth", "feast"):
             postgres.create_database(database)
         timings["postgres_and_redis_s"] = time.monotonic() - started
         mark = time.monotonic()
+        server_env = {
+            **project_environment(root / "mlflow-server"),
+            "MLFLOW_AUTH_DATABASE_URI": postgres.url("mlflow_auth", "psycopg2"),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": mlflow_passwords["admin"],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+            "MLFLOW_AUTH_CONFIG_PATH": str(root / "mlflow-basic-auth.ini"),
+        }
         with mlflow_server(
-            postgres.url("mlflow", "psycopg2"), root / "mlflow-artifacts", root / "mlflow-server.log"
+            postgres.url("mlflow", "psycopg2"),
+            root / "mlflow-artifacts",
+            root / "mlflow-server.log",
+            env=server_env,
+            basic_auth=True,
         ) as tracking:
             timings["mlflow_server_s"] = time.monotonic() - mark
             expected = _shorter_slice(root / "events.csv")
@@ -99,13 +127,34 @@ def production(tmp_path_factory):
                 CTR_FEAST_YAML=str(PRODUCTION_FEAST_YAML),
                 CTR_FEAST_SQL_REGISTRY=postgres.url("feast", "psycopg2"),
                 CTR_ONLINE_STORE="redis",
-                CTR_REDIS_CONNECTION=redis.connection,
+                # The pipeline's Redis user (materialize writes) and MLflow account (registers,
+                # moves aliases); the service gets its own below.
+                CTR_REDIS_CONNECTION=redis.connection_for("ctr-features"),
                 AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgres.url("airflow", "psycopg2"),
                 AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+                MLFLOW_TRACKING_USERNAME=PIPELINE,
+                MLFLOW_TRACKING_PASSWORD=mlflow_passwords[PIPELINE],
+                CTR_PROMOTION_KEY=promotion_key,
             )
             env["MLFLOW_TRACKING_URI"] = tracking  # project_environment drops it
+            serving_env = {
+                **env,
+                "CTR_REDIS_CONNECTION": redis.connection_for("ctr-ranker"),
+                "MLFLOW_TRACKING_USERNAME": RANKER,
+                "MLFLOW_TRACKING_PASSWORD": mlflow_passwords[RANKER],
+            }
             mark = time.monotonic()
-            bootstrap = _create_experiments(env)
+            bootstrap = _create_experiments(
+                {
+                    **env,
+                    "MLFLOW_TRACKING_USERNAME": "admin",
+                    "MLFLOW_TRACKING_PASSWORD": mlflow_passwords["admin"],
+                    "CTR_MLFLOW_PIPELINE_USERNAME": PIPELINE,
+                    "CTR_MLFLOW_PIPELINE_PASSWORD": mlflow_passwords[PIPELINE],
+                    "CTR_MLFLOW_RANKER_USERNAME": RANKER,
+                    "CTR_MLFLOW_RANKER_PASSWORD": mlflow_passwords[RANKER],
+                }
+            )
             timings["create_experiments_s"] = time.monotonic() - mark
             mark = time.monotonic()
             runs = {"ctr_features": run_dag(env, "ctr_features", *FEATURE_RUN)}
@@ -125,6 +174,8 @@ def production(tmp_path_factory):
             yield {
                 "root": root,
                 "env": env,
+                "serving_env": serving_env,
+                "mlflow_passwords": mlflow_passwords,
                 "postgres": postgres,
                 "redis": redis,
                 "tracking": tracking,
@@ -147,6 +198,9 @@ def production_environment(production, monkeypatch):
         "CTR_ONLINE_STORE",
         "CTR_REDIS_CONNECTION",
         "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "CTR_PROMOTION_KEY",
         *WINDOW,
     ):
         monkeypatch.setenv(key, production["env"][key])
@@ -212,9 +266,7 @@ def test_validation_reconciles_and_features_are_online_in_redis(production, prod
     services = production["postgres"].query("feast", "SELECT feature_service_name FROM feature_services")
     assert {MODEL_FEATURE_SERVICE, RANKER_FEATURE_SERVICE} <= {name for (name,) in services}
     assert not (settings.data_dir / "feast/registry.db").exists()
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=production["redis"].port)
+    client = production["redis"].client("ctr-ranker")
     try:
         assert client.dbsize() > 1000  # users, items and categories materialized
     finally:
@@ -244,7 +296,8 @@ def test_champions_are_registered_on_the_tracking_server(production, production_
 
 def test_the_service_ranks_with_the_champion_from_redis_and_the_tracking_server(production):
     _succeeded(production)
-    env = {**production["env"], "CTR_SERVING_LOG": str(production["root"] / "serving_log")}
+    # The service with its own credentials: read-only in Redis and in MLflow.
+    env = {**production["serving_env"], "CTR_SERVING_LOG": str(production["root"] / "serving_log")}
     with bentoml_serve(["ctr", "serve"], env, production["root"] / "serve.log") as url:
         items = [283, 2268318, 2333346, 4365585]
         response = httpx.post(
@@ -266,3 +319,184 @@ def test_the_service_ranks_with_the_champion_from_redis_and_the_tracking_server(
     }
     assert body["fallback"] is False
     assert ready.status_code == 200
+
+
+# --- who may do what: Redis users, MLflow accounts, the promotion record ----------------------
+
+
+def test_redis_refuses_clients_without_credentials_and_the_ranker_cannot_write(production):
+    _succeeded(production)
+    import redis as redis_py
+
+    server = production["redis"]
+    anonymous = server.client()
+    with pytest.raises(redis_py.AuthenticationError, match="Authentication required"):  # NOAUTH
+        anonymous.get("anything")
+    anonymous.close()
+    with pytest.raises(redis_py.AuthenticationError, match="invalid username-password pair"):
+        server.client("ctr-ranker", "not-the-password-at-all").ping()
+
+    ranker = server.client("ctr-ranker")
+    try:
+        key = next(ranker.scan_iter(count=100))  # it reads the features ...
+        assert ranker.hgetall(key)
+        with pytest.raises(redis_py.exceptions.NoPermissionError):  # ... and writes nothing
+            ranker.hset(key, "forged", b"1")
+        with pytest.raises(redis_py.exceptions.NoPermissionError):
+            ranker.delete(key)
+        with pytest.raises(redis_py.exceptions.NoPermissionError):
+            ranker.flushall()
+    finally:
+        ranker.close()
+    features = server.client("ctr-features")
+    try:  # the pipeline's user writes (materialize did), but never wipes the store
+        assert features.set("ctr:acl-check", "1") and features.delete("ctr:acl-check") == 1
+        with pytest.raises(redis_py.exceptions.NoPermissionError):
+            features.flushdb()
+    finally:
+        features.close()
+
+
+def _mlflow_as(production, monkeypatch, account: str | None):
+    """An MlflowClient on the tracking server as `account` (None: no credentials)."""
+    from mlflow import MlflowClient
+
+    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(variable, raising=False)
+    if account is not None:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", account)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", production["mlflow_passwords"][account])
+    return MlflowClient(production["tracking"])
+
+
+def test_mlflow_lets_the_pipeline_move_aliases_and_the_ranker_only_read(production, monkeypatch):
+    _succeeded(production)
+    from mlflow.exceptions import MlflowException
+
+    ranker = _mlflow_as(production, monkeypatch, RANKER)
+    champion = ranker.get_model_version_by_alias("ctr-xgboost", "champion")
+    assert champion.version == "1" and ranker.get_run(champion.run_id).data.metrics["auc"] > 0.5
+    for write in (
+        lambda: ranker.set_registered_model_alias("ctr-xgboost", "champion", "1"),
+        lambda: ranker.set_model_version_tag("ctr-xgboost", "1", "promotion_record", "{}"),
+        lambda: ranker.create_model_version("ctr-xgboost", champion.source, champion.run_id),
+    ):
+        with pytest.raises(MlflowException, match="403"):
+            write()
+    with pytest.raises(MlflowException, match="401"):
+        _mlflow_as(production, monkeypatch, None).get_model_version_by_alias("ctr-xgboost", "champion")
+
+    pipeline = _mlflow_as(production, monkeypatch, PIPELINE)
+    pipeline.set_registered_model_alias("ctr-xgboost", "access-check", "1")
+    assert pipeline.get_model_version_by_alias("ctr-xgboost", "access-check").version == "1"
+    pipeline.delete_registered_model_alias("ctr-xgboost", "access-check")
+
+
+def _reload(url: str) -> dict:
+    response = httpx.post(f"{url}/reload", json={}, timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _refusals(url: str) -> dict[str, float]:
+    """ctr_model_refusals_total per reason, from the service's /metrics."""
+    found = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("ctr_model_refusals_total{"):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('reason="')[1].split('"')[0]] = float(value)
+    return found
+
+
+def test_the_ranker_serves_only_versions_the_gate_promoted(production, production_environment):
+    """Whoever can write to MLflow (here: the pipeline's own account) moves `champion` by hand to
+    a version the gate rejected, then to versions with a forged and a borrowed record: the running
+    service refuses each at reload, counts it, and keeps serving v1; a new one refuses to start."""
+    _succeeded(production)
+    import pandas as pd
+
+    from feature_repo.contract import LABEL, USER_ID
+    from models.evaluation.metrics import ctr_metrics
+    from models.evaluation.promotion import log_candidate, promote_if_better
+    from models.evaluation.report import run_metrics
+    from models.features.training_set import split_by_time
+    from models.registry import TAG_PROMOTION_RECORD, client, sign_record
+    from models.scoring import load_saved
+
+    settings = production_environment
+    tracking = client(settings)
+    name = "ctr-xgboost"
+    first = tracking.get_model_version(name, "1")
+
+    # The gate rejects the same model trained again: an equal AUC is not promoted. It stays a
+    # challenger, admitted as such only (or, should it fail a sanity check on a busy machine, it
+    # is admitted as nothing).
+    model = load_saved(settings.paths.trained_model_dir("xgboost"))
+    split = split_by_time(
+        pd.read_parquet(settings.paths.training_set), settings.valid_start, settings.test_start
+    )
+    y = split.test[LABEL].to_numpy()
+    metrics = ctr_metrics(y, model.predict(split.test), split.test[USER_ID].to_numpy())
+    fingerprint = first.tags["feature_service_fingerprint"]
+    rejected = log_candidate(
+        settings, model, split.test, y, run_metrics(metrics), {}, MODEL_FEATURE_SERVICE, fingerprint
+    )
+    decision = promote_if_better(settings, model, rejected, metrics, split.test, y, fingerprint, 0.5)
+    assert not decision["promoted"], decision
+    if "sanity checks failed" in decision["reason"]:
+        refusal = ("missing", "has no promotion record")
+    else:
+        assert "<=" in decision["reason"], decision
+        refusal = ("alias", "admitted it as 'challenger'")
+
+    # Two copies of v1 (MLflow's copy keeps its tags): one with a forged record (v1's, rewritten for
+    # the copy and signed with a guessed key), one with v1's genuine record as it was.
+    forged_version = tracking.copy_model_version(f"models:/{name}/1", name).version  # tags and all
+    record = json.loads(first.tags[TAG_PROMOTION_RECORD])
+    forged = sign_record({**record, "version": str(forged_version)}, b"guessed-key-guessed-key-guessed")
+    tracking.set_model_version_tag(name, forged_version, TAG_PROMOTION_RECORD, json.dumps(forged))
+    borrowed_version = tracking.copy_model_version(f"models:/{name}/1", name).version
+
+    env = {
+        **production["serving_env"],
+        "CTR_SERVING_LOG": str(production["root"] / "serving_log_gate"),
+        "CTR_MODEL_RELOAD_S": "3600",  # it checks when told to (/reload), as after a deployment
+        "CTR_CHALLENGER_SHARE": "0",
+    }
+    seen = {}
+    try:
+        with bentoml_serve(["ctr", "serve"], env, production["root"] / "serve-gate.log", timeout=300) as url:
+            for version, reason, says in (
+                (rejected, *refusal),
+                (forged_version, "signature", "not signed with the promotion key"),
+                (borrowed_version, "mismatch", f"version '1' != '{borrowed_version}'"),
+            ):
+                tracking.set_registered_model_alias(name, "champion", str(version))
+                answer = _reload(url)
+                assert answer["champion"] == "1" and not answer["changed"], answer
+                assert says in answer["last_error"], answer
+                assert _refusals(url).get(reason) == 1.0, _refusals(url)
+                ranked = httpx.post(
+                    f"{url}/rank",
+                    json={"user_id": 1, "item_ids": [283, 2268318], "context": {"request_ts": AT}},
+                    timeout=30,
+                )
+                assert ranked.status_code == 200 and ranked.json()["model"]["version"] == "1", ranked.text
+                seen[reason] = answer["reload_failures"]
+            again = _reload(url)  # the same refused version is not fetched, counted or logged again
+            assert again["reload_failures"] == seen["mismatch"] and _refusals(url)["mismatch"] == 1.0
+        assert "still serving the current version" in (production["root"] / "serve-gate.log").read_text()
+
+        # At load: a new replica does not start on a champion the gate did not promote.
+        started = subprocess.run(
+            ["ctr", "serve", "--port", "1"],
+            env=env,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert started.returncode == 2, started.stderr[-2000:]
+        assert f"{name} v{borrowed_version}: its promotion record does not match" in started.stderr
+    finally:
+        tracking.set_registered_model_alias(name, "champion", "1")

@@ -4,6 +4,7 @@ fuzzing, and with registry faults. Each scenario adds a row to the reliability r
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -284,6 +285,11 @@ def test_a_failed_reload_keeps_the_current_champion_serving(
     broken = tracking.create_model_version(
         "ctr-xgboost", empty.as_uri(), current.run_id, tags=dict(current.tags)
     )
+    # Admitted by the promotion gate (its record, as for the current champion), then its artifact lost
+    from models.evaluation.promotion import record_promotion
+
+    metrics = json.loads(current.tags["promotion_record"])["metrics"]
+    record_promotion(get_settings(), "ctr-xgboost", broken.version, CHAMPION, metrics)
     tracking.set_registered_model_alias("ctr-xgboost", CHAMPION, broken.version)
     try:
         reloaded = httpx.post(f"{ranker}/reload", json={}, timeout=60).json()

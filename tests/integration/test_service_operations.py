@@ -3,6 +3,7 @@ an MLflow alias moves, and fallback while Redis is stopped or hung, with recover
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -46,12 +47,23 @@ def _tracking(env: dict, use_environment):
     return client(get_settings())
 
 
+def _admit(version: str, alias: str, like) -> None:
+    """The promotion gate's record for a copy of version `like` (same run, artifact and metrics), as
+    the gate writes it: the service serves no version without one."""
+    from models.evaluation.promotion import record_promotion
+    from models.settings import get_settings
+
+    metrics = json.loads(like.tags["promotion_record"])["metrics"]
+    record_promotion(get_settings(), "ctr-xgboost", version, alias, metrics)
+
+
 def test_a_challenger_scores_a_stable_share_of_users(deployment, use_environment):
     url, env = deployment["url"], deployment["env"]
     tracking = _tracking(env, use_environment)
     first = tracking.get_model_version("ctr-xgboost", "1")
     second = tracking.create_model_version("ctr-xgboost", first.source, first.run_id, tags=first.tags)
     version = str(second.version)
+    _admit(version, "challenger", first)
     tracking.set_registered_model_alias("ctr-xgboost", "challenger", version)
     reloaded = httpx.post(f"{url}/reload", json={}, timeout=60).json()
     assert reloaded["challenger"] == version, reloaded
@@ -93,6 +105,7 @@ def test_moving_the_champion_alias_switches_the_service_without_dropping_request
         while len(versions) < 20 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(versions) >= 20, f"{len(versions)} answers to /rank in 30 s: statuses {set(statuses)}"
+        _admit(str(newest), "champion", tracking.get_model_version("ctr-xgboost", "1"))
         tracking.set_registered_model_alias("ctr-xgboost", "champion", str(newest))
         tracking.delete_registered_model_alias("ctr-xgboost", "challenger")
         moved = time.monotonic()

@@ -109,6 +109,7 @@ def test_compose_wires_the_production_profile(compose):
     services = compose["services"]
     assert set(services) == {
         "postgres",
+        "redis-acl",
         "redis",
         "mlflow",
         "mlflow-init",
@@ -139,7 +140,8 @@ def test_compose_wires_the_production_profile(compose):
     assert airflow["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert airflow["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
     assert airflow["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
-    assert airflow["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:6379/")
+    broker = airflow["AIRFLOW__CELERY__BROKER_URL"]
+    assert broker.startswith("redis://ctr-celery:") and broker.rsplit("@", 1)[1].startswith("redis:6379/")
     assert airflow["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].startswith("http://airflow-apiserver:8080/")
     assert airflow["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert airflow["CTR_ONLINE_STORE"] == "redis" and airflow["CTR_REDIS_CONNECTION"].startswith("redis:6379")
@@ -230,6 +232,7 @@ def test_kubernetes_manifests_follow_the_api_schemas(version):
         "PersistentVolumeClaim",
         "Job",
         "Namespace",
+        "NetworkPolicy",
     }
     for name, doc in documents:
         try:
@@ -263,7 +266,11 @@ def test_the_ranker_is_probed_scaled_and_configured():
     redis = _by_kind("StatefulSet")["ctr-redis"]
     assert _by_kind("Service")[redis["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
     config = _by_kind("ConfigMap")["ctr-env"]["data"]
-    assert config["CTR_REDIS_CONNECTION"].split(":")[0] in _by_kind("Service")
+    # The Redis connection strings hold passwords: only in Secrets, whose documented values name
+    # the Redis Service.
+    assert "CTR_REDIS_CONNECTION" not in config
+    documented = re.findall(r"CTR_REDIS_CONNECTION='([^':]+):", (K8S / "config.yaml").read_text())
+    assert documented and set(documented) <= set(_by_kind("Service"))
     assert config["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and "mlflow" in _by_kind("Service")
     assert (PROJECT_ROOT / Path(config["CTR_FEAST_YAML"]).relative_to(IMAGE_ROOT)).is_file()
     unlisted = sorted(set(config) - set(_env_example()))
@@ -420,3 +427,150 @@ def test_spark_feature_store_yaml_is_documented_as_paper_only():
         == yaml.safe_load((INFRA / "feast/feature_store.production.yaml").read_text())["registry"]
     )
     assert "CTR_SPARK_MASTER" in _env_example()
+
+
+# --- Who may connect, with which credentials --------------------------------------------------------
+
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|STORE_URI$|DATABASE_URI$|CONNECTION$|BROKER_URL$")
+
+
+def _pod_specs() -> dict[str, dict]:
+    """Every pod template of infra/k8s, by its workload's name."""
+    specs = {}
+    for _, doc in _k8s_documents():
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
+            specs[doc["metadata"]["name"]] = doc["spec"]["template"]
+    return specs
+
+
+def _containers(template: dict) -> list[dict]:
+    return template["spec"].get("initContainers", []) + template["spec"]["containers"]
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def test_network_policies_let_only_the_named_clients_reach_redis_and_mlflow():
+    policies = _by_kind("NetworkPolicy")
+    pods = {name: spec["metadata"]["labels"] for name, spec in _pod_specs().items()}
+    # What the Airflow chart labels its pods with (templates/_helpers.yaml: tier, component).
+    airflow = {
+        component: {"tier": "airflow", "component": component, "release": "airflow"}
+        for component in ("worker", "scheduler", "api-server", "dag-processor", "triggerer")
+    }
+    ingest = {"app.kubernetes.io/name": "ingest"}
+    clients = {**pods, **{f"airflow-{c}": labels for c, labels in airflow.items()}, "ingest": ingest}
+    expected = {
+        "ctr-redis": ({"ranker", "ingest", "airflow-worker", "airflow-scheduler"}, "redis", 6379),
+        "mlflow": ({"ranker", "airflow-worker", "mlflow-create-experiments"}, "http", 5000),
+    }
+    for server, (allowed, port_name, port) in expected.items():
+        (policy,) = [p for p in policies.values() if _selects(p["spec"]["podSelector"], pods[server])]
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        (rule,) = policy["spec"]["ingress"]
+        admitted = {
+            name
+            for name, labels in clients.items()
+            if any(_selects(source["podSelector"], labels) for source in rule["from"])
+        }
+        assert admitted == allowed, f"{server}: admits {sorted(admitted)}, expected {sorted(allowed)}"
+        (container,) = _pod_specs()[server]["spec"]["containers"]
+        (declared,) = [p for p in container["ports"] if p["name"] == port_name]
+        assert (
+            rule["ports"] == [{"protocol": "TCP", "port": declared["containerPort"]}]
+            and port == declared["containerPort"]
+        )
+        # The policy selects the server's pods only.
+        assert [name for name, labels in pods.items() if _selects(policy["spec"]["podSelector"], labels)] == [
+            server
+        ]
+
+
+def _documented_secrets() -> set[str]:
+    text = (K8S / "config.yaml").read_text() + HELM_VALUES.read_text()
+    return set(re.findall(r"create secret generic ([\w-]+)", text)) | set(
+        re.findall(r"^#\s+(ctr-airflow-[\w-]+)\s", text, re.M)
+    )
+
+
+def test_secrets_are_referenced_never_inlined():
+    documented = _documented_secrets()
+    assert {
+        "ctr-secrets",
+        "ctr-redis-users",
+        "ctr-ranker-credentials",
+        "ctr-pipeline-credentials",
+    } <= documented
+    referenced: dict[str, set[str]] = {}
+    for workload, template in _pod_specs().items():
+        for container in _containers(template):
+            names = referenced.setdefault(workload, set())
+            for source in container.get("envFrom", []):
+                if "secretRef" in source:
+                    names.add(source["secretRef"]["name"])
+            for variable in container.get("env", []):
+                if "valueFrom" in variable and "secretKeyRef" in variable["valueFrom"]:
+                    names.add(variable["valueFrom"]["secretKeyRef"]["name"])
+                elif SECRET_NAME.search(variable["name"]):
+                    pytest.fail(
+                        f"{workload}/{container['name']}: {variable['name']} is inlined, not a secretKeyRef"
+                    )
+    for workload, names in referenced.items():
+        assert names <= documented, f"{workload} uses Secrets nobody is told to create: {names - documented}"
+    config = _by_kind("ConfigMap")["ctr-env"]["data"]
+    assert not [k for k in config if SECRET_NAME.search(k)], "a secret in the ConfigMap"
+    assert not [v for v in config.values() if "password=" in v or re.search(r"//[^/@]+:[^/@]+@", v)]
+    # Each gets its own credentials: the ranker read-only ones, the pipeline (Airflow) its own.
+    assert (
+        "ctr-ranker-credentials" in referenced["ranker"]
+        and "ctr-pipeline-credentials" not in referenced["ranker"]
+    )
+    assert referenced["ctr-redis"] == {"ctr-redis-users"}
+    assert "ctr-redis-users" not in referenced["ranker"] | referenced["mlflow"]
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    env_from = {s["secretRef"]["name"] for s in yaml.safe_load(values["extraEnvFrom"]) if "secretRef" in s}
+    assert "ctr-pipeline-credentials" in env_from and "ctr-ranker-credentials" not in env_from
+    assert not [v["name"] for v in values["env"] if SECRET_NAME.search(v["name"])]
+
+
+def test_compose_gives_each_role_its_own_credentials_from_the_env_file(compose):
+    raw = yaml.safe_load(COMPOSE.read_text())
+    services, ranker = compose["services"], compose["services"]["ranker"]["environment"]
+    airflow = compose["services"]["airflow-worker"]["environment"]
+    assert "username=ctr-ranker," in ranker["CTR_REDIS_CONNECTION"]
+    assert ranker["MLFLOW_TRACKING_USERNAME"] == "ctr-ranker"
+    assert "username=ctr-features," in airflow["CTR_REDIS_CONNECTION"]
+    assert airflow["MLFLOW_TRACKING_USERNAME"] == "ctr-pipeline"
+    assert ranker["CTR_PROMOTION_KEY"] == airflow["CTR_PROMOTION_KEY"]
+    assert (
+        "--aclfile" in services["redis"]["command"]
+        and "ctr-admin" in services["redis"]["healthcheck"]["test"][1]
+    )
+    assert services["redis-acl"]["command"][1] == "/opt/ctr/infra/redis/acl.py"
+    assert services["mlflow"]["command"][:2] == ["sh", "/opt/ctr/infra/mlflow/serve.sh"]
+    for path in ("infra/redis/acl.py", "infra/mlflow/serve.sh"):
+        assert (PROJECT_ROOT / path).is_file()
+    # Every secret in the file is the env file's, required: ${NAME:?...}, never a written value.
+    for name, service in raw["services"].items():
+        environment = service.get("environment") or {}
+        for key, value in environment.items() if isinstance(environment, dict) else []:
+            if SECRET_NAME.search(key) and key != "MLFLOW_TRACKING_URI" and isinstance(value, str):
+                assert "${" in value and ":?" in value, f"{name}: {key} is not taken from the env file"
+
+
+def test_redis_users_give_the_ranker_reads_only():
+    import runpy
+
+    acl = runpy.run_path(str(INFRA / "redis/acl.py"))
+    passwords = {variable: f"pw-{variable.lower()}-0123456789" for variable, _ in acl["USERS"].values()}
+    lines = acl["render"](passwords).splitlines()
+    assert lines[0].startswith("user default off")
+    users = {line.split()[1]: line for line in lines}
+    assert set(users) == {"default", "ctr-admin", "ctr-ranker", "ctr-features", "ctr-celery"}
+    assert "+@write" not in users["ctr-ranker"] and "+@read" in users["ctr-ranker"]
+    assert all("-@dangerous" in users[u] for u in ("ctr-ranker", "ctr-features", "ctr-celery"))
+    with pytest.raises(ValueError, match="CTR_REDIS_RANKER_PASSWORD"):
+        acl["render"]({**passwords, "CTR_REDIS_RANKER_PASSWORD": "short"})
+    with pytest.raises(ValueError, match="without spaces, commas"):
+        acl["render"]({**passwords, "CTR_REDIS_RANKER_PASSWORD": "a,password=injected-0123"})
