@@ -35,10 +35,16 @@ class EngineConfig:
     memory_limit: str = "4GB"
     threads: int = os.cpu_count() or 1
     temp_directory: Path | None = None
+    max_temp_size: str | None = None  # a run that would spill more fails rather than fill the disk
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineConfig:
-        return cls(settings.duckdb_memory_limit, settings.duckdb_threads, settings.duckdb_temp_dir)
+        return cls(
+            settings.duckdb_memory_limit,
+            settings.duckdb_threads,
+            settings.duckdb_temp_dir,
+            settings.duckdb_max_temp_size,
+        )
 
 
 def _event_id_arrow(
@@ -62,6 +68,8 @@ def connect(config: EngineConfig | None = None) -> Iterator[duckdb.DuckDBPyConne
     if config.temp_directory is not None:
         Path(config.temp_directory).mkdir(parents=True, exist_ok=True)
         options["temp_directory"] = str(config.temp_directory)
+    if config.max_temp_size is not None:
+        options["max_temp_directory_size"] = config.max_temp_size
     con = duckdb.connect(config=options)
     try:
         # Output row order is not part of any source: letting DuckDB drop it bounds memory.

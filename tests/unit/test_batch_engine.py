@@ -132,15 +132,17 @@ def test_days_run_newest_first_and_a_rerun_leave_the_sources_of_one_run(lake_dir
 def test_the_engine_takes_its_limits_from_the_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("CTR_DUCKDB_MEMORY_LIMIT", "1GB")
     monkeypatch.setenv("CTR_DUCKDB_THREADS", "1")
+    monkeypatch.setenv("CTR_DUCKDB_MAX_TEMP_SIZE", "2GB")
     monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
     config = engine.EngineConfig.from_settings(get_settings())
     assert config.temp_directory == tmp_path.resolve() / "tmp/duckdb"
     with engine.connect(config) as con:
-        limit, threads, temp = con.execute(
+        limit, threads, temp, spill = con.execute(
             "SELECT current_setting('memory_limit'), current_setting('threads'), "
-            "current_setting('temp_directory')"
+            "current_setting('temp_directory'), current_setting('max_temp_directory_size')"
         ).fetchone()
     assert (limit, int(threads), temp) == ("953.6 MiB", 1, str(tmp_path.resolve() / "tmp/duckdb"))
+    assert spill == "1.8 GiB"
     monkeypatch.setenv("CTR_DUCKDB_THREADS", "two")
     with pytest.raises(ValueError, match="CTR_DUCKDB_THREADS"):
         get_settings()
