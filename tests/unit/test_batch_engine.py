@@ -89,10 +89,10 @@ def test_the_reference_comparison_notices_a_changed_value(accepted):
         assert_same_rows(changed, old, CATEGORY_ID)
 
 
-def _build(settings, tmp_path, start, end) -> dict[str, int]:
+def _build(settings, tmp_path, start, end, **options) -> dict[str, int]:
     sources = {view: tmp_path / "offline" / f"{view}.parquet" for view in KEYS}
     rows, _ = batch.build_interval(
-        _files(settings), start, end, settings.timezone, sources, engine.EngineConfig(threads=2)
+        _files(settings), start, end, settings.timezone, sources, engine.EngineConfig(threads=2), **options
     )
     return rows
 
@@ -120,7 +120,8 @@ def test_days_run_newest_first_and_a_rerun_leave_the_sources_of_one_run(lake_dir
     _build(s, whole, days[0], days[-1] + pd.Timedelta(days=1))
     by_day = tmp_path / "by_day"
     for day in [*reversed(days), days[3]]:  # newest first, then one day again
-        _build(s, by_day, day, day + pd.Timedelta(days=1))
+        # the days' user snapshots in hash buckets of users, as at size: the same rows as one run
+        _build(s, by_day, day, day + pd.Timedelta(days=1), user_bucket_events=20_000)
     for view, key in KEYS.items():
         expected = pq.read_table(whole / "offline" / f"{view}.parquet")
         got = pq.read_table(by_day / "offline" / f"{view}.parquet")

@@ -307,8 +307,9 @@ def test_duckdb_limits_come_from_the_settings_with_documented_defaults(tmp_path,
     from models.settings import get_settings
 
     monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
-    for name in ("CTR_DUCKDB_MEMORY_LIMIT", "CTR_DUCKDB_THREADS", "CTR_DUCKDB_TEMP_DIR", "CTR_DUCKDB_MAX_TEMP_SIZE"):
-        monkeypatch.delenv(name, raising=False)
+    limit_names = ("MEMORY_LIMIT", "THREADS", "TEMP_DIR", "MAX_TEMP_SIZE")
+    for name in limit_names:
+        monkeypatch.delenv(f"CTR_DUCKDB_{name}", raising=False)
     limits = EngineConfig.from_settings(get_settings())
     assert (limits.memory_limit, limits.threads, limits.temp_directory, limits.max_temp_size) == (
         "4GB",
