@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import resource
 import shutil
@@ -275,7 +276,10 @@ def run(label: str, events: int, lake: Path, work: Path, old: bool, each_part: b
     for job, name in jobs:
         for part in [*parts, WHOLE, RERUN] if job == "new" else parts:
             out = work / job / ("whole" if part in (WHOLE, RERUN) else re.sub(r"\W+", "_", part))
+            load_before = os.getloadavg()[0]
             result = _run_child(job, part, lake, out)
+            # the machine may be shared: its 1-minute load average before and after the part
+            load = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"
             row = {"data": label, "job": name, "part": part, "events": events}
             if "error" in result:
                 row.update(
@@ -289,6 +293,7 @@ def run(label: str, events: int, lake: Path, work: Path, old: bool, each_part: b
                     peak_rss_gib=result["peak_rss_gib"],
                     mb_out=result["mb_out"],
                 )
+            row["load_avg"] = load
             print({k: v for k, v in row.items() if k != "data"}, flush=True)
             rows.append(row)
     return rows

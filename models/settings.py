@@ -142,6 +142,7 @@ class Settings:
     duckdb_memory_limit: str
     duckdb_threads: int
     duckdb_temp_dir: Path
+    duckdb_max_temp_size: str | None = None  # most it may spill there (DuckDB's size syntax)
 
     # Paths under the data dir, by their older names; `paths` has them all.
     @property
@@ -329,6 +330,8 @@ def get_settings() -> Settings:
         duckdb_memory_limit=_env("CTR_DUCKDB_MEMORY_LIMIT", "4GB"),
         duckdb_threads=_integer("CTR_DUCKDB_THREADS", _env("CTR_DUCKDB_THREADS", str(os.cpu_count() or 1))),
         duckdb_temp_dir=Path(_env("CTR_DUCKDB_TEMP_DIR", str(data_dir / "tmp/duckdb"))).resolve(),
+        # A cap on that spill (e.g. 20GB): a run that would pass it fails instead of filling the disk.
+        duckdb_max_temp_size=_env("CTR_DUCKDB_MAX_TEMP_SIZE", "") or None,
     )
     if settings.online_store not in ("sqlite", "redis"):
         raise ValueError(f"CTR_ONLINE_STORE={settings.online_store!r}: expected sqlite or redis")

@@ -153,6 +153,10 @@ SNAPSHOT_LOOKBACK = pd.Timedelta(days=WINDOWS_DAYS[LONGEST_WINDOW] + 1)
 SNAPSHOT_LOOKAHEAD = pd.Timedelta(days=1)
 # The short-term state keeps the last RECENT_EVENTS events; events older than this are not carried.
 RECENT_LOOKBACK = pd.Timedelta(days=28)
+# Users are independent of each other: past this many events read, the user snapshots run per hash
+# bucket of users, so that one bucket's (user, category, snapshot) counts fit in memory instead of
+# spilling to disk.
+USER_BUCKET_EVENTS = 25_000_000
 
 
 # --- Running the definitions ----------------------------------------------------------------
@@ -291,6 +295,7 @@ def build_interval(
     timezone: str,
     sources: Mapping[str, Path],
     config: EngineConfig | None = None,
+    user_bucket_events: int = USER_BUCKET_EVENTS,
 ) -> tuple[dict[str, int], int]:
     """Write the snapshots stamped in [start, end] and the states after the events of [start, end)
     into the offline sources (view name -> Parquet file), in place of their rows of those stamps.
@@ -308,9 +313,10 @@ def build_interval(
         grid = snapshot_grid(start, end, timezone)
         for view in (USER_VIEW, ITEM_VIEW, CATEGORY_VIEW):
             if view in sources:
-                rows[view] = engine.upsert_parquet(
-                    con, snapshot_rows(view, grid, start, end), sources[view], start, end, include_end=True
-                )
+                parts = [snapshot_rows(view, grid, start, end)]
+                if view == USER_VIEW and read > user_bucket_events:
+                    parts = _user_buckets(con, view, grid, start, end, -(-read // user_bucket_events))
+                rows[view] = engine.upsert_parquet(con, parts, sources[view], start, end, include_end=True)
         if RECENT_VIEW in sources:
             _bind_recent(con, event_files, start, end)
             rows[RECENT_VIEW] = engine.upsert_parquet(
@@ -325,6 +331,25 @@ def build_interval(
 
 
 _RECENT_EVENTS = "recent_events"
+
+
+def _user_buckets(
+    con: duckdb.DuckDBPyConnection,
+    view: str,
+    grid: DayGrid,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    buckets: int,
+) -> list[ir.Table]:
+    """The view's rows as one definition per hash bucket of users, each over its own users' events."""
+    from models.features import definitions, engine
+
+    parts = []
+    for b in range(buckets):
+        name = f"{definitions.EVENTS_TABLE}_users_{b}"
+        engine.bind_bucket(con, definitions.EVENTS_TABLE, USER_ID, b, buckets, name)
+        parts.append(snapshot_rows(view, grid, start, end, definitions.events_table(name)))
+    return parts
 
 
 def _recent_events():

@@ -240,24 +240,27 @@ def _category_snapshots(events: ir.Table, grid: Grid) -> ir.Table:
 
 def _top_categories(events: ir.Table, grid: Grid) -> ir.Table:
     """Per (user, snapshot) with events in the last 7 days: the TOP_CATEGORIES categories with most
-    of them (ties: lower id first) and their share of all the user's events of those days."""
+    of them (ties: lower id first) and their event counts, most first.
+
+    Only the top entries are ranked and collected: a window ranks the (user, category) counts of
+    each snapshot, so no list of all a user's categories is built and sorted."""
     daily = events.group_by([USER_ID, CATEGORY_ID, "day"]).aggregate(n=events.count())
     window_days = WINDOWS_DAYS["7d"]
     offsets = ibis.memtable({"offset": list(range(1, window_days + 1))}, schema={"offset": "int64"})
     spread = _spread(daily, grid, offsets)
     per = spread.group_by([USER_ID, CATEGORY_ID, "k"]).aggregate(n=spread.n.sum())
-    # sorted by (-events, id): most events first, ties by the lower id
-    entry = ibis.struct({"order": -per.n, "category": per[CATEGORY_ID], "n": per.n})
-    lists = per.group_by([USER_ID, "k"]).aggregate(entries=entry.collect(), total=per.n.sum())
-    top = lists.entries.sort()[:TOP_CATEGORIES]
-    total = _f64(lists.total)
+    # most events first, ties by the lower id
+    by_count = ibis.window(group_by=[per[USER_ID], per.k], order_by=[ibis.desc(per.n), per[CATEGORY_ID]])
+    per = per.mutate(rank=ibis.row_number().over(by_count))
+    top = per.filter(per.rank < TOP_CATEGORIES)
+    # an ordered collect does not compile for every engine: sort the (at most TOP_CATEGORIES) entries
+    entry = ibis.struct({"rank": top.rank, "category": top[CATEGORY_ID], "n": top.n})
+    lists = top.group_by([USER_ID, "k"]).aggregate(entries=entry.collect())
+    entries = lists.entries.sort()
     return lists.select(
         USER_ID,
         "k",
-        **{
-            USER_TOP_CATEGORIES: top.map(lambda e: e.category),
-            USER_TOP_CATEGORY_SHARES: top.map(lambda e: (_f64(e.n) / total).cast("float32")),
-        },
+        **{USER_TOP_CATEGORIES: entries.map(lambda e: e.category), "top_counts": entries.map(lambda e: e.n)},
     )
 
 
@@ -272,6 +275,9 @@ def user_snapshots(events: ir.Table, grid: Grid) -> ir.Table:
     )
     top = _top_categories(events, grid)
     joined = users.left_join(top, [USER_ID, "k"])
+    # every event of the 7 days counts once in one category: the total is the user's 7-day count
+    total = _f64(_intents(joined, "user", "7d") + joined[f"user_{PAGE_VIEW}_7d"])
+    shares = joined.top_counts.map(lambda n: (_f64(n) / total).cast("float32"))
     no_categories = ibis.literal([], type="array<int64>")
     no_shares = ibis.literal([], type="array<float32>")
     return joined.select(
@@ -280,7 +286,7 @@ def user_snapshots(events: ir.Table, grid: Grid) -> ir.Table:
         **_float32(joined, USER_FEATURES),
         **{
             USER_TOP_CATEGORIES: joined[USER_TOP_CATEGORIES].fill_null(no_categories),
-            USER_TOP_CATEGORY_SHARES: joined[USER_TOP_CATEGORY_SHARES].fill_null(no_shares),
+            USER_TOP_CATEGORY_SHARES: shares.fill_null(no_shares),
         },
     )
 

@@ -35,10 +35,16 @@ class EngineConfig:
     memory_limit: str = "4GB"
     threads: int = os.cpu_count() or 1
     temp_directory: Path | None = None
+    max_temp_size: str | None = None  # a run that would spill more fails rather than fill the disk
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineConfig:
-        return cls(settings.duckdb_memory_limit, settings.duckdb_threads, settings.duckdb_temp_dir)
+        return cls(
+            settings.duckdb_memory_limit,
+            settings.duckdb_threads,
+            settings.duckdb_temp_dir,
+            settings.duckdb_max_temp_size,
+        )
 
 
 def _event_id_arrow(
@@ -62,6 +68,8 @@ def connect(config: EngineConfig | None = None) -> Iterator[duckdb.DuckDBPyConne
     if config.temp_directory is not None:
         Path(config.temp_directory).mkdir(parents=True, exist_ok=True)
         options["temp_directory"] = str(config.temp_directory)
+    if config.max_temp_size is not None:
+        options["max_temp_directory_size"] = config.max_temp_size
     con = duckdb.connect(config=options)
     try:
         # Output row order is not part of any source: letting DuckDB drop it bounds memory.
@@ -201,9 +209,19 @@ def write_parquet(con: duckdb.DuckDBPyConnection, expr: ir.Table, path: Path) ->
     return rows
 
 
+def bind_bucket(
+    con: duckdb.DuckDBPyConnection, source: str, key: str, bucket: int, buckets: int, name: str
+) -> None:
+    """Make `name` the rows of `source` whose `key` hashes into bucket `bucket` of `buckets`."""
+    con.execute(
+        f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT * FROM "{source}" '
+        f'WHERE hash("{key}") % {int(buckets)} = {int(bucket)}'
+    )
+
+
 def upsert_parquet(
     con: duckdb.DuckDBPyConnection,
-    expr: ir.Table,
+    expr: ir.Table | Sequence[ir.Table],
     path: Path,
     start: datetime,
     end: datetime,
@@ -212,10 +230,21 @@ def upsert_parquet(
 ) -> int:
     """Replace the rows of an offline source stamped in [start, end] (or [start, end)) by the rows of
     `expr`, atomically (written beside it, then renamed); returns the rows of `expr`. The old file
-    and the new rows stream through DuckDB, so neither is held in memory."""
-    query = sql(con, expr)
+    and the new rows stream through DuckDB, so neither is held in memory.
+
+    Several expressions (disjoint parts of the rows, e.g. buckets of entities) run one after the
+    other, each into a file of its own, so only one part's intermediate state is held at a time."""
     partial = path.with_suffix(".partial")
     path.parent.mkdir(parents=True, exist_ok=True)
+    parts: list[Path] = []
+    if isinstance(expr, Sequence) and len(expr) > 1:
+        for i, part in enumerate(expr):
+            parts.append(path.with_name(f"{path.stem}.part{i}.partial"))
+            _stream_to_parquet(con, sql(con, part), parts[-1])
+        listed = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
+        query = f"SELECT * FROM read_parquet([{listed}])"
+    else:
+        query = sql(con, expr[0] if isinstance(expr, Sequence) else expr)
     kept = 0
     if path.exists():
         old = str(path).replace("'", "''")
@@ -227,4 +256,6 @@ def upsert_parquet(
         query = f"SELECT * {outside} UNION ALL BY NAME ({query})"
     total = _stream_to_parquet(con, query, partial)
     partial.replace(path)
+    for part in parts:
+        part.unlink()
     return total - kept

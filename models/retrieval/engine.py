@@ -1,7 +1,7 @@
 """The DuckDB connection the candidate build runs on, bounded so it spills to disk instead of
 growing past its memory limit: the batch feature job's limits (`EngineConfig`, from
-CTR_DUCKDB_MEMORY_LIMIT, CTR_DUCKDB_THREADS and CTR_DUCKDB_TEMP_DIR in the settings), with the
-order the candidate lists need kept."""
+CTR_DUCKDB_MEMORY_LIMIT, CTR_DUCKDB_THREADS, CTR_DUCKDB_TEMP_DIR and CTR_DUCKDB_MAX_TEMP_SIZE in
+the settings), with the order the candidate lists need kept."""
 
 from __future__ import annotations
 
@@ -20,5 +20,7 @@ def connect(limits: EngineConfig) -> duckdb.DuckDBPyConnection:
     if limits.temp_directory is not None:
         Path(limits.temp_directory).mkdir(parents=True, exist_ok=True)
         con.execute("SET temp_directory = ?", [str(limits.temp_directory)])
+    if limits.max_temp_size is not None:
+        con.execute("SET max_temp_directory_size = ?", [limits.max_temp_size])
     con.execute("SET preserve_insertion_order = true")
     return con

@@ -89,10 +89,10 @@ def test_the_reference_comparison_notices_a_changed_value(accepted):
         assert_same_rows(changed, old, CATEGORY_ID)
 
 
-def _build(settings, tmp_path, start, end) -> dict[str, int]:
+def _build(settings, tmp_path, start, end, **options) -> dict[str, int]:
     sources = {view: tmp_path / "offline" / f"{view}.parquet" for view in KEYS}
     rows, _ = batch.build_interval(
-        _files(settings), start, end, settings.timezone, sources, engine.EngineConfig(threads=2)
+        _files(settings), start, end, settings.timezone, sources, engine.EngineConfig(threads=2), **options
     )
     return rows
 
@@ -120,7 +120,8 @@ def test_days_run_newest_first_and_a_rerun_leave_the_sources_of_one_run(lake_dir
     _build(s, whole, days[0], days[-1] + pd.Timedelta(days=1))
     by_day = tmp_path / "by_day"
     for day in [*reversed(days), days[3]]:  # newest first, then one day again
-        _build(s, by_day, day, day + pd.Timedelta(days=1))
+        # the days' user snapshots in hash buckets of users, as at size: the same rows as one run
+        _build(s, by_day, day, day + pd.Timedelta(days=1), user_bucket_events=20_000)
     for view, key in KEYS.items():
         expected = pq.read_table(whole / "offline" / f"{view}.parquet")
         got = pq.read_table(by_day / "offline" / f"{view}.parquet")
@@ -132,15 +133,17 @@ def test_days_run_newest_first_and_a_rerun_leave_the_sources_of_one_run(lake_dir
 def test_the_engine_takes_its_limits_from_the_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("CTR_DUCKDB_MEMORY_LIMIT", "1GB")
     monkeypatch.setenv("CTR_DUCKDB_THREADS", "1")
+    monkeypatch.setenv("CTR_DUCKDB_MAX_TEMP_SIZE", "2GB")
     monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
     config = engine.EngineConfig.from_settings(get_settings())
     assert config.temp_directory == tmp_path.resolve() / "tmp/duckdb"
     with engine.connect(config) as con:
-        limit, threads, temp = con.execute(
+        limit, threads, temp, spill = con.execute(
             "SELECT current_setting('memory_limit'), current_setting('threads'), "
-            "current_setting('temp_directory')"
+            "current_setting('temp_directory'), current_setting('max_temp_directory_size')"
         ).fetchone()
     assert (limit, int(threads), temp) == ("953.6 MiB", 1, str(tmp_path.resolve() / "tmp/duckdb"))
+    assert spill == "1.8 GiB"
     monkeypatch.setenv("CTR_DUCKDB_THREADS", "two")
     with pytest.raises(ValueError, match="CTR_DUCKDB_THREADS"):
         get_settings()

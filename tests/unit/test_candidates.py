@@ -307,25 +307,29 @@ def test_duckdb_limits_come_from_the_settings_with_documented_defaults(tmp_path,
     from models.settings import get_settings
 
     monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
-    for name in ("CTR_DUCKDB_MEMORY_LIMIT", "CTR_DUCKDB_THREADS", "CTR_DUCKDB_TEMP_DIR"):
-        monkeypatch.delenv(name, raising=False)
+    limit_names = ("MEMORY_LIMIT", "THREADS", "TEMP_DIR", "MAX_TEMP_SIZE")
+    for name in limit_names:
+        monkeypatch.delenv(f"CTR_DUCKDB_{name}", raising=False)
     limits = EngineConfig.from_settings(get_settings())
-    assert (limits.memory_limit, limits.threads, limits.temp_directory) == (
+    assert (limits.memory_limit, limits.threads, limits.temp_directory, limits.max_temp_size) == (
         "4GB",
         os.cpu_count(),
         tmp_path.resolve() / "tmp/duckdb",
+        None,
     )
     monkeypatch.setenv("CTR_DUCKDB_MEMORY_LIMIT", "300MB")
     monkeypatch.setenv("CTR_DUCKDB_THREADS", "1")
     monkeypatch.setenv("CTR_DUCKDB_TEMP_DIR", str(tmp_path / "spill"))
+    monkeypatch.setenv("CTR_DUCKDB_MAX_TEMP_SIZE", "2GB")
     limits = EngineConfig.from_settings(get_settings())
     con = connect(limits)
     settings = con.execute(
         "SELECT current_setting('threads'), current_setting('temp_directory'), "
-        "current_setting('memory_limit')"
+        "current_setting('memory_limit'), current_setting('max_temp_directory_size')"
     ).fetchone()
     con.close()
     assert settings[:2] == (1, str((tmp_path / "spill").resolve())) and settings[2].endswith("MiB")
+    assert settings[3] == "1.8 GiB"  # a build that would spill more fails instead of filling the disk
     monkeypatch.setenv("CTR_DUCKDB_THREADS", "two")
     with pytest.raises(ValueError, match="CTR_DUCKDB_THREADS"):
         get_settings()
