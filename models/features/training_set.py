@@ -1,23 +1,56 @@
-"""Point-in-time training sets from the ranker's FeatureService, split by time."""
+"""Point-in-time training sets from the ranker's FeatureService, split by time.
+
+At any size the set is built in bounded chunks: each day's page views are labelled from that day
+and the next (a label looks LABEL_WINDOW ahead, less than a day), optionally downsampled (negatives
+only, training and validation days only, deterministic for a seed), and joined through Feast's
+get_historical_features at most `chunk_rows` at a time. Each chunk is one Parquet file of a dataset
+folder, so memory follows the chunk, not the window, and training streams the files
+(models.kinds.rows) instead of loading them.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from feature_repo.contract import EVENT_TIMESTAMP, ITEM_ID, LABEL, REQUEST_TS, USER_ID
 from models.kinds.base import feature_matrix
+from models.kinds.rows import ParquetRows, Rows
 
-__all__ = ["Split", "feature_matrix", "join_features", "split_by_time"]
+__all__ = [
+    "SAMPLING_FILE",
+    "ChunkWritten",
+    "Split",
+    "downsample_negatives",
+    "feature_matrix",
+    "join_features",
+    "read_sampling",
+    "split_by_time",
+    "split_files",
+    "write_chunks",
+]
+
+# The dataset folder's record of how it was sampled (readers skip files starting with "_").
+SAMPLING_FILE = "_sampling.json"
+SPLITS = ("train", "valid", "test")
+ROW_GROUP_ROWS = 131_072
 
 
 @dataclass(frozen=True)
 class Split:
-    train: pd.DataFrame
-    valid: pd.DataFrame
-    test: pd.DataFrame
+    """Training, validation and test rows: frames, or Rows streamed from the dataset's files."""
+
+    train: pd.DataFrame | Rows
+    valid: pd.DataFrame | Rows
+    test: pd.DataFrame | Rows
 
 
 def join_features(store, labelled: pd.DataFrame, service) -> pd.DataFrame:
@@ -48,3 +81,108 @@ def split_by_time(frame: pd.DataFrame, valid_start: datetime, test_start: dateti
         valid=frame[(ts >= valid_start) & (ts < test_start)].reset_index(drop=True),
         test=frame[ts >= test_start].reset_index(drop=True),
     )
+
+
+def split_of(start: pd.Timestamp, valid_start: datetime, test_start: datetime) -> str:
+    """The split of a chunk starting at `start` (chunks never straddle the split boundaries)."""
+    return "train" if start < valid_start else "valid" if start < test_start else "test"
+
+
+def chunk_bounds(days: list[pd.Timestamp], end: datetime, cuts: tuple[datetime, ...]) -> list[tuple]:
+    """[start, end) intervals: the days, each cut again where a split begins inside it."""
+    edges = sorted({*days, pd.Timestamp(end), *(pd.Timestamp(c) for c in cuts if days[0] < c < end)})
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def downsample_negatives(labelled: pd.DataFrame, rate: float, seed: int) -> pd.DataFrame:
+    """Every positive and a share `rate` of the negatives, chosen by a seeded hash of each view
+    (user, item, time): the same views for the same seed, whatever the chunking or row order."""
+    if rate >= 1.0:
+        return labelled
+    keys = pd.util.hash_pandas_object(labelled[[USER_ID, ITEM_ID, EVENT_TIMESTAMP]], index=False)
+    # numeric columns hash without a key: the seed is mixed in by hashing the hashes again
+    hashed = pd.util.hash_array(keys.to_numpy() ^ np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64))
+    keep = (labelled[LABEL].to_numpy() == 1) | (hashed < np.uint64(rate * 2.0**64))
+    return labelled[keep]
+
+
+@dataclass(frozen=True)
+class ChunkWritten:
+    split: str
+    start: str
+    views: int  # labelled views of the chunk before sampling
+    rows: int  # rows written
+    positives: int
+
+
+def write_chunks(
+    chunks: Iterator[tuple[pd.Timestamp, pd.Timestamp, pd.DataFrame]],
+    join: Callable[[pd.DataFrame], pd.DataFrame],
+    folder: Path,
+    *,
+    valid_start: datetime,
+    test_start: datetime,
+    negative_rate: float,
+    seed: int,
+    chunk_rows: int,
+) -> list[ChunkWritten]:
+    """Write each chunk's labelled views, sampled (not on test days) and joined (`join`, at most
+    `chunk_rows` views at a time), as Parquet files of a fresh dataset folder that replaces
+    `folder` when complete; returns what each chunk gave."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from models.features.store import with_microsecond_stamps
+
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    schema: Any = None
+    written: list[ChunkWritten] = []
+    for start, _end, labelled in chunks:
+        split = split_of(start, valid_start, test_start)
+        sampled = labelled if split == "test" else downsample_negatives(labelled, negative_rate, seed)
+        rows = positives = 0
+        for part, lo in enumerate(range(0, len(sampled), chunk_rows)):
+            frame = with_microsecond_stamps(join(sampled.iloc[lo : lo + chunk_rows]))
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            schema = schema or table.schema
+            name = f"{start.tz_convert('UTC'):%Y%m%dT%H%M%S}-{part:04d}-{split}.parquet"
+            pq.write_table(table.cast(schema), partial / name, row_group_size=ROW_GROUP_ROWS)
+            rows, positives = rows + len(frame), positives + int(frame[LABEL].sum())
+        written.append(ChunkWritten(split, start.isoformat(), len(labelled), rows, positives))
+    record = {
+        "negative_sample_rate": negative_rate if negative_rate < 1.0 else 1.0,
+        "seed": seed,
+        "sampled_splits": ["train", "valid"] if negative_rate < 1.0 else [],
+        "chunks": [c.__dict__ for c in written],
+    }
+    (partial / SAMPLING_FILE).write_text(json.dumps(record, indent=2))
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    elif folder.exists():
+        folder.unlink()  # a training set written as one file by an older version
+    partial.replace(folder)
+    return written
+
+
+def split_files(folder: Path, split: str) -> list[Path]:
+    """The dataset's files of one split, in time order."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {SPLITS}")
+    return sorted(folder.glob(f"*-{split}.parquet"))
+
+
+def read_sampling(folder: Path) -> dict[str, Any]:
+    """How the dataset was sampled ({"negative_sample_rate": 1.0} for an unsampled one)."""
+    path = folder / SAMPLING_FILE
+    return json.loads(path.read_text()) if path.exists() else {"negative_sample_rate": 1.0}
+
+
+def streamed_split(folder: Path, frames: tuple[str, ...] = ()) -> Split:
+    """The dataset's splits as Rows read block by block; those named in `frames` read whole."""
+    parts = {}
+    for split in SPLITS:
+        rows = ParquetRows(split_files(folder, split))
+        parts[split] = rows.to_frame() if split in frames else rows
+    return Split(**parts)
