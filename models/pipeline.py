@@ -42,6 +42,7 @@ from models.features import store as feast_store
 from models.features.engine import EngineConfig
 from models.features.training_set import (
     Split,
+    bounded_duckdb,
     chunk_bounds,
     join_features,
     read_sampling,
@@ -260,19 +261,20 @@ def build_training_set(settings: Settings | None = None) -> TrainingSetBuilt:
     service = store.get_feature_service(MODEL_FEATURE_SERVICE)
     days = _days(settings, settings.window_start, settings.window_end)
     cuts = (settings.valid_start, settings.test_start)
-    written = write_chunks(
-        (
-            (start, end, _labelled_views(settings, start, end))
-            for start, end in chunk_bounds(days, settings.window_end, cuts)
-        ),
-        lambda rows: join_features(store, rows, service),
-        settings.paths.training_set,
-        valid_start=settings.valid_start,
-        test_start=settings.test_start,
-        negative_rate=settings.negative_sample_rate,
-        seed=settings.seed,
-        chunk_rows=settings.training_chunk_rows,
-    )
+    with bounded_duckdb(settings.duckdb_memory_limit, settings.duckdb_threads, settings.duckdb_temp_dir):
+        written = write_chunks(
+            (
+                (start, end, _labelled_views(settings, start, end))
+                for start, end in chunk_bounds(days, settings.window_end, cuts)
+            ),
+            lambda rows: join_features(store, rows, service),
+            settings.paths.training_set,
+            valid_start=settings.valid_start,
+            test_start=settings.test_start,
+            negative_rate=settings.negative_sample_rate,
+            seed=settings.seed,
+            chunk_rows=settings.training_chunk_rows,
+        )
     rows, positives = sum(c.rows for c in written), sum(c.positives for c in written)
     log.info(
         "training set: %d rows (%d labelled views, negatives of the training and validation days "

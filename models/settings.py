@@ -144,7 +144,7 @@ class Settings:
     # The training set: negatives of the training and validation days kept at this rate (1.0: all),
     # and labelled views joined through Feast at most this many at a time.
     negative_sample_rate: float = 1.0
-    training_chunk_rows: int = 500_000
+    training_chunk_rows: int = 200_000
 
     # Paths under the data dir, by their older names; `paths` has them all.
     @property
@@ -331,9 +331,10 @@ def get_settings() -> Settings:
         # Negative downsampling of the training set's training and validation days (never the test
         # days), deterministic for CTR_SEED; the models' probabilities are corrected for it inside
         # the saved models. 1.0 keeps every row. The Feast join takes CTR_TRAINING_CHUNK_ROWS
-        # labelled views at a time, which bounds the build's memory.
+        # labelled views at a time on a DuckDB held to CTR_DUCKDB_MEMORY_LIMIT, which bounds the
+        # build's memory (one 100,000-view chunk of 10 M SYNTHETIC events: ~3 GiB).
         negative_sample_rate=float(_env("CTR_NEGATIVE_SAMPLE_RATE", "1.0")),
-        training_chunk_rows=_integer("CTR_TRAINING_CHUNK_ROWS", _env("CTR_TRAINING_CHUNK_ROWS", "500000")),
+        training_chunk_rows=_integer("CTR_TRAINING_CHUNK_ROWS", _env("CTR_TRAINING_CHUNK_ROWS", "200000")),
     )
     if settings.online_store not in ("sqlite", "redis"):
         raise ValueError(f"CTR_ONLINE_STORE={settings.online_store!r}: expected sqlite or redis")

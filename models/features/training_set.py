@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -71,6 +72,24 @@ def join_features(store, labelled: pd.DataFrame, service) -> pd.DataFrame:
             "check that every entity has a snapshot at or before its first event"
         )
     return joined.sort_values([EVENT_TIMESTAMP, USER_ID, ITEM_ID]).reset_index(drop=True)
+
+
+@contextmanager
+def bounded_duckdb(memory_limit: str, threads: int, temp_dir: Path) -> Iterator[None]:
+    """Feast's DuckDB offline store joins on ibis' default DuckDB connection, which may take 80 %
+    of the machine's memory: for the block, one bounded as the project's other DuckDB jobs are
+    (spilling to `temp_dir` beyond `memory_limit`)."""
+    import ibis
+
+    previous = ibis.options.default_backend
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    ibis.set_backend(
+        ibis.duckdb.connect(memory_limit=memory_limit, threads=threads, temp_directory=str(temp_dir))
+    )
+    try:
+        yield
+    finally:
+        ibis.options.default_backend = previous
 
 
 def split_by_time(frame: pd.DataFrame, valid_start: datetime, test_start: datetime) -> Split:
