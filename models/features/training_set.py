@@ -3,7 +3,7 @@
 At any size the set is built in bounded chunks: each day's page views are labelled from that day
 and the next (a label looks LABEL_WINDOW ahead, less than a day), optionally downsampled (negatives
 only, training and validation days only, deterministic for a seed), and joined through Feast's
-get_historical_features at most `chunk_rows` at a time. Each chunk is one Parquet file of a dataset
+get_historical_features at most `chunk_rows` at a time (small days of one split together). Each chunk is one Parquet file of a dataset
 folder, so memory follows the chunk, not the window, and training streams the files
 (models.kinds.rows) instead of loading them.
 """
@@ -158,18 +158,39 @@ def write_chunks(
     partial.mkdir(parents=True)
     schema: Any = None
     written: list[ChunkWritten] = []
-    for start, _end, labelled in chunks:
-        split = split_of(start, valid_start, test_start)
-        sampled = labelled if split == "test" else downsample_negatives(labelled, negative_rate, seed)
+    pending: list[pd.DataFrame] = []  # sampled views of consecutive days of one split
+    pending_start, pending_views = None, 0
+
+    def flush() -> None:
+        nonlocal schema, pending, pending_start, pending_views
+        if pending_start is None:
+            return
+        split = split_of(pending_start, valid_start, test_start)
+        views = pd.concat(pending, ignore_index=True) if len(pending) > 1 else pending[0]
         rows = positives = 0
-        for part, lo in enumerate(range(0, len(sampled), chunk_rows)):
-            frame = with_microsecond_stamps(join(sampled.iloc[lo : lo + chunk_rows]))
+        for part, lo in enumerate(range(0, len(views), chunk_rows)):
+            frame = with_microsecond_stamps(join(views.iloc[lo : lo + chunk_rows]))
             table = pa.Table.from_pandas(frame, preserve_index=False)
             schema = schema or table.schema
-            name = f"{start.tz_convert('UTC'):%Y%m%dT%H%M%S}-{part:04d}-{split}.parquet"
+            name = f"{pending_start.tz_convert('UTC'):%Y%m%dT%H%M%S}-{part:04d}-{split}.parquet"
             pq.write_table(table.cast(schema), partial / name, row_group_size=ROW_GROUP_ROWS)
             rows, positives = rows + len(frame), positives + int(frame[LABEL].sum())
-        written.append(ChunkWritten(split, start.isoformat(), len(labelled), rows, positives))
+        written.append(ChunkWritten(split, pending_start.isoformat(), pending_views, rows, positives))
+        pending, pending_start, pending_views = [], None, 0
+
+    # Small days are joined together (one Feast call has a fixed cost), up to `chunk_rows` views
+    # and never across a split boundary.
+    for start, _end, labelled in chunks:
+        split = split_of(start, valid_start, test_start)
+        if pending_start is not None and split != split_of(pending_start, valid_start, test_start):
+            flush()
+        sampled = labelled if split == "test" else downsample_negatives(labelled, negative_rate, seed)
+        pending.append(sampled)
+        pending_start = start if pending_start is None else pending_start
+        pending_views += len(labelled)
+        if sum(len(p) for p in pending) >= chunk_rows:
+            flush()
+    flush()
     record = {
         "negative_sample_rate": negative_rate if negative_rate < 1.0 else 1.0,
         "seed": seed,
