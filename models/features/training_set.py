@@ -3,9 +3,9 @@
 At any size the set is built in bounded chunks: each day's page views are labelled from that day
 and the next (a label looks LABEL_WINDOW ahead, less than a day), optionally downsampled (negatives
 only, training and validation days only, deterministic for a seed), and joined through Feast's
-get_historical_features at most `chunk_rows` at a time (small days of one split together). Each chunk is one Parquet file of a dataset
-folder, so memory follows the chunk, not the window, and training streams the files
-(models.kinds.rows) instead of loading them.
+get_historical_features at most `chunk_rows` at a time (small days of one split together). Each
+chunk is one Parquet file of a dataset folder, so memory follows the chunk, not the window, and
+training streams the files (models.kinds.rows) instead of loading them.
 """
 
 from __future__ import annotations
