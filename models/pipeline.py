@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from feature_repo.contract import (
+    BEHAVIOR,
     CATEGORY_VIEW,
     ID_COLUMNS,
     ITEM_VIEW,
@@ -36,7 +37,16 @@ from models.evaluation.promotion import log_candidate, promote_if_better
 from models.features import batch
 from models.features import store as feast_store
 from models.features.engine import EngineConfig
-from models.features.training_set import Split, join_features, split_by_time
+from models.features.training_set import (
+    Split,
+    bounded_duckdb,
+    chunk_bounds,
+    join_features,
+    read_sampling,
+    split_by_time,
+    streamed_split,
+    write_chunks,
+)
 from models.kinds import KINDS
 from models.monitoring.readout import Thresholds, file_readout, raise_for_breaches
 from models.registry import CHAMPION, NoChampionError, load_by_alias, model_name
@@ -243,15 +253,60 @@ def build_training_set(settings: Settings | None = None) -> TrainingSetBuilt:
         raise FileNotFoundError(
             "The training window has days without accepted events: " + ", ".join(readiness.missing_days)
         )
-    events = lake.read_events(settings, lake.ACCEPTED, settings.window_start, settings.window_end)
-    labelled = label_page_views(events, LABEL_WINDOW, settings.window_end)
     store = feast_store.open_store(settings)
-    frame = join_features(store, labelled, store.get_feature_service(MODEL_FEATURE_SERVICE))
-    feast_store.write_offline(frame, settings.paths.training_set)
-    return TrainingSetBuilt(len(frame), int(frame[LABEL].sum()), float(frame[LABEL].mean()))
+    service = store.get_feature_service(MODEL_FEATURE_SERVICE)
+    days = _days(settings, settings.window_start, settings.window_end)
+    cuts = (settings.valid_start, settings.test_start)
+    with bounded_duckdb(settings.duckdb_memory_limit, settings.duckdb_threads, settings.duckdb_temp_dir):
+        written = write_chunks(
+            (
+                (start, end, _labelled_views(settings, start, end))
+                for start, end in chunk_bounds(days, settings.window_end, cuts)
+            ),
+            lambda rows: join_features(store, rows, service),
+            settings.paths.training_set,
+            valid_start=settings.valid_start,
+            test_start=settings.test_start,
+            negative_rate=settings.negative_sample_rate,
+            seed=settings.seed,
+            chunk_rows=settings.training_chunk_rows,
+        )
+    rows, positives = sum(c.rows for c in written), sum(c.positives for c in written)
+    log.info(
+        "training set: %d rows (%d labelled views, negatives of the training and validation days "
+        "kept at %g) in %d chunks",
+        rows,
+        sum(c.views for c in written),
+        settings.negative_sample_rate,
+        len(written),
+    )
+    return TrainingSetBuilt(rows, positives, positives / rows if rows else 0.0)
+
+
+def _labelled_views(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    """The labelled page views of [start, end), from the events of [start, end + LABEL_WINDOW):
+    all a label looks at, so the labels are those of the whole window."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    until = end + LABEL_WINDOW
+    files = [
+        lake.partition_path(settings, lake.ACCEPTED, day)
+        for day in lake.partitions(settings, lake.ACCEPTED)
+        if start.normalize() <= day < until
+    ]
+    ts = pc.field(EVENT_TIMESTAMP)
+    table = ds.dataset([str(f) for f in files]).to_table(
+        columns=[USER_ID, ITEM_ID, BEHAVIOR, EVENT_TIMESTAMP],
+        filter=(ts >= start.to_pydatetime()) & (ts < until.to_pydatetime()),
+    )
+    labelled = label_page_views(table.to_pandas(), LABEL_WINDOW, settings.window_end)
+    views = labelled[EVENT_TIMESTAMP]
+    return labelled[(views >= start) & (views < end)]
 
 
 def _split(settings: Settings) -> Split:
+    """The training set's days as frames (evaluation, registration and warm start)."""
     frame = pd.read_parquet(settings.paths.training_set)
     return split_by_time(frame, settings.valid_start, settings.test_start)
 
@@ -271,7 +326,16 @@ def train(kind: str, settings: Settings | None = None, host: str = "", queue: st
     features, _ = _service_binding(settings)
     choice = choose_device(settings.device)
     placement = Placement.of(choice, host, queue)
-    model, summary = train_kind(kind, _split(settings), features, choice.device, settings.seed, placement)
+    folder = settings.paths.training_set
+    model, summary = train_kind(
+        kind,
+        streamed_split(folder),
+        features,
+        choice.device,
+        settings.seed,
+        placement,
+        negative_sample_rate=read_sampling(folder)["negative_sample_rate"],
+    )
     model.save(settings.paths.trained_model_dir(kind))
     return Trained(kind, model.meta["rows"], model.meta["device"], model.meta["train_seconds"], summary)
 

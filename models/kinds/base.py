@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
+    from models.kinds.rows import Rows
     from models.scoring import ScoringModel
 
 Scorer = Callable[[pd.DataFrame], np.ndarray]
@@ -52,9 +53,22 @@ class ModelKind(Protocol):
     pip_packages: ClassVar[tuple[str, ...]]  # what a logged model needs installed (numpy, pandas too)
 
     def fit(
-        self, train: pd.DataFrame, valid: pd.DataFrame, features: list[str], *, device: str, seed: int
+        self,
+        train: pd.DataFrame | Rows,
+        valid: pd.DataFrame | Rows,
+        features: list[str],
+        *,
+        device: str,
+        seed: int,
     ) -> Fitted:
-        """Fit on `train` (raw features + label), early-stopped on `valid`."""
+        """Fit on `train` (raw features + label, a frame or Rows streamed block by block),
+        early-stopped on `valid`."""
+        ...
+
+    def correct_sampling(self, model: Any, negative_rate: float) -> Any:
+        """The native model predicting for all rows when it was fitted on all positives and a
+        share `negative_rate` of the negatives: its logit moved by log(negative_rate), inside the
+        model itself, so every consumer of the saved model scores corrected probabilities."""
         ...
 
     def fine_tune(
@@ -102,6 +116,21 @@ def feature_matrix(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
 def logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-7, 1 - 1e-7)
     return np.log(p / (1 - p))
+
+
+def sampling_offset(negative_rate: float) -> float:
+    """What negative downsampling adds to a model's logit, to be taken off again: a model fitted
+    on every positive and a share w of the negatives predicts odds 1/w times too high, so
+    p = q / (q + (1 - q) / w), i.e. logit(p) = logit(q) + log(w)."""
+    if not 0 < negative_rate <= 1:
+        raise ValueError(f"negative sampling rate {negative_rate}: expected a share in (0, 1]")
+    return float(np.log(negative_rate))
+
+
+def corrected_probability(q: np.ndarray, negative_rate: float) -> np.ndarray:
+    """`q`, predicted by a model fitted on downsampled negatives, as the probability on all rows."""
+    q = np.asarray(q, dtype=np.float64)
+    return q / (q + (1 - q) / negative_rate)
 
 
 def pip_requirements(*names: str) -> list[str]:

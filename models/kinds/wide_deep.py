@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.contract import ID_COLUMNS, LABEL
-from models.kinds.base import Fitted, Scorer, logit
+from models.kinds.base import Fitted, Scorer, logit, sampling_offset
+from models.kinds.rows import Rows, as_rows
 
 if TYPE_CHECKING:
     from models.scoring import ScoringModel
@@ -51,6 +52,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "epochs": 20,
     "patience": 3,
     "mixed_precision": False,
+    # Streaming: rows shuffled together per epoch (a buffer of whole blocks, in a new order each
+    # epoch). A training set smaller than this is shuffled whole, as an in-memory fit would.
+    "shuffle_buffer_rows": 1_000_000,
 }
 
 
@@ -122,7 +126,25 @@ def custom_layers() -> dict[str, Any]:
         def compute_output_shape(self, input_shape):
             return input_shape, input_shape
 
-    _LAYERS.update(IdHash=IdHash, HashedCross=HashedCross, LogCounts=LogCounts)
+    @_register
+    class LogitShift(keras.layers.Layer):
+        """Adds a constant to the logit: the correction for negative downsampling, saved with the
+        model so that every consumer scores probabilities on unsampled data."""
+
+        def __init__(self, offset: float, **kwargs):
+            super().__init__(**kwargs)
+            self.offset = float(offset)
+
+        def call(self, x):
+            return x + ops.cast(self.offset, x.dtype)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "offset": self.offset}
+
+    _LAYERS.update(IdHash=IdHash, HashedCross=HashedCross, LogCounts=LogCounts, LogitShift=LogitShift)
     return _LAYERS
 
 
@@ -155,8 +177,56 @@ class WideDeepSpec:
 
 def _buckets(values: np.ndarray) -> int:
     """Twice the ids seen in training, capped: few collisions without a table per possible id."""
-    distinct = int(len(np.unique(values)))
+    return _buckets_for(int(len(np.unique(values))))
+
+
+def _buckets_for(distinct: int) -> int:
     return int(min(max(2 * distinct + 1, 101), MAX_ID_BUCKETS))
+
+
+def _log_scale(raw: np.ndarray) -> np.ndarray:
+    """What the normaliser sees: log1p of the counts, missing and negative values as 0."""
+    return np.log1p(np.clip(np.nan_to_num(raw, nan=0.0), 0, None))
+
+
+@dataclass(frozen=True)
+class InputStats:
+    """What the preprocessing layers are adapted to on the training rows: the hash buckets per id
+    column and the mean and variance of each log-scaled numeric feature."""
+
+    buckets: dict[str, int]
+    mean: np.ndarray
+    variance: np.ndarray
+
+    @classmethod
+    def of_inputs(cls, spec: WideDeepSpec, inputs: dict[str, np.ndarray]) -> InputStats:
+        buckets = {name: _buckets(inputs[name]) for name in spec.categorical}
+        if not spec.numeric:
+            return cls(buckets, np.zeros(0), np.zeros(0))
+        logs = _log_scale(np.concatenate([inputs[name] for name in spec.numeric], axis=1)).astype(np.float64)
+        return cls(buckets, logs.mean(axis=0), logs.var(axis=0))
+
+    @classmethod
+    def of_rows(cls, spec: WideDeepSpec, rows: Rows) -> InputStats:
+        """The same statistics in one pass over the blocks: distinct ids as a running union,
+        moments as float64 sums."""
+        seen = {name: np.zeros(0, np.int64) for name in spec.categorical}
+        total, squares, n = np.zeros(len(spec.numeric)), np.zeros(len(spec.numeric)), 0
+        for frame in rows.frames(spec.inputs):
+            inputs = model_inputs(frame, spec)
+            for name in spec.categorical:
+                seen[name] = np.union1d(seen[name], inputs[name].ravel())
+            if spec.numeric:
+                logs = _log_scale(np.concatenate([inputs[name] for name in spec.numeric], axis=1))
+                total += logs.sum(axis=0, dtype=np.float64)
+                squares += np.square(logs, dtype=np.float64).sum(axis=0)
+                n += len(frame)
+        mean = total / max(n, 1)
+        return cls(
+            {name: _buckets_for(len(ids)) for name, ids in seen.items()},
+            mean,
+            np.maximum(squares / max(n, 1) - mean**2, 0.0),
+        )
 
 
 def model_inputs(frame: pd.DataFrame, spec: WideDeepSpec) -> dict[str, np.ndarray]:
@@ -173,11 +243,13 @@ def model_inputs(frame: pd.DataFrame, spec: WideDeepSpec) -> dict[str, np.ndarra
 
 def build_wide_deep(
     spec: WideDeepSpec,
-    train_inputs: dict[str, np.ndarray],
+    train_inputs: dict[str, np.ndarray] | InputStats,
     params: dict[str, Any] | None = None,
     seed: int = 42,
 ):
-    """A compiled Wide&Deep model whose hashing and normalisation are adapted on `train_inputs`."""
+    """A compiled Wide&Deep model whose hashing and normalisation are adapted on `train_inputs`
+    (the training rows' model inputs, or their InputStats)."""
+    stats = train_inputs if isinstance(train_inputs, InputStats) else InputStats.of_inputs(spec, train_inputs)
     keras = _keras()
     layers = custom_layers()
     params = {**DEFAULT_PARAMS, **(params or {})}
@@ -189,7 +261,7 @@ def build_wide_deep(
 
     wide_terms, deep_parts, hashed = [], [], {}
     for name in spec.categorical:
-        buckets = _buckets(train_inputs[name])
+        buckets = stats.buckets[name]
         hashed[name] = layers["IdHash"](buckets, name=f"{name}_hash")(inputs[name])
         deep = keras.layers.Embedding(
             buckets, params["embedding_dim"], embeddings_regularizer=regulariser, name=f"{name}_embedding"
@@ -208,9 +280,9 @@ def build_wide_deep(
     if spec.numeric:
         raw = keras.layers.Concatenate(name="numeric")([inputs[name] for name in spec.numeric])
         logs, missing = layers["LogCounts"](name="log_counts")(raw)
-        normaliser = keras.layers.Normalization(name="normalise")
-        train_raw = np.concatenate([train_inputs[name] for name in spec.numeric], axis=1)
-        normaliser.adapt(np.log1p(np.clip(np.nan_to_num(train_raw, nan=0.0), 0, None)))
+        normaliser = keras.layers.Normalization(
+            mean=stats.mean.tolist(), variance=stats.variance.tolist(), name="normalise"
+        )
         numeric = keras.layers.Concatenate(name="numeric_encoded")([normaliser(logs), missing])
         deep_parts.append(numeric)
         wide_terms.append(keras.layers.Dense(1, name="numeric_wide")(numeric))
@@ -267,15 +339,7 @@ def _fit(
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=params["patience"], restore_best_weights=True
     )
-    epoch_seconds: list[float] = []
-
-    class EpochTimer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            epoch_seconds.append(time.perf_counter() - self.started)
-
+    timer = _EpochTimer.make()
     started = time.perf_counter()
     history = model.fit(
         x_train,
@@ -283,11 +347,131 @@ def _fit(
         validation_data=(x_valid, y_valid.astype(np.float32)),
         batch_size=params["batch_size"],
         epochs=params["epochs"],
-        callbacks=[stop, EpochTimer()],
+        callbacks=[stop, timer],
         verbose=verbose,
         shuffle=True,
     )
-    seconds = time.perf_counter() - started
+    return _trained(model, spec, params, history, timer.seconds, time.perf_counter() - started, len(y_train))
+
+
+def _shuffled_batches(
+    rows: Rows, spec: WideDeepSpec, batch_size: int, buffer_rows: int, seed: int, shuffle: bool
+):
+    """A keras.utils.PyDataset of (model inputs, labels) batches read block by block from `rows`.
+
+    Each epoch the blocks are taken in a new seeded order and grouped into buffers of about
+    `buffer_rows` rows, each shuffled: memory holds at most two buffers, whatever the number of
+    rows. Batches are read in order (one worker), so each buffer is read once per epoch.
+    """
+    keras = _keras()
+    columns = [*spec.inputs, LABEL]
+
+    class ShuffledBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch, self.total = 0, len(rows)
+            self._cache: dict[int, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+            self._plan()
+
+        def _plan(self) -> None:
+            sizes = rows.block_rows()
+            rng = np.random.default_rng([seed, self.epoch])
+            order = rng.permutation(len(sizes)) if shuffle else np.arange(len(sizes))
+            self.buffers, current, filled = [], [], 0
+            for block in order:
+                if current and filled + sizes[block] > buffer_rows:
+                    self.buffers.append(current)
+                    current, filled = [], 0
+                current.append(int(block))
+                filled += sizes[block]
+            if current:
+                self.buffers.append(current)
+            counts = [sum(sizes[b] for b in buffer) for buffer in self.buffers]
+            self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            self._cache.clear()
+
+        def _buffer(self, index: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+            if index not in self._cache:
+                frames = [rows.block(block, columns) for block in self.buffers[index]]
+                frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+                inputs, labels = model_inputs(frame, spec), frame[LABEL].to_numpy(np.float32)
+                if shuffle:
+                    mix = np.random.default_rng([seed, self.epoch, index]).permutation(len(frame))
+                    inputs, labels = {k: v[mix] for k, v in inputs.items()}, labels[mix]
+                for old in [k for k in self._cache if k < index - 1]:
+                    del self._cache[old]
+                self._cache[index] = inputs, labels
+            return self._cache[index]
+
+        def __len__(self) -> int:
+            return -(-self.total // batch_size)
+
+        def __getitem__(self, i: int):
+            lo, hi = i * batch_size, min((i + 1) * batch_size, self.total)
+            first = int(np.searchsorted(self.starts, lo, side="right") - 1)
+            last = int(np.searchsorted(self.starts, hi - 1, side="right") - 1)
+            parts_x, parts_y = [], []
+            for index in range(first, last + 1):
+                inputs, labels = self._buffer(index)
+                a, b = (
+                    max(lo, self.starts[index]) - self.starts[index],
+                    min(hi, self.starts[index + 1]) - self.starts[index],
+                )
+                parts_x.append({k: v[a:b] for k, v in inputs.items()})
+                parts_y.append(labels[a:b])
+            if len(parts_x) == 1:
+                return parts_x[0], parts_y[0]
+            return {k: np.concatenate([p[k] for p in parts_x]) for k in parts_x[0]}, np.concatenate(parts_y)
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+            if shuffle:
+                self._plan()
+
+    return ShuffledBatches()
+
+
+def _fit_batches(
+    model, spec: WideDeepSpec, train: Rows, valid: Rows, params: dict[str, Any], seed: int, verbose: int
+) -> TrainedWideDeep:
+    """`_fit`, streaming: training batches from a shuffled PyDataset, validation in order."""
+    keras = _keras()
+    size, buffer = params["batch_size"], params["shuffle_buffer_rows"]
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=params["patience"], restore_best_weights=True
+    )
+    timer = _EpochTimer.make()
+    started = time.perf_counter()
+    history = model.fit(
+        _shuffled_batches(train, spec, size, buffer, seed, shuffle=True),
+        validation_data=_shuffled_batches(valid, spec, max(size, 8192), buffer, seed, shuffle=False),
+        epochs=params["epochs"],
+        callbacks=[stop, timer],
+        verbose=verbose,
+    )
+    return _trained(model, spec, params, history, timer.seconds, time.perf_counter() - started, len(train))
+
+
+class _EpochTimer:
+    @staticmethod
+    def make():
+        keras = _keras()
+
+        class EpochTimer(keras.callbacks.Callback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.seconds: list[float] = []
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.started = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.seconds.append(time.perf_counter() - self.started)
+
+        return EpochTimer()
+
+
+def _trained(model, spec, params, history, epoch_seconds, seconds, rows) -> TrainedWideDeep:
     # Epoch times include the validation pass; the first also includes compilation.
     curves = {k: [float(v) for v in values] for k, values in history.history.items()}
     return TrainedWideDeep(
@@ -297,8 +481,34 @@ def _fit(
         best_epoch=int(np.argmin(curves["val_loss"])),
         history={**curves, "epoch_seconds": epoch_seconds},
         train_seconds=seconds,
-        rows=len(y_train),
+        rows=rows,
     )
+
+
+def train_wide_deep_rows(
+    train: Rows, valid: Rows, spec: WideDeepSpec, seed: int = 42, verbose: int = 0, **overrides: Any
+) -> TrainedWideDeep:
+    """`train_wide_deep` streaming from Rows: the preprocessing is adapted in one pass over the
+    blocks, then every epoch reads them again, a shuffle buffer at a time."""
+    params = {**DEFAULT_PARAMS, **overrides}
+    _set_precision(params["mixed_precision"])
+    try:
+        model = build_wide_deep(spec, InputStats.of_rows(spec, train), params, seed)
+        return _fit_batches(model, spec, train, valid, params, seed, verbose)
+    finally:
+        _set_precision(False)
+
+
+def shift_logit(model: Any, offset: float):
+    """The model with `offset` added to its logit before the sigmoid (a LogitShift layer): the
+    correction for negative downsampling, saved in the `.keras` file."""
+    keras = _keras()
+    shift = custom_layers()["LogitShift"](offset, dtype="float32", name="sampling_correction")
+    output = keras.layers.Activation("sigmoid", dtype="float32", name="ctr_corrected")(
+        shift(model.get_layer("logit").output)
+    )
+    inputs = {tensor.name.split(":")[0]: tensor for tensor in model.inputs}
+    return keras.Model(inputs=inputs, outputs=output, name=model.name)
 
 
 def _set_precision(mixed: bool) -> None:
@@ -469,23 +679,28 @@ class WideDeepKind:
     pip_packages = ("keras", "tensorflow")
 
     def fit(
-        self, train: pd.DataFrame, valid: pd.DataFrame, features: list[str], *, device: str, seed: int
+        self,
+        train: pd.DataFrame | Rows,
+        valid: pd.DataFrame | Rows,
+        features: list[str],
+        *,
+        device: str,
+        seed: int,
     ) -> Fitted:
-        categorical = [c for c in ID_COLUMNS if c in train.columns]
+        train, valid = as_rows(train), as_rows(valid)
+        present = set(train.block(0).columns) if train.block_rows() else set()
+        categorical = [c for c in ID_COLUMNS if c in present]
         spec = WideDeepSpec.for_columns(features, categorical, DEFAULT_CROSSES)
-        trained = train_wide_deep(
-            train,
-            train[LABEL].to_numpy(),
-            valid,
-            valid[LABEL].to_numpy(),
-            spec,
-            seed=seed,
-            **(GPU_PARAMS if device == "cuda" else {}),
+        trained = train_wide_deep_rows(
+            train, valid, spec, seed=seed, **(GPU_PARAMS if device == "cuda" else {})
         )
         fitted = self._fitted(trained)
         fitted.summary["examples_per_second"] = round(trained.examples_per_second)
         fitted.record = {"categorical": list(spec.categorical), "crosses": [list(p) for p in spec.crosses]}
         return fitted
+
+    def correct_sampling(self, model: Any, negative_rate: float) -> Any:
+        return shift_logit(model, sampling_offset(negative_rate))
 
     def fine_tune(
         self, model: ScoringModel, train: pd.DataFrame, valid: pd.DataFrame, *, seed: int

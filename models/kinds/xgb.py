@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.contract import LABEL
-from models.kinds.base import Fitted, Scorer, feature_matrix
+from models.kinds.base import Fitted, Scorer, feature_matrix, sampling_offset
+from models.kinds.rows import Rows, as_rows
 
 if TYPE_CHECKING:
     from models.scoring import ScoringModel
@@ -63,6 +64,84 @@ def train_xgb(
     history = {name: list(values) for name, values in model.evals_result()["validation_0"].items()}
     best = model.best_iteration if params.get("early_stopping_rounds") else params["n_estimators"] - 1
     return TrainedXGB(model, list(features), params, int(best), history)
+
+
+# The scikit-learn names of DEFAULT_PARAMS that xgboost.train takes under another name or not at all.
+_NOT_BOOSTER_PARAMS = ("n_estimators", "early_stopping_rounds")
+
+
+def _batches(rows: Rows, features: list[str]):
+    """An xgboost.DataIter over `rows`, one block at a time: the quantile DMatrix built from it
+    sketches and compresses block by block, so no float copy of the whole set exists."""
+    import xgboost as xgb
+
+    class Blocks(xgb.DataIter):
+        def __init__(self) -> None:
+            self._next = 0
+            super().__init__(release_data=True)
+
+        def next(self, input_data) -> bool:
+            if self._next == len(rows.block_rows()):
+                return False
+            frame = rows.block(self._next, [*features, LABEL])
+            input_data(data=feature_matrix(frame, features), label=frame[LABEL].to_numpy(np.float32))
+            self._next += 1
+            return True
+
+        def reset(self) -> None:
+            self._next = 0
+
+    return Blocks()
+
+
+def train_xgb_rows(
+    train: Rows,
+    valid: Rows,
+    features: list[str],
+    device: str = "cpu",
+    seed: int = 42,
+    **overrides: Any,
+) -> TrainedXGB:
+    """Like `train_xgb`, streaming: the training and validation rows go block by block into
+    QuantileDMatrix (the validation one sharing the training cuts), so memory holds the
+    quantised matrix (one byte per value) and one block, never the frame. The same booster
+    params and early stopping as `train_xgb`, returned as an XGBClassifier."""
+    import xgboost as xgb
+
+    params = {**DEFAULT_PARAMS, **overrides, "device": device, "random_state": seed}
+    booster_params = {k: v for k, v in params.items() if k not in _NOT_BOOSTER_PARAMS}
+    booster_params |= {"objective": "binary:logistic"}
+    dtrain = xgb.QuantileDMatrix(_batches(train, features), max_bin=params.get("max_bin", 256))
+    dvalid = xgb.QuantileDMatrix(_batches(valid, features), ref=dtrain)
+    curves: dict[str, dict[str, list[float]]] = {}
+    booster = xgb.train(
+        booster_params,
+        dtrain,
+        num_boost_round=params["n_estimators"],
+        evals=[(dvalid, "validation_0")],
+        early_stopping_rounds=params.get("early_stopping_rounds"),
+        evals_result=curves,
+        verbose_eval=False,
+    )
+    booster.feature_names = list(features)
+    model = xgb.XGBClassifier(**params)
+    model.load_model(bytearray(booster.save_raw("ubj")))
+    history = {name: list(values) for name, values in curves["validation_0"].items()}
+    best = booster.best_iteration if params.get("early_stopping_rounds") else params["n_estimators"] - 1
+    return TrainedXGB(model, list(features), params, int(best), history)
+
+
+def shift_base_score(model: Any, offset: float) -> Any:
+    """The model with `offset` added to every logit (its base score moved in log-odds): what
+    correcting for negative downsampling takes, kept inside the saved model file."""
+    import json
+
+    booster = model.get_booster()
+    raw = json.loads(booster.save_config())["learner"]["learner_model_param"]["base_score"]
+    base = float(np.asarray(json.loads(raw) if raw.startswith("[") else raw, dtype=np.float64).ravel()[0])
+    shifted = np.log(base / (1 - base)) + offset
+    booster.set_param({"base_score": float(1 / (1 + np.exp(-shifted)))})
+    return model
 
 
 def continue_xgb(
@@ -126,19 +205,21 @@ class XGBoostKind:
     pip_packages = ("xgboost", "scikit-learn")
 
     def fit(
-        self, train: pd.DataFrame, valid: pd.DataFrame, features: list[str], *, device: str, seed: int
+        self,
+        train: pd.DataFrame | Rows,
+        valid: pd.DataFrame | Rows,
+        features: list[str],
+        *,
+        device: str,
+        seed: int,
     ) -> Fitted:
         started = time.perf_counter()
-        trained = train_xgb(
-            feature_matrix(train, features),
-            train[LABEL].to_numpy(),
-            feature_matrix(valid, features),
-            valid[LABEL].to_numpy(),
-            features,
-            device=device,
-            seed=seed,
-        )
+        train, valid = as_rows(train), as_rows(valid)
+        trained = train_xgb_rows(train, valid, features, device=device, seed=seed)
         return self._fitted(trained, time.perf_counter() - started)
+
+    def correct_sampling(self, model: Any, negative_rate: float) -> Any:
+        return shift_base_score(model, sampling_offset(negative_rate))
 
     def fine_tune(
         self, model: ScoringModel, train: pd.DataFrame, valid: pd.DataFrame, *, seed: int

@@ -60,6 +60,10 @@ def placement_tags(meta: dict[str, Any]) -> dict[str, str]:
     return {key: str(value) for key, value in (meta.get("placement") or {}).items()}
 
 
+# Key of the negative keep rate in a model's meta, its params (an MLflow param) and its lineage.
+NEGATIVE_SAMPLE_RATE = "negative_sample_rate"
+
+
 def split_rows(split: Split) -> dict[str, int]:
     return {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)}
 
@@ -83,18 +87,26 @@ def train_kind(
     device: str,
     seed: int,
     placement: Placement | None = None,
+    negative_sample_rate: float = 1.0,
 ) -> tuple[ScoringModel, dict[str, Any]]:
-    """Fit `kind` on the split's training days, early-stopped on its validation day; returns the
-    model and the kind's own summary of the fit (best round or epoch, throughput). `placement`,
-    when given, is logged before the fit and saved in the model's meta."""
+    """Fit `kind` on the split's training days (frames or Rows streamed from Parquet),
+    early-stopped on its validation day; returns the model and the kind's own summary of the fit
+    (best round or epoch, throughput). `placement`, when given, is logged before the fit and saved
+    in the model's meta. Rows whose negatives were kept at `negative_sample_rate` < 1 give a model
+    whose probabilities are corrected inside it (ModelKind.correct_sampling) to the unsampled rate."""
     if placement is not None:
         where = f"{kind} on worker {placement.worker_host} (queue {placement.worker_queue}), device {device}"
         if placement.device_requested == "cuda" and device != "cuda":
             log.warning("%s: %s", where, placement.device_reason)
         else:
             log.info("%s: %s", where, placement.device_reason)
-    fitted = kind_of(kind).fit(split.train, split.valid, features, device=device, seed=seed)
+    adapter = kind_of(kind)
+    fitted = adapter.fit(split.train, split.valid, features, device=device, seed=seed)
     facts: dict[str, Any] = {"placement": placement.tags()} if placement is not None else {}
+    if negative_sample_rate < 1.0:
+        fitted.model = adapter.correct_sampling(fitted.model, negative_sample_rate)
+        fitted.params = {**fitted.params, NEGATIVE_SAMPLE_RATE: negative_sample_rate}
+        facts[NEGATIVE_SAMPLE_RATE] = negative_sample_rate
     meta = training_meta(
         fitted,
         features,
@@ -121,6 +133,7 @@ def lineage(settings: Settings, meta: dict[str, Any], training: str) -> dict[str
         "label": LABEL_DEFINITION,
         "feature_service": MODEL_FEATURE_SERVICE,
         "device": meta["device"],
+        NEGATIVE_SAMPLE_RATE: meta.get(NEGATIVE_SAMPLE_RATE, 1.0),
         **({"placement": meta["placement"]} if meta.get("placement") else {}),
         "training": training,
     }

@@ -137,3 +137,59 @@ def test_short_term_activity_only_counts_events_before_the_row(store):
     assert joined.loc[view + 10 * SECOND, "user_seconds_since_last_event"] == 10.0
     assert joined.loc[cart + 30 * 60 * SECOND, "user_events_5m"] == 0.0
     assert joined.loc[view, "request_hour"] == 2.0  # 18:00 UTC is 02:00 in Beijing
+
+
+def test_a_training_set_built_in_chunks_equals_one_join_and_samples_no_test_day(store, tmp_path):
+    """The chunked build (one Feast join per chunk, here per row) gives the one-call join's rows and
+    values; a test day keeps every row whatever the negative sampling rate."""
+    from models.features.training_set import chunk_bounds, join_features, streamed_split, write_chunks
+
+    service = store.get_feature_service(RANKER_FEATURE_SERVICE)
+    rows = pd.DataFrame(
+        {
+            "user_id": 7,
+            "item_id": 70,
+            "event_timestamp": [T - HOUR, T + 5 * HOUR, T + 6 * HOUR, T + DAY + HOUR, T + DAY + 2 * HOUR],
+            "label": [0, 1, 0, 0, 0],
+        }
+    )
+    whole = join_features(store, rows, service)
+    days = [T - DAY, T, T + DAY]
+    bounds = chunk_bounds(days, T + 2 * DAY, (T, T + DAY))
+
+    def chunks():
+        for start, end in bounds:
+            ts = rows["event_timestamp"]
+            yield start, end, rows[(ts >= start) & (ts < end)]
+
+    folder = tmp_path / "training_set.parquet"
+    write_chunks(
+        chunks(),
+        lambda part: join_features(store, part, service),
+        folder,
+        valid_start=T,
+        test_start=T + DAY,
+        negative_rate=1e-9,  # all but certainly every negative dropped where sampling applies
+        seed=0,
+        chunk_rows=1,
+    )
+    split = streamed_split(folder, frames=("train", "valid", "test"))
+    assert split.train.empty  # the training day's only view is a negative
+    assert split.valid["label"].tolist() == [1]  # positives are always kept
+    test = split.test.reset_index(drop=True)
+    expected = whole[whole["event_timestamp"] >= T + DAY].reset_index(drop=True)
+    assert len(test) == 2  # a test day is never sampled
+    pd.testing.assert_frame_equal(test[expected.columns], expected, check_dtype=False)
+    # at rate 1.0 the chunked set is the one join, row for row
+    write_chunks(
+        chunks(),
+        lambda part: join_features(store, part, service),
+        folder,
+        valid_start=T,
+        test_start=T + DAY,
+        negative_rate=1.0,
+        seed=0,
+        chunk_rows=1,
+    )
+    chunked = pd.read_parquet(folder).sort_values("event_timestamp").reset_index(drop=True)
+    pd.testing.assert_frame_equal(chunked[whole.columns], whole, check_dtype=False)
