@@ -17,7 +17,9 @@ import pandas as pd
 from feature_repo.contract import (
     BEHAVIOR,
     CATEGORY_VIEW,
+    EVENT_TIMESTAMP,
     ID_COLUMNS,
+    ITEM_ID,
     ITEM_VIEW,
     LABEL,
     LABEL_WINDOW,
