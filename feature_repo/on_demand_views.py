@@ -1,9 +1,12 @@
 """On-demand features, computed when features are read: by the same function for a training set
 (get_historical_features) and for a live request (get_online_features).
 
-The functions get and return columns as lists (Feast's "python" mode). They are stored in the
-registry by value, so they import nothing from this repo: constants, and copies of the contract's
-functions that are stored by value too (`_by_value`), come in as default arguments.
+The functions get and return columns as lists (Feast's "python" mode) and work on whole columns with
+NumPy, so that the millions of rows of a training set cost what a request's hundred do per row; they
+take Arrow arrays too, which a training-set build passes without converting them to Python lists.
+They are stored in the registry by value, so they import nothing from this repo: constants, and
+copies of the contract's and this module's functions that are stored by value too (`_by_value`),
+come in as default arguments.
 """
 
 import types
@@ -58,6 +61,59 @@ def _by_value(function: types.FunctionType) -> types.FunctionType:
 _SHOP_HOUR = _by_value(shop_hour)
 
 
+def _list_column(column, value_type: str):
+    """A column of lists (Python lists, NumPy arrays, None, or an Arrow list array) as its values
+    flattened and, per value, the index of its row; the values come as `value_type`."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrow_type = pa.list_(getattr(pa, value_type)())
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not isinstance(column, pa.Array):
+        column = list(column)
+        first = column[0] if column else None
+        if first is not None and all(x is first for x in column):
+            # a request's rows share one user's lists: converted once
+            one = np.asarray(first, dtype=value_type)
+            return np.tile(one, len(column)), np.repeat(np.arange(len(column)), len(one))
+        column = pa.array(column, type=arrow_type)
+    if pa.types.is_null(column.type):
+        return np.zeros(0, dtype=value_type), np.zeros(0, dtype=np.int64)
+    column = column.cast(arrow_type)
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    return values, parents
+
+
+def _int_column(column):
+    """A column of integers or None as (values with None as 0, where a value is present)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not isinstance(column, pa.Array):
+        column = pa.array(column, type=pa.int64())
+    column = column.cast(pa.int64())
+    present = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    return column.fill_null(0).to_numpy(zero_copy_only=False), present
+
+
+def _row_starts(parents, n: int):
+    """Per row, the index of its first flattened value (values of a row are contiguous)."""
+    import numpy as np
+
+    counts = np.bincount(parents, minlength=n)
+    return np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+
+
+_LISTS = _by_value(_list_column)
+_INTS = _by_value(_int_column)
+_STARTS = _by_value(_row_starts)
+
+
 @on_demand_feature_view(
     name=AFFINITY_VIEW,
     sources=[
@@ -74,19 +130,26 @@ def user_item_affinity(
     _names=(USER_TOP_CATEGORIES, USER_TOP_CATEGORY_SHARES, CATEGORY_ID),
     _outputs=tuple(AFFINITY_FEATURES),
     _top=TOP_CATEGORIES,
+    _lists=_LISTS,
+    _ints=_INTS,
+    _starts=_STARTS,
 ) -> dict:
-    tops, shares, categories = (inputs[name] for name in _names)
-    share_out, rank_out = [], []
-    for top, share, category in zip(tops, shares, categories, strict=True):
-        top = list(top) if top is not None else []
-        if category is not None and category in top:
-            position = top.index(category)
-            share_out.append(float(share[position]))
-            rank_out.append(float(position + 1))
-        else:
-            share_out.append(0.0)
-            rank_out.append(float(_top + 1))
-    return {_outputs[0]: share_out, _outputs[1]: rank_out}
+    import numpy as np
+
+    categories, known = _ints(inputs[_names[2]])
+    n = len(categories)
+    tops, rows = _lists(inputs[_names[0]], "int64")
+    shares, share_rows = _lists(inputs[_names[1]], "float64")
+    # the first place in the user's top categories that holds the candidate's category
+    local = np.arange(len(tops)) - _starts(rows, n)[rows]
+    match = (tops == categories[rows]) & known[rows]
+    position = np.full(n, _top + 1, dtype=np.int64)
+    np.minimum.at(position, rows[match], local[match])
+    found = position <= _top
+    share = np.zeros(n)
+    share[found] = shares[_starts(share_rows, n)[found] + position[found]]
+    rank = np.where(found, position + 1, _top + 1).astype(np.float64)
+    return {_outputs[0]: share.tolist(), _outputs[1]: rank.tolist()}
 
 
 @on_demand_feature_view(
@@ -107,48 +170,37 @@ def realtime_context(
     _intents=_INTENT_CODES,
     _shop_hour=_SHOP_HOUR,
     _cap_s=RECENCY_CAP_DAYS * 86400.0,
+    _lists=_LISTS,
+    _ints=_INTS,
 ) -> dict:
-    now = inputs[_request_ts]
-    stamps, items, categories, behaviors, candidates, candidate_categories = (
-        inputs.get(key) or [None] * len(now) for key in _keys
-    )
-    out: dict[str, list[float]] = {name: [] for name in _outputs}
-    user = None  # what depends on the user's events and the request time only
-    for i, t in enumerate(now):
-        # A ranking request repeats one user's lists (the same objects) for every candidate: their
-        # part is worked out once per user, the candidate's part per row.
-        if not (
-            user is not None
-            and t == now[i - 1]
-            and stamps[i] is stamps[i - 1]
-            and items[i] is items[i - 1]
-            and categories[i] is categories[i - 1]
-            and behaviors[i] is behaviors[i - 1]
-        ):
-            ts = list(stamps[i]) if stamps[i] is not None else []
-            known = [j for j, s in enumerate(ts) if s <= t]  # events after the request are not known at it
-            ages = [t - ts[j] for j in known]
-            user = (
-                [
-                    float(_shop_hour(t)),
-                    float(min(min(ages), _cap_s)) if ages else _cap_s,
-                    *[float(sum(1 for a in ages if a < w)) for w in _windows],
-                    float(
-                        sum(
-                            1
-                            for j, a in zip(known, ages, strict=True)
-                            if a < _hour and behaviors[i][j] in _intents
-                        )
-                    ),
-                ],
-                {items[i][j] for j in known},
-                {categories[i][j] for j in known},
-            )
-        values = [
-            *user[0],
-            float(candidates[i] is not None and candidates[i] in user[1]),
-            float(candidate_categories[i] is not None and candidate_categories[i] in user[2]),
-        ]
-        for name, value in zip(_outputs, values, strict=True):
-            out[name].append(value)
-    return out
+    import numpy as np
+
+    now, _ = _ints(inputs[_request_ts])
+    n = len(now)
+    missing = [None] * n
+    # The user's events, one value per (row, event); the four lists of a row are aligned.
+    stamps, rows = _lists(inputs.get(_keys[0], missing), "int64")
+    items, _ = _lists(inputs.get(_keys[1], missing), "int64")
+    categories, _ = _lists(inputs.get(_keys[2], missing), "int64")
+    behaviors, _ = _lists(inputs.get(_keys[3], missing), "int64")
+    candidates, has_candidate = _ints(inputs.get(_keys[4], missing))
+    candidate_categories, has_category = _ints(inputs.get(_keys[5], missing))
+    known = stamps <= now[rows]  # events after the request are not known at it
+    rows = rows[known]
+    ages = now[rows] - stamps[known]
+    newest = np.full(n, np.inf)
+    np.minimum.at(newest, rows, ages)
+
+    def per_row(mask):
+        return np.bincount(rows[mask], minlength=n).astype(np.float64)
+
+    intents = np.isin(behaviors[known], np.asarray(_intents, dtype=np.int64))
+    values = [
+        np.asarray(_shop_hour(now), dtype=np.float64),
+        np.minimum(newest, _cap_s),
+        *[per_row(ages < w) for w in _windows],
+        per_row((ages < _hour) & intents),
+        np.minimum(per_row((items[known] == candidates[rows]) & has_candidate[rows]), 1.0),
+        np.minimum(per_row((categories[known] == candidate_categories[rows]) & has_category[rows]), 1.0),
+    ]
+    return {name: value.tolist() for name, value in zip(_outputs, values, strict=True)}
