@@ -39,6 +39,7 @@ from models.evaluation.promotion import log_candidate, promote_if_better
 from models.features import batch
 from models.features import store as feast_store
 from models.features.engine import EngineConfig
+from models.features.point_in_time import duckdb_join
 from models.features.training_set import (
     Split,
     bounded_duckdb,
@@ -259,13 +260,19 @@ def build_training_set(settings: Settings | None = None) -> TrainingSetBuilt:
     service = store.get_feature_service(MODEL_FEATURE_SERVICE)
     days = _days(settings, settings.window_start, settings.window_end)
     cuts = (settings.valid_start, settings.test_start)
-    with bounded_duckdb(settings.duckdb_memory_limit, settings.duckdb_threads, settings.duckdb_temp_dir):
+    if settings.training_join == "duckdb":
+        joining = duckdb_join(store, service, EngineConfig.from_settings(settings))
+    else:
+        joining = bounded_duckdb(
+            settings.duckdb_memory_limit, settings.duckdb_threads, settings.duckdb_temp_dir
+        )
+    with joining as via:
         written = write_chunks(
             (
                 (start, end, _labelled_views(settings, start, end))
                 for start, end in chunk_bounds(days, settings.window_end, cuts)
             ),
-            lambda rows: join_features(store, rows, service),
+            lambda rows: join_features(store, rows, service, via),
             settings.paths.training_set,
             valid_start=settings.valid_start,
             test_start=settings.test_start,
@@ -276,11 +283,12 @@ def build_training_set(settings: Settings | None = None) -> TrainingSetBuilt:
     rows, positives = sum(c.rows for c in written), sum(c.positives for c in written)
     log.info(
         "training set: %d rows (%d labelled views, negatives of the training and validation days "
-        "kept at %g) in %d chunks",
+        "kept at %g) in %d chunks, joined by %s",
         rows,
         sum(c.views for c in written),
         settings.negative_sample_rate,
         len(written),
+        settings.training_join,
     )
     return TrainingSetBuilt(rows, positives, positives / rows if rows else 0.0)
 

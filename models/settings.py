@@ -147,6 +147,9 @@ class Settings:
     # and labelled views joined through Feast at most this many at a time.
     negative_sample_rate: float = 1.0
     training_chunk_rows: int = 200_000
+    # How the training set joins features point-in-time: "duckdb" (ASOF joins planned from the
+    # FeatureService, models/features/point_in_time.py) or "feast" (get_historical_features).
+    training_join: str = "duckdb"
 
     # Paths under the data dir, by their older names; `paths` has them all.
     @property
@@ -343,7 +346,14 @@ def get_settings() -> Settings:
         # build's memory (one 100,000-view chunk of 10 M SYNTHETIC events: ~3 GiB).
         negative_sample_rate=float(_env("CTR_NEGATIVE_SAMPLE_RATE", "1.0")),
         training_chunk_rows=_integer("CTR_TRAINING_CHUNK_ROWS", _env("CTR_TRAINING_CHUNK_ROWS", "200000")),
+        # duckdb: the service's views joined by DuckDB ASOF joins from their files, the on-demand
+        # views by their own transformations: the same rows and values as Feast's DuckDB offline
+        # store, with time and memory that grow with the rows rather than rows x rows per entity.
+        # feast: Feast's get_historical_features (any offline store).
+        training_join=_env("CTR_TRAINING_JOIN", "duckdb"),
     )
+    if settings.training_join not in ("duckdb", "feast"):
+        raise ValueError(f"CTR_TRAINING_JOIN={settings.training_join!r}: expected duckdb or feast")
     if settings.online_store not in ("sqlite", "redis"):
         raise ValueError(f"CTR_ONLINE_STORE={settings.online_store!r}: expected sqlite or redis")
     if settings.ingest_batch_rows < 1:

@@ -54,8 +54,14 @@ class Split:
     test: pd.DataFrame | Rows
 
 
-def join_features(store, labelled: pd.DataFrame, service) -> pd.DataFrame:
-    """Join each labelled view with the features as they were at its timestamp.
+def join_features(
+    store,
+    labelled: pd.DataFrame,
+    service,
+    via: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> pd.DataFrame:
+    """Join each labelled view with the features as they were at its timestamp, through Feast's
+    get_historical_features or `via` (models.features.point_in_time.duckdb_join's join).
 
     Request-time features are computed as if the row had been ranked at its own timestamp.
     """
@@ -65,10 +71,10 @@ def join_features(store, labelled: pd.DataFrame, service) -> pd.DataFrame:
     rows = labelled[[USER_ID, ITEM_ID, EVENT_TIMESTAMP, LABEL]].assign(
         **{REQUEST_TS: unix_seconds(labelled[EVENT_TIMESTAMP])}
     )
-    joined = historical_features(store, rows, service)
+    joined = via(rows) if via is not None else historical_features(store, rows, service)
     if len(joined) != len(rows):
         raise RuntimeError(
-            f"Feast returned {len(joined)} training rows for {len(rows)} labelled views; "
+            f"The point-in-time join returned {len(joined)} training rows for {len(rows)} labelled views; "
             "check that every entity has a snapshot at or before its first event"
         )
     return joined.sort_values([EVENT_TIMESTAMP, USER_ID, ITEM_ID]).reset_index(drop=True)

@@ -1,4 +1,5 @@
-"""Point-in-time joins through the real Feast repo and FeatureServices, on constructed sources."""
+"""Point-in-time joins through the real Feast repo and FeatureServices, on constructed sources: by
+Feast's get_historical_features and by the DuckDB ASOF join planned from the same services."""
 
 from __future__ import annotations
 
@@ -83,9 +84,29 @@ def store(tmp_path, use_environment):
     return store
 
 
-def test_a_value_written_after_the_row_time_never_leaks(store):
-    from models.features.store import feature_names
+@pytest.fixture(params=["feast", "duckdb"])
+def join(request, store):
+    """join(rows, service): the training set's point-in-time join, one way or the other."""
+    from contextlib import ExitStack
+
+    from models.features.engine import EngineConfig
+    from models.features.point_in_time import duckdb_join
     from models.features.training_set import join_features
+
+    with ExitStack() as stack:
+
+        def joined(rows, service):
+            via = None
+            if request.param == "duckdb":
+                config = EngineConfig(memory_limit="1GB", threads=1)
+                via = stack.enter_context(duckdb_join(store, service, config))
+            return join_features(store, rows, service, via)
+
+        yield joined
+
+
+def test_a_value_written_after_the_row_time_never_leaks(store, join):
+    from models.features.store import feature_names
 
     rows = pd.DataFrame(
         {
@@ -96,7 +117,7 @@ def test_a_value_written_after_the_row_time_never_leaks(store):
         }
     )
     service = store.get_feature_service(RANKER_FEATURE_SERVICE)
-    joined = join_features(store, rows, service).set_index("event_timestamp")
+    joined = join(rows, service).set_index("event_timestamp")
     first, second, third = rows["event_timestamp"]
     assert joined.loc[first, USER_FEATURES[0]] == 5.0  # the snapshot written an hour later is invisible
     assert joined.loc[second, USER_FEATURES[0]] == 9.0  # the one written before it appears
@@ -111,9 +132,8 @@ def test_a_value_written_after_the_row_time_never_leaks(store):
     assert set(RANKER_FEATURES) <= set(joined.columns)
 
 
-def test_short_term_activity_only_counts_events_before_the_row(store):
+def test_short_term_activity_only_counts_events_before_the_row(store, join):
     from models.features.store import feature_names
-    from models.features.training_set import join_features
 
     view, cart = T + 2 * HOUR, T + 3 * HOUR
     times = [view - SECOND, view, view + 10 * SECOND, cart, cart + 30 * 60 * SECOND, cart + 2 * HOUR]
@@ -127,7 +147,7 @@ def test_short_term_activity_only_counts_events_before_the_row(store):
         }
     )
     service = store.get_feature_service(REALTIME_FEATURE_SERVICE)
-    joined = join_features(store, rows, service).set_index("event_timestamp")
+    joined = join(rows, service).set_index("event_timestamp")
     assert feature_names(service) == REALTIME_RANKER_FEATURES
     events_1h = joined["user_events_1h"].tolist()
     # the view itself is not known at its own second, nor the cart at its own
@@ -139,10 +159,10 @@ def test_short_term_activity_only_counts_events_before_the_row(store):
     assert joined.loc[view, "request_hour"] == 2.0  # 18:00 UTC is 02:00 in Beijing
 
 
-def test_a_training_set_built_in_chunks_equals_one_join_and_samples_no_test_day(store, tmp_path):
+def test_a_training_set_built_in_chunks_equals_one_join_and_samples_no_test_day(store, join, tmp_path):
     """The chunked build (one Feast join per chunk, here per row) gives the one-call join's rows and
     values; a test day keeps every row whatever the negative sampling rate."""
-    from models.features.training_set import chunk_bounds, join_features, streamed_split, write_chunks
+    from models.features.training_set import chunk_bounds, streamed_split, write_chunks
 
     service = store.get_feature_service(RANKER_FEATURE_SERVICE)
     rows = pd.DataFrame(
@@ -153,7 +173,7 @@ def test_a_training_set_built_in_chunks_equals_one_join_and_samples_no_test_day(
             "label": [0, 1, 0, 0, 0],
         }
     )
-    whole = join_features(store, rows, service)
+    whole = join(rows, service)
     days = [T - DAY, T, T + DAY]
     bounds = chunk_bounds(days, T + 2 * DAY, (T, T + DAY))
 
@@ -165,7 +185,7 @@ def test_a_training_set_built_in_chunks_equals_one_join_and_samples_no_test_day(
     folder = tmp_path / "training_set.parquet"
     write_chunks(
         chunks(),
-        lambda part: join_features(store, part, service),
+        lambda part: join(part, service),
         folder,
         valid_start=T,
         test_start=T + DAY,
@@ -183,7 +203,7 @@ def test_a_training_set_built_in_chunks_equals_one_join_and_samples_no_test_day(
     # at rate 1.0 the chunked set is the one join, row for row
     write_chunks(
         chunks(),
-        lambda part: join_features(store, part, service),
+        lambda part: join(part, service),
         folder,
         valid_start=T,
         test_start=T + DAY,
