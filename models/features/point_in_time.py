@@ -4,7 +4,8 @@ Feast's DuckDB offline store answers `get_historical_features` by joining every 
 every earlier row of its entity and keeping the newest (an inner join, then a window): the work
 grows with entity rows x rows per entity, and at 1 M events a day's join takes minutes and GBs. An
 ASOF join finds the same row (per entity row and view, the newest source row at or before the
-row's timestamp) by a merge of both sides sorted by time.
+row's timestamp) by a merge of both sides sorted by time, and `AsOfJoin` feeds it, for a chunk of
+entity rows, only the source rows the chunk can meet (see its docstring).
 
 What is joined comes from the FeatureService as Feast resolves it: the service's views and
 features, each view's batch source (its file, timestamp and created-timestamp columns, field
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -116,68 +117,132 @@ def _quote(name: str) -> str:
 def _files(path: str) -> str:
     """A source's files as read_parquet takes them: the file, or a folder's Parquet files."""
     glob = f"{path.rstrip('/')}/**/*.parquet" if Path(path).is_dir() else path
-    return "'" + glob.replace("'", "''") + "'"
+    return _literal(glob)
 
 
-def join_sql(plan: JoinPlan, entity: str, keys: list[str], latest: Any) -> str:
-    """The SQL of the join of relation `entity` (its columns, ROW and EVENT_TIMESTAMP) with every
-    view of `plan`: per view the newest source row at or before each entity row's time (newest
-    created first where the source has a created-timestamp column), within the view's TTL."""
-    selects = [f"e.{_quote(c)}" for c in keys]
-    joins = []
-    for i, view in enumerate(plan.views):
-        alias, ts = f"v{i}", f"__ts{i}"
-        order = [_quote(view.timestamp)]
-        picked = ", ".join(
-            [*(_quote(k) for k in view.keys), f"CAST({_quote(view.timestamp)} AS TIMESTAMPTZ) AS {ts}"]
-            + [f"{_quote(column)} AS {_quote(feature)}" for column, feature in view.columns]
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _stamp(t: pd.Timestamp) -> str:
+    return f"TIMESTAMPTZ '{t.isoformat()}'"
+
+
+TS, CREATED, HOUR = "__ts", "__created", "__hour"
+
+
+class AsOfJoin:
+    """The plan's point-in-time join on one DuckDB connection, for entity rows given in chunks.
+
+    Each view's source is first rewritten, with only the columns the plan reads, into files per hour
+    of its timestamps. A chunk of entity rows between times lo and hi is then joined with, per view,
+    the newest row of each entity before lo (a table carried from chunk to chunk) and the source
+    rows from lo to hi (the hours between, read alone): the rows an ASOF join over the whole source
+    would find, from a read that follows the chunk rather than the source. Chunks given in time
+    order, as a training set's are, move the carried rows forward by the hours between them; a chunk
+    earlier than the last one rebuilds them.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, plan: JoinPlan, folder: Path) -> None:
+        self.con, self.plan, self.folder = con, plan, folder
+        self._sources = [self._by_hour(i, view) for i, view in enumerate(plan.views)]
+        self._carried_to: list[pd.Timestamp | None] = [None] * len(plan.views)
+
+    def _by_hour(self, i: int, view: ViewRead) -> str:
+        out = self.folder / f"view{i}"
+        columns = [
+            *(_quote(k) for k in view.keys),
+            f"CAST({_quote(view.timestamp)} AS TIMESTAMPTZ) AS {TS}",
+            *([f"{_quote(view.created)} AS {CREATED}"] if view.created else []),
+            *(f"{_quote(column)} AS {_quote(feature)}" for column, feature in view.columns),
+            f"CAST(floor(epoch({_quote(view.timestamp)}) / 3600) AS BIGINT) AS {HOUR}",
+        ]
+        self.con.execute(
+            f"COPY (SELECT {', '.join(columns)} FROM read_parquet({_files(view.path)})) "
+            f"TO {_literal(str(out))} (FORMAT parquet, PARTITION_BY ({HOUR}))"
         )
-        where = f"WHERE {_quote(view.timestamp)} <= TIMESTAMPTZ '{latest.isoformat()}'"
-        source = f"SELECT {picked} FROM read_parquet({_files(view.path)}) {where}"
-        if view.created:
-            order.append(_quote(view.created))
-            keys_sql = ", ".join(_quote(k) for k in [*view.keys, view.timestamp])
-            source = (
-                f"SELECT {picked} FROM read_parquet({_files(view.path)}) {where} QUALIFY row_number() "
-                f"OVER (PARTITION BY {keys_sql} ORDER BY {_quote(view.created)} DESC) = 1"
+        return f"read_parquet({_literal(str(out) + '/**/*.parquet')}, hive_partitioning = true)"
+
+    def _rows(self, i: int, lo: pd.Timestamp | None, hi: pd.Timestamp, *, include_hi: bool) -> str:
+        """The rows of view i with lo <= time (< or <=) hi, reading only the hours between."""
+        hours = [
+            f"{HOUR} <= {int(hi.timestamp() // 3600)}",
+            f"{TS} {'<=' if include_hi else '<'} {_stamp(hi)}",
+        ]
+        if lo is not None:
+            hours += [f"{HOUR} >= {int(lo.timestamp() // 3600)}", f"{TS} >= {_stamp(lo)}"]
+        return f"SELECT * EXCLUDE ({HOUR}) FROM {self._sources[i]} WHERE {' AND '.join(hours)}"
+
+    def _newest(self, i: int, rows: str) -> str:
+        view = self.plan.views[i]
+        order = f"{TS} DESC" + (f", {CREATED} DESC" if view.created else "")
+        keys = ", ".join(_quote(k) for k in view.keys)
+        return f"SELECT * FROM ({rows}) QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order}) = 1"
+
+    def _carry(self, i: int, lo: pd.Timestamp) -> None:
+        """Table __carry{i}: per entity of view i its newest row before lo."""
+        last = self._carried_to[i]
+        if last is not None and last == lo:
+            return
+        if last is None or lo < last:
+            rows = self._rows(i, None, lo, include_hi=False)
+        else:
+            rows = f"SELECT * FROM __carry{i} UNION ALL BY NAME {self._rows(i, last, lo, include_hi=False)}"
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE __carry{i} AS {self._newest(i, rows)}")
+        self._carried_to[i] = lo
+
+    def _right(self, i: int, lo: pd.Timestamp, hi: pd.Timestamp) -> str:
+        view = self.plan.views[i]
+        recent = self._rows(i, lo, hi, include_hi=True)
+        if view.created:  # rows of one entity and time: the newest created, as Feast keeps
+            keys = ", ".join(_quote(k) for k in [*view.keys, TS])
+            recent = (
+                f"SELECT * FROM ({recent}) QUALIFY row_number() "
+                f"OVER (PARTITION BY {keys} ORDER BY {CREATED} DESC) = 1"
             )
-        on = " AND ".join(
-            [f"e.{_quote(k)} = {alias}.{_quote(k)}" for k in view.keys]
-            + [f"CAST(e.{_quote(EVENT_TIMESTAMP)} AS TIMESTAMPTZ) >= {alias}.{ts}"]
-        )
-        joins.append(f"ASOF LEFT JOIN ({source}) AS {alias} ON {on}")
-        for _, feature in view.columns:
-            value = f"{alias}.{_quote(feature)}"
-            if view.ttl_s > 0:
-                expired = (
-                    f"{alias}.{ts} < CAST(e.{_quote(EVENT_TIMESTAMP)} AS TIMESTAMPTZ) "
-                    f"- INTERVAL {view.ttl_s} SECOND"
-                )
-                value = f"CASE WHEN {expired} THEN NULL ELSE {value} END"
-            selects.append(f"{value} AS {_quote(feature)}")
-    return f"SELECT {', '.join(selects)} FROM {entity} AS e {' '.join(joins)} ORDER BY e.{ROW}"
+        return f"SELECT * FROM __carry{i} UNION ALL BY NAME {recent}"
 
+    def sql(self, entity: str, keys: list[str], lo: pd.Timestamp, hi: pd.Timestamp) -> str:
+        """The join of relation `entity` (its columns, ROW and EVENT_TIMESTAMP between lo and hi)
+        with every view: per view the newest row at or before each entity row's time (the newest
+        created first where the source has a created-timestamp column), within the view's TTL."""
+        at = f"CAST(e.{_quote(EVENT_TIMESTAMP)} AS TIMESTAMPTZ)"
+        selects = [f"e.{_quote(c)}" for c in keys]
+        joins = []
+        for i, view in enumerate(self.plan.views):
+            self._carry(i, lo)
+            alias = f"v{i}"
+            on = " AND ".join(
+                [f"e.{_quote(k)} = {alias}.{_quote(k)}" for k in view.keys] + [f"{at} >= {alias}.{TS}"]
+            )
+            joins.append(f"ASOF LEFT JOIN ({self._right(i, lo, hi)}) AS {alias} ON {on}")
+            for _, feature in view.columns:
+                value = f"{alias}.{_quote(feature)}"
+                if view.ttl_s > 0:
+                    expired = f"{alias}.{TS} < {at} - INTERVAL {view.ttl_s} SECOND"
+                    value = f"CASE WHEN {expired} THEN NULL ELSE {value} END"
+                selects.append(f"{value} AS {_quote(feature)}")
+        return f"SELECT {', '.join(selects)} FROM {entity} AS e {' '.join(joins)} ORDER BY e.{ROW}"
 
-def historical_features(
-    con: duckdb.DuckDBPyConnection, plan: JoinPlan, entity_rows: pd.DataFrame
-) -> pd.DataFrame:
-    """`entity_rows` (join keys, EVENT_TIMESTAMP, anything else) with the service's features as
-    they were at each row's timestamp, in the rows' order: the columns of Feast's
-    get_historical_features for the service, without the inputs only on-demand views read."""
-    import pyarrow as pa
+    def __call__(self, entity_rows: pd.DataFrame) -> pd.DataFrame:
+        """`entity_rows` (join keys, EVENT_TIMESTAMP, anything else) with the service's features as
+        they were at each row's timestamp, in the rows' order: the columns of Feast's
+        get_historical_features for the service, without the inputs only on-demand views read."""
+        import pyarrow as pa
 
-    keys = list(entity_rows.columns)
-    rows = pa.Table.from_pandas(entity_rows, preserve_index=False)
-    rows = rows.append_column(ROW, pa.array(range(len(entity_rows)), type=pa.int64()))
-    con.register("__entity_rows", rows)
-    try:
-        latest = entity_rows[EVENT_TIMESTAMP].max()
-        joined = con.sql(join_sql(plan, "__entity_rows", keys, latest)).to_arrow_table()
-    finally:
-        con.unregister("__entity_rows")
-    joined = _with_on_demand(joined, plan)
-    wanted = [*keys, *(c for c in plan.features if c not in keys)]
-    return joined.select(wanted).to_pandas()
+        keys = list(entity_rows.columns)
+        rows = pa.Table.from_pandas(entity_rows, preserve_index=False)
+        rows = rows.append_column(ROW, pa.array(range(len(entity_rows)), type=pa.int64()))
+        times = entity_rows[EVENT_TIMESTAMP]
+        lo, hi = times.min().floor("us"), times.max().ceil("us")
+        self.con.register("__entity_rows", rows)
+        try:
+            joined = self.con.sql(self.sql("__entity_rows", keys, lo, hi)).to_arrow_table()
+        finally:
+            self.con.unregister("__entity_rows")
+        joined = _with_on_demand(joined, self.plan)
+        wanted = [*keys, *(c for c in self.plan.features if c not in keys)]
+        return joined.select(wanted).to_pandas()
 
 
 def _with_on_demand(table: pa.Table, plan: JoinPlan) -> pa.Table:
@@ -198,10 +263,20 @@ def _with_on_demand(table: pa.Table, plan: JoinPlan) -> pa.Table:
 def duckdb_join(
     store: FeatureStore, service: FeatureService, config: EngineConfig
 ) -> Iterator[Callable[[pd.DataFrame], pd.DataFrame]]:
-    """For the block, the service's point-in-time join of entity rows on one DuckDB connection
-    within `config`'s memory, threads and spill folder."""
+    """For the block, the service's point-in-time join of entity rows (AsOfJoin) on one DuckDB
+    connection within `config`'s memory, threads and spill folder, which also holds its copies of
+    the sources."""
+    import shutil
+    import tempfile
+
     from models.features.engine import connect
 
     plan = plan_join(store, service)
-    with connect(config) as con:
-        yield lambda rows: historical_features(con, plan, rows)
+    if config.temp_directory is not None:
+        Path(config.temp_directory).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="point-in-time-", dir=config.temp_directory))
+    try:
+        with connect(config) as con:
+            yield AsOfJoin(con, plan, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
