@@ -8,8 +8,8 @@ row's timestamp) by a merge of both sides sorted by time, and `AsOfJoin` feeds i
 entity rows, only the source rows the chunk can meet (see its docstring).
 
 What is joined comes from the FeatureService as Feast resolves it: the service's views and
-features, each view's batch source (its file, timestamp and created-timestamp columns, field
-mapping) and TTL, and the on-demand views, which run their own transformation on the joined
+features, each view's batch source (its file, timestamp column and field mapping), and the
+on-demand views, which run their own transformation on the joined
 columns (Arrow arrays, see feature_repo/on_demand_views.py). The result equals Feast's
 `get_historical_features(entity_df, features=service).to_df()` for the service's columns
 (tests/integration/test_point_in_time.py); the inputs on-demand views read but the service does not
@@ -46,10 +46,8 @@ class ViewRead:
     name: str
     path: str
     timestamp: str
-    created: str | None
     keys: tuple[str, ...]
     columns: tuple[tuple[str, str], ...]  # (column in the file, feature name)
-    ttl_s: float  # 0: a row is valid until the next one
 
 
 @dataclass(frozen=True)
@@ -93,18 +91,20 @@ def plan_join(store: FeatureStore, service: FeatureService) -> JoinPlan:
         path = getattr(source, "path", None)
         if path is None:
             raise ValueError(f"view {name!r} reads {type(source).__name__}: only file sources are supported")
+        if (view.ttl and view.ttl.total_seconds() > 0) or source.created_timestamp_column:
+            # not needed by this repo's views (a snapshot is valid until the next one)
+            raise ValueError(
+                f"view {name!r} has a TTL or a created-timestamp column, which this join does not "
+                "apply: build the training set with CTR_TRAINING_JOIN=feast"
+            )
         renamed = {feature: column for column, feature in (source.field_mapping or {}).items()}
-        timestamp = renamed.get(source.timestamp_field, source.timestamp_field)
-        created = source.created_timestamp_column or None
         views.append(
             ViewRead(
                 name=name,
                 path=str(path),
-                timestamp=timestamp,
-                created=renamed.get(created, created) if created else None,
+                timestamp=renamed.get(source.timestamp_field, source.timestamp_field),
                 keys=tuple(c.name for c in view.entity_columns),
                 columns=tuple((renamed.get(f, f), f) for f in wanted),
-                ttl_s=view.ttl.total_seconds() if view.ttl else 0.0,
             )
         )
     return JoinPlan(tuple(views), tuple(on_demand), tuple(dict.fromkeys(features)))
@@ -128,7 +128,7 @@ def _stamp(t: pd.Timestamp) -> str:
     return f"TIMESTAMPTZ '{t.isoformat()}'"
 
 
-TS, CREATED, HOUR = "__ts", "__created", "__hour"
+TS, HOUR = "__ts", "__hour"
 
 
 class AsOfJoin:
@@ -153,7 +153,6 @@ class AsOfJoin:
         columns = [
             *(_quote(k) for k in view.keys),
             f"CAST({_quote(view.timestamp)} AS TIMESTAMPTZ) AS {TS}",
-            *([f"{_quote(view.created)} AS {CREATED}"] if view.created else []),
             *(f"{_quote(column)} AS {_quote(feature)}" for column, feature in view.columns),
             f"CAST(floor(epoch({_quote(view.timestamp)}) / 3600) AS BIGINT) AS {HOUR}",
         ]
@@ -174,10 +173,10 @@ class AsOfJoin:
         return f"SELECT * EXCLUDE ({HOUR}) FROM {self._sources[i]} WHERE {' AND '.join(hours)}"
 
     def _newest(self, i: int, rows: str) -> str:
-        view = self.plan.views[i]
-        order = f"{TS} DESC" + (f", {CREATED} DESC" if view.created else "")
-        keys = ", ".join(_quote(k) for k in view.keys)
-        return f"SELECT * FROM ({rows}) QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order}) = 1"
+        keys = ", ".join(_quote(k) for k in self.plan.views[i].keys)
+        return (
+            f"SELECT * FROM ({rows}) QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {TS} DESC) = 1"
+        )
 
     def _carry(self, i: int, lo: pd.Timestamp) -> None:
         """Table __carry{i}: per entity of view i its newest row before lo."""
@@ -192,20 +191,12 @@ class AsOfJoin:
         self._carried_to[i] = lo
 
     def _right(self, i: int, lo: pd.Timestamp, hi: pd.Timestamp) -> str:
-        view = self.plan.views[i]
-        recent = self._rows(i, lo, hi, include_hi=True)
-        if view.created:  # rows of one entity and time: the newest created, as Feast keeps
-            keys = ", ".join(_quote(k) for k in [*view.keys, TS])
-            recent = (
-                f"SELECT * FROM ({recent}) QUALIFY row_number() "
-                f"OVER (PARTITION BY {keys} ORDER BY {CREATED} DESC) = 1"
-            )
-        return f"SELECT * FROM __carry{i} UNION ALL BY NAME {recent}"
+        return f"SELECT * FROM __carry{i} UNION ALL BY NAME {self._rows(i, lo, hi, include_hi=True)}"
 
     def sql(self, entity: str, keys: list[str], lo: pd.Timestamp, hi: pd.Timestamp) -> str:
         """The join of relation `entity` (its columns, ROW and EVENT_TIMESTAMP between lo and hi)
-        with every view: per view the newest row at or before each entity row's time (the newest
-        created first where the source has a created-timestamp column), within the view's TTL."""
+        with every view: per view the newest row at or before each entity row's time (among rows of
+        one entity and time, any one, as Feast's store picks)."""
         at = f"CAST(e.{_quote(EVENT_TIMESTAMP)} AS TIMESTAMPTZ)"
         selects = [f"e.{_quote(c)}" for c in keys]
         joins = []
@@ -216,12 +207,7 @@ class AsOfJoin:
                 [f"e.{_quote(k)} = {alias}.{_quote(k)}" for k in view.keys] + [f"{at} >= {alias}.{TS}"]
             )
             joins.append(f"ASOF LEFT JOIN ({self._right(i, lo, hi)}) AS {alias} ON {on}")
-            for _, feature in view.columns:
-                value = f"{alias}.{_quote(feature)}"
-                if view.ttl_s > 0:
-                    expired = f"{alias}.{TS} < {at} - INTERVAL {view.ttl_s} SECOND"
-                    value = f"CASE WHEN {expired} THEN NULL ELSE {value} END"
-                selects.append(f"{value} AS {_quote(feature)}")
+            selects += [f"{alias}.{_quote(feature)} AS {_quote(feature)}" for _, feature in view.columns]
         return f"SELECT {', '.join(selects)} FROM {entity} AS e {' '.join(joins)} ORDER BY e.{ROW}"
 
     def __call__(self, entity_rows: pd.DataFrame) -> pd.DataFrame:

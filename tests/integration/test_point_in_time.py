@@ -94,12 +94,15 @@ def join(request, store):
     from models.features.training_set import join_features
 
     with ExitStack() as stack:
+        joins = {}  # one per service, kept across calls: later calls reuse (or rebuild) its carried rows
 
         def joined(rows, service):
             via = None
             if request.param == "duckdb":
-                config = EngineConfig(memory_limit="1GB", threads=1)
-                via = stack.enter_context(duckdb_join(store, service, config))
+                if service.name not in joins:
+                    config = EngineConfig(memory_limit="1GB", threads=1)
+                    joins[service.name] = stack.enter_context(duckdb_join(store, service, config))
+                via = joins[service.name]
             return join_features(store, rows, service, via)
 
         yield joined
