@@ -140,11 +140,13 @@ def user_item_affinity(
     n = len(categories)
     tops, rows = _lists(inputs[_names[0]], "int64")
     shares, share_rows = _lists(inputs[_names[1]], "float64")
-    # the first place in the user's top categories that holds the candidate's category
+    # the first place in the user's top categories that holds the candidate's category (a row's
+    # values are contiguous and in order: its first match is the first of its run of matches)
     local = np.arange(len(tops)) - _starts(rows, n)[rows]
-    match = (tops == categories[rows]) & known[rows]
+    match = np.flatnonzero((tops == categories[rows]) & known[rows])
+    first = match[np.r_[True, rows[match][1:] != rows[match][:-1]]] if len(match) else match
     position = np.full(n, _top + 1, dtype=np.int64)
-    np.minimum.at(position, rows[match], local[match])
+    position[rows[first]] = local[first]
     found = position <= _top
     share = np.zeros(n)
     share[found] = shares[_starts(share_rows, n)[found] + position[found]]
@@ -189,7 +191,9 @@ def realtime_context(
     rows = rows[known]
     ages = now[rows] - stamps[known]
     newest = np.full(n, np.inf)
-    np.minimum.at(newest, rows, ages)
+    if len(rows):  # the youngest known event of each row's run of values
+        runs = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        newest[rows[runs]] = np.minimum.reduceat(ages, runs)
 
     def per_row(mask):
         return np.bincount(rows[mask], minlength=n).astype(np.float64)

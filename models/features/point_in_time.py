@@ -184,14 +184,26 @@ class AsOfJoin:
         if last is not None and last == lo:
             return
         if last is None or lo < last:
-            rows = self._rows(i, None, lo, include_hi=False)
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE __carry{i} AS "
+                f"{self._newest(i, self._rows(i, None, lo, include_hi=False))}"
+            )
         else:
-            rows = f"SELECT * FROM __carry{i} UNION ALL BY NAME {self._rows(i, last, lo, include_hi=False)}"
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE __carry{i} AS {self._newest(i, rows)}")
+            fresh = self._rows(i, last, lo, include_hi=False)
+            if self.con.sql(f"SELECT count(*) FROM ({fresh})").fetchall()[0][0]:
+                # the entities with newer rows take them; the others keep theirs
+                on = " AND ".join(f"c.{_quote(k)} = f.{_quote(k)}" for k in self.plan.views[i].keys)
+                self.con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE __carry{i} AS WITH f AS ({self._newest(i, fresh)}) "
+                    f"SELECT c.* FROM __carry{i} AS c ANTI JOIN f ON {on} UNION ALL BY NAME SELECT * FROM f"
+                )
         self._carried_to[i] = lo
 
-    def _right(self, i: int, lo: pd.Timestamp, hi: pd.Timestamp) -> str:
-        return f"SELECT * FROM __carry{i} UNION ALL BY NAME {self._rows(i, lo, hi, include_hi=True)}"
+    def _right(self, i: int, entity: str, lo: pd.Timestamp, hi: pd.Timestamp) -> str:
+        """View i's rows a chunk can meet: those carried and those from lo to hi, of its entities."""
+        on = " AND ".join(f"r.{_quote(k)} = e.{_quote(k)}" for k in self.plan.views[i].keys)
+        rows = f"SELECT * FROM __carry{i} UNION ALL BY NAME {self._rows(i, lo, hi, include_hi=True)}"
+        return f"SELECT r.* FROM ({rows}) AS r SEMI JOIN {entity} AS e ON {on}"
 
     def sql(self, entity: str, keys: list[str], lo: pd.Timestamp, hi: pd.Timestamp) -> str:
         """The join of relation `entity` (its columns, ROW and EVENT_TIMESTAMP between lo and hi)
@@ -206,7 +218,7 @@ class AsOfJoin:
             on = " AND ".join(
                 [f"e.{_quote(k)} = {alias}.{_quote(k)}" for k in view.keys] + [f"{at} >= {alias}.{TS}"]
             )
-            joins.append(f"ASOF LEFT JOIN ({self._right(i, lo, hi)}) AS {alias} ON {on}")
+            joins.append(f"ASOF LEFT JOIN ({self._right(i, entity, lo, hi)}) AS {alias} ON {on}")
             selects += [f"{alias}.{_quote(feature)} AS {_quote(feature)}" for _, feature in view.columns]
         return f"SELECT {', '.join(selects)} FROM {entity} AS e {' '.join(joins)} ORDER BY e.{ROW}"
 
