@@ -271,8 +271,12 @@ def duckdb_join(
 
     plan = plan_join(store, service)
     if config.temp_directory is not None:
-        Path(config.temp_directory).mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="point-in-time-", dir=config.temp_directory))
+        # one fixed folder, so that what a killed build left there goes when the next one starts
+        folder = Path(config.temp_directory) / "point-in-time"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="point-in-time-"))
     try:
         with connect(config) as con:
             yield AsOfJoin(con, plan, folder)
