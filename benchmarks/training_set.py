@@ -3,8 +3,10 @@ streamed one, on SYNTHETIC events (`ctr synth` output): wall time, examples/s an
 
 - training set, old: every page view of the window labelled in one frame and joined through one
   Feast get_historical_features call, written as one file;
-- training set, new: `pipeline.build_training_set` (a day at a time, CTR_TRAINING_CHUNK_ROWS views
-  per Feast call, a Parquet dataset), optionally with negative downsampling;
+- training set, chunked Feast joins: `pipeline.build_training_set` with CTR_TRAINING_JOIN=feast (a
+  day at a time, CTR_TRAINING_CHUNK_ROWS views per get_historical_features call, a Parquet dataset);
+- training set, ASOF joins: the same build with CTR_TRAINING_JOIN=duckdb, the default
+  (models/features/point_in_time.py), optionally with negative downsampling;
 - XGBoost / Wide&Deep, old: the training set read whole into pandas, model inputs built from the
   frames, fitted in memory (`train_xgb`, `train_wide_deep`);
 - XGBoost / Wide&Deep, new: streamed from the dataset's files (`train_xgb_rows` through
@@ -35,10 +37,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import RESULTS_MD, machine, print_table, write_results  # noqa: E402
 
 TITLE = "Training set and training at size (SYNTHETIC)"
-PARTS = ("ts_old", "ts_new", "ts_chunk", "xgb_old", "xgb_new", "wd_old", "wd_new")
+PARTS = ("ts_old", "ts_feast", "ts_new", "ts_chunk", "xgb_old", "xgb_new", "wd_old", "wd_new")
 NAMES = {
     "ts_old": ("training set", "old: one Feast join, one frame"),
-    "ts_new": ("training set", "new: chunked Feast joins, Parquet dataset"),
+    "ts_feast": ("training set", "chunked Feast joins, Parquet dataset (CTR_TRAINING_JOIN=feast)"),
+    "ts_new": ("training set", "new: chunked ASOF joins from the FeatureService, Parquet dataset"),
     "ts_chunk": ("training set", "new: one chunk (CTR_TRAINING_CHUNK_ROWS views of day 3)"),
     "xgb_old": ("XGBoost", "old: frame in memory"),
     "xgb_new": ("XGBoost", "new: DataIter -> QuantileDMatrix"),
@@ -175,7 +178,7 @@ def child(part: str, rounds: int, epochs: int) -> dict:
             "seconds": time.perf_counter() - started,
             "peak_rss_gib": _peak_gib(),
         }
-    if part == "ts_new":
+    if part in ("ts_new", "ts_feast"):
         from models import pipeline
 
         built = pipeline.build_training_set(settings)
@@ -334,7 +337,8 @@ def main() -> None:
         )
         env = {"CTR_DATA_DIR": str(data), "CTR_NEGATIVE_SAMPLE_RATE": str(args.sample_rate)}
         for part in [p for p in args.parts.split(",") if p]:
-            result = run_part(part, data, env, args.rss_cap_gib, args.rounds, args.epochs)
+            join = {"CTR_TRAINING_JOIN": "feast" if part == "ts_feast" else "duckdb"}
+            result = run_part(part, data, {**env, **join}, args.rss_cap_gib, args.rounds, args.epochs)
             stage, way = NAMES[part]
             row = {"events": label, "stage": stage, "way": way, **result}
             if part == "ts_new" and args.sample_rate < 1:
