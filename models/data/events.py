@@ -410,17 +410,24 @@ def event_ids(events: pd.DataFrame) -> np.ndarray:
     drop duplicates. Rows must be valid (no nulls, behaviour in BEHAVIORS).
     """
     behavior = pd.Categorical(events[BEHAVIOR], categories=list(BEHAVIORS)).codes.astype(np.int64)
+    return event_ids_of_columns(
+        events[USER_ID].to_numpy(dtype=np.int64),
+        events[ITEM_ID].to_numpy(dtype=np.int64),
+        events[CATEGORY_ID].to_numpy(dtype=np.int64),
+        behavior,
+        unix_seconds(events[EVENT_TIMESTAMP]),
+    )
+
+
+def event_ids_of_columns(
+    user: np.ndarray, item: np.ndarray, category: np.ndarray, behavior: np.ndarray, seconds: np.ndarray
+) -> np.ndarray:
+    """`event_ids` of events given as int64 columns: ids, the behaviour's index in BEHAVIORS and
+    the Unix second."""
     if (behavior < 0).any():
         raise ValueError("event_ids needs behaviours from " + ", ".join(BEHAVIORS))
-    seconds = unix_seconds(events[EVENT_TIMESTAMP])
-    h = np.full(len(events), 0x9E3779B97F4A7C15, dtype=np.uint64)
+    h = np.full(len(user), 0x9E3779B97F4A7C15, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for column in (
-            events[USER_ID].to_numpy(dtype=np.int64),
-            events[ITEM_ID].to_numpy(dtype=np.int64),
-            events[CATEGORY_ID].to_numpy(dtype=np.int64),
-            behavior,
-            seconds,
-        ):
-            h = _mix(h ^ column.astype(np.uint64))
+        for column in (user, item, category, behavior, seconds):
+            h = _mix(h ^ np.asarray(column, dtype=np.int64).view(np.uint64))
     return h.view(np.int64)

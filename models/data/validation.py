@@ -79,7 +79,7 @@ def _gx():
 def project_lock(gx_dir: Path, timeout_s: float = PROJECT_LOCK_TIMEOUT_S) -> Iterator[None]:
     """Hold the GX project in `gx_dir` for this process alone.
 
-    A file-backed GX project is not safe for concurrent writers: every run rewrites the suite, the
+    A file-backed GX project is not safe for concurrent writers: every batch rewrites the suite, the
     validation definition and the checkpoint, and a run that reads a file another is rewriting fails
     (a half-written suite, or one that "has changed since it has last been saved"). Runs that
     overlap (a backfill beside the schedule, several Celery workers) take turns through an exclusive
@@ -263,46 +263,54 @@ def validate_batches(
 
     With `project_root`, every chunk's result is kept in the GX project (its run name says which
     chunk of how many when there are several) and the Data Docs are rebuilt after the last; the
-    project is held (`project_lock`) for one chunk at a time.
+    project is held (`project_lock`) for the whole batch. The suite, its validation definition and
+    the checkpoint are saved once per batch, and the checkpoint runs again for each chunk.
     """
     gx = _gx()
     repeats = repeated_rows(chunks)
     total = chunk_count if chunk_count is not None else sum(1 for _ in chunks())
     span = f"{pd.Timestamp(window_start):%Y-%m-%d %H:%M}..{pd.Timestamp(window_end):%Y-%m-%d %H:%M}"
-    ephemeral = gx.get_context(mode="ephemeral") if project_root is None else None
     tallies: dict[str, _Tally] = {}
     statistics: dict[str, Any] = {}
     rows = {"input": 0, "accepted": 0, "quarantined": 0}
     number = 0
-    for chunk in chunks():
-        number += 1
-        frame = chunk.reset_index(drop=True)
-        offset = rows["input"]
-        mine = repeats[(repeats.index >= offset) & (repeats.index < offset + len(frame))]
-        frame[REPEAT_OF] = pd.Series(pd.NA, index=frame.index, dtype="Int64")
-        frame.loc[mine.index.to_numpy() - offset, REPEAT_OF] = mine.to_numpy()
-        run_name = span if total == 1 else f"{span} chunk {number} of {total}"
-        args = (_as_checked(frame), window_start, window_end, max_bad_row_fraction, run_name)
-        if ephemeral is not None:
-            result = _run_checkpoint(gx, ephemeral, [], *args)
+    with contextlib.ExitStack() as stack:
+        if project_root is None:
+            context = gx.get_context(mode="ephemeral")
+            docs: list[Any] = []
         else:
             from great_expectations.checkpoint import UpdateDataDocsAction
 
-            docs = [UpdateDataDocsAction(name="update_data_docs")] if number == total else []
-            with project_lock(Path(project_root) / "gx"):
-                context = gx.get_context(mode="file", project_root_dir=str(project_root))
-                result = _run_checkpoint(gx, context, docs, *args)
-        accepted, quarantined = _split(frame, result)
-        for check in result.results:
-            name = check.expectation_config.type
-            column = check.expectation_config.kwargs.get("column")
-            label = f"{name}[{column}]" if column else name
-            tallies.setdefault(label, _Tally(label, name, column)).add(check)
-        statistics = dict(result.statistics)
-        rows["input"] += len(frame)
-        rows["accepted"] += len(accepted)
-        rows["quarantined"] += len(quarantined)
-        sink(accepted, quarantined)
+            stack.enter_context(project_lock(Path(project_root) / "gx"))
+            context = gx.get_context(mode="file", project_root_dir=str(project_root))
+            docs = [UpdateDataDocsAction(name="update_data_docs")]
+        # the Data Docs are rebuilt by the last chunk's run only
+        checkpoint = _checkpoint(
+            gx, context, docs if total <= 1 else [], window_start, window_end, max_bad_row_fraction
+        )
+        for chunk in chunks():
+            number += 1
+            frame = chunk.reset_index(drop=True)
+            offset = rows["input"]
+            mine = repeats[(repeats.index >= offset) & (repeats.index < offset + len(frame))]
+            frame[REPEAT_OF] = pd.Series(pd.NA, index=frame.index, dtype="Int64")
+            frame.loc[mine.index.to_numpy() - offset, REPEAT_OF] = mine.to_numpy()
+            run_name = span if total == 1 else f"{span} chunk {number} of {total}"
+            if number == total and total > 1 and docs:
+                checkpoint.actions = docs
+                checkpoint = context.checkpoints.add_or_update(checkpoint)
+            result = _run_checkpoint(gx, checkpoint, _as_checked(frame), run_name)
+            accepted, quarantined = _split(frame, result)
+            for check in result.results:
+                name = check.expectation_config.type
+                column = check.expectation_config.kwargs.get("column")
+                label = f"{name}[{column}]" if column else name
+                tallies.setdefault(label, _Tally(label, name, column)).add(check)
+            statistics = dict(result.statistics)
+            rows["input"] += len(frame)
+            rows["accepted"] += len(accepted)
+            rows["quarantined"] += len(quarantined)
+            sink(accepted, quarantined)
     mostly = 1.0 - max_bad_row_fraction
     failures = [t.describe() for t in tallies.values() if not t.success(mostly)]
     failures += [f"{t.label} raised {t.raised}" for t in tallies.values() if t.success(mostly) and t.raised]
@@ -341,17 +349,16 @@ def _as_checked(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(dict.fromkeys(plain, "int64")) if plain else frame
 
 
-def _run_checkpoint(
+def _checkpoint(
     gx: Any,
     context: Any,
     actions: list[Any],
-    frame: pd.DataFrame,
     window_start: datetime,
     window_end: datetime,
     max_bad_row_fraction: float,
-    run_name: str,
 ) -> Any:
-    """The suite for this window saved into `context` and run over `frame`; the validation result."""
+    """The suite for this window, its validation definition over a whole-dataframe batch and the
+    checkpoint that runs it, saved into `context`."""
     source = context.data_sources.add_or_update_pandas("events")
     asset = next((a for a in source.assets if a.name == "canonical_events"), None)
     asset = asset or source.add_dataframe_asset("canonical_events")
@@ -363,7 +370,7 @@ def _run_checkpoint(
     definition = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=SUITE_NAME, data=batch, suite=suite)
     )
-    checkpoint = context.checkpoints.add_or_update(
+    return context.checkpoints.add_or_update(
         gx.Checkpoint(
             name=SUITE_NAME,
             validation_definitions=[definition],
@@ -371,6 +378,10 @@ def _run_checkpoint(
             result_format={"result_format": "COMPLETE"},
         )
     )
+
+
+def _run_checkpoint(gx: Any, checkpoint: Any, frame: pd.DataFrame, run_name: str) -> Any:
+    """The checkpoint run over `frame`; the validation result."""
     run = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=gx.RunIdentifier(run_name=run_name))
     (result,) = run.run_results.values()
     return result

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pyarrow as pa
 
-from feature_repo.contract import EVENT_COLUMNS, EVENT_TIMESTAMP
+from feature_repo.contract import BEHAVIORS, EVENT_COLUMNS, EVENT_TIMESTAMP
 from models.features import definitions
 
 if TYPE_CHECKING:
@@ -50,12 +50,22 @@ class EngineConfig:
 def _event_id_arrow(
     user: pa.Array, item: pa.Array, category: pa.Array, behavior: pa.Array, timestamp: pa.Array
 ) -> pa.Array:
-    """models.data.events.event_ids of one vector of events (DuckDB calls it vector by vector)."""
-    from models.data.events import event_ids
+    """models.data.events.event_ids of one vector of events (DuckDB calls it vector by vector), read
+    from the Arrow columns without building a frame."""
+    import numpy as np
+    import pyarrow.compute as pc
 
-    columns = [user, item, category, behavior, timestamp]
-    frame = pa.Table.from_arrays(columns, names=list(EVENT_COLUMNS)).to_pandas()
-    return pa.array(event_ids(frame), pa.int64())
+    from models.data.events import event_ids_of_columns
+
+    codes = pc.fill_null(pc.index_in(behavior, value_set=_BEHAVIORS), -1)
+    micros = pc.cast(pc.cast(timestamp, pa.timestamp("us", tz="UTC")), pa.int64())
+    seconds = np.floor_divide(micros.to_numpy(zero_copy_only=False), 1_000_000)
+    columns = [a.to_numpy(zero_copy_only=False) for a in (user, item, category)]
+    ids = event_ids_of_columns(*columns, codes.to_numpy(zero_copy_only=False).astype(np.int64), seconds)
+    return pa.array(ids, pa.int64())
+
+
+_BEHAVIORS = pa.array(BEHAVIORS, pa.string())
 
 
 @contextlib.contextmanager
