@@ -36,7 +36,7 @@ import pandas as pd
 from feature_repo.contract import ITEM_ID, REQUEST_TS, USER_ID
 
 if TYPE_CHECKING:
-    from feast import FeatureService, FeatureStore
+    from feast import FeatureService, FeatureStore, FeatureView
     from feast.on_demand_feature_view import OnDemandFeatureView
     from feast.value_type import ValueType
 
@@ -221,6 +221,23 @@ def _reads_online_store(store: FeatureStore, service: FeatureService) -> bool:
     )
 
 
+# Value kinds feast_value_type_to_python_type returns as the proto holds them, whatever the declared
+# type: read directly, they skip its checks for the kinds that need converting (~1 us a value).
+_PLAIN_KINDS = frozenset({"float_val", "double_val", "int32_val", "int64_val", "bool_val"})
+
+
+def _python_value(value: Any, value_type: ValueType) -> Any:
+    """One feature value as get_online_features' `to_dict` returns it (None for an empty value)."""
+    kind = value.WhichOneof("val")
+    if kind is None:
+        return None
+    if kind in _PLAIN_KINDS:
+        return getattr(value, kind)
+    from feast.type_map import feast_value_type_to_python_type
+
+    return feast_value_type_to_python_type(value, value_type)
+
+
 def _as_feast_returns(values: list[Any], value_type: ValueType) -> list[Any]:
     """An on-demand view's output as get_online_features returns it: through protobuf and back.
 
@@ -271,6 +288,9 @@ class OnlineFeatureReader:
         self._user_key, self._item_key = user_key, item_key
         self._plan = _plan(store, feature_service, user_key, item_key)
         self._reads_online_store = _reads_online_store(store, feature_service)
+        ttl = float(getattr(store.config.registry, "cache_ttl_seconds", 0) or 0)
+        self._registry_ttl_s = ttl if ttl > 0 else float("inf")  # Feast's 0: never expires
+        self._views: tuple[dict[str, FeatureView] | None, Any, float] = (None, None, 0.0)
         self._cache: OrderedDict[int, _CachedItem] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -384,8 +404,7 @@ class OnlineFeatureReader:
             ).to_dict()
             columns = [values[name] for name in plan.item_features]
         cached = {}
-        for j, item in enumerate(items):
-            row = tuple(column[j] for column in columns)
+        for item, row in zip(items, zip(*columns, strict=True), strict=True):
             found = any(v is not None for v in row)
             ttl = self.item_cache_ttl_s if found else self.unknown_item_ttl_s
             cached[item] = _CachedItem(now + ttl, row, found)
@@ -397,7 +416,7 @@ class OnlineFeatureReader:
         them: the entity key built from the item id with the join key's type, a feature the store has
         no value for None."""
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
+        from feast.type_map import python_values_to_proto_values
 
         plan, store = self._plan, self.store
         keys = [
@@ -405,20 +424,37 @@ class OnlineFeatureReader:
             for value in python_values_to_proto_values(items, plan.item_key_type)
         ]
         provider = store._get_provider()
+        views = self._item_views()
         columns: list[list[Any]] = []
         for read in plan.item_reads:
-            # From the registry at each read, as get_online_features takes it (an apply may move it).
-            view = store.registry.get_feature_view(read.view, store.project, allow_cache=True)
             rows = provider.online_read(
-                config=store.config, table=view, entity_keys=keys, requested_features=list(read.features)
+                config=store.config,
+                table=views[read.view],
+                entity_keys=keys,
+                requested_features=list(read.features),
             )
             for name, value_type in zip(read.features, read.types, strict=True):
                 columns.append(
                     [
-                        None
-                        if data is None or name not in data
-                        else feast_value_type_to_python_type(data[name], value_type)
+                        None if data is None or name not in data else _python_value(data[name], value_type)
                         for _, data in rows
                     ]
                 )
         return columns
+
+    def _item_views(self) -> dict[str, FeatureView]:
+        """The item views as the registry holds them now. Building a view from the registry's proto
+        costs milliseconds, so one is kept until Feast's registry cache is refreshed (by any read)
+        or its TTL has passed, when this read refreshes it: an apply reaches these reads when it
+        reaches get_online_features."""
+        registry, now = self.store.registry, time.monotonic()
+        stamp = getattr(registry, "cached_registry_proto_created", None)
+        views, seen, read_at = self._views
+        if views is None or stamp is None or stamp != seen or now - read_at >= self._registry_ttl_s:
+            project = self.store.project
+            views = {
+                r.view: registry.get_feature_view(r.view, project, allow_cache=True)
+                for r in self._plan.item_reads
+            }
+            self._views = (views, getattr(registry, "cached_registry_proto_created", None), now)
+        return views
