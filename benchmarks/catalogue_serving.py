@@ -189,6 +189,7 @@ def main() -> None:
         ):  # fmt: skip
             for body in bodies[:50]:  # warm-up: models loaded, connections open
                 httpx.post(f"{url}/rank", json=body, timeout=30)
+            load_before = os.getloadavg()
             rank_only = summary(open_loop(url, bodies, args.rate, args.seconds))
             rows.append(_row(f"/rank {args.rate:g} req/s alone", rank_only, **catalogue))
             print_table(TITLE, rows[-1:])
@@ -236,6 +237,7 @@ def main() -> None:
                     summary(open_loop(url, recommend, args.rate / 4, args.seconds, "/recommend")),
                 )
             )
+            load_after = os.getloadavg()
     print_table(TITLE, rows)
     write_results(
         "catalogue_serving",
@@ -250,7 +252,12 @@ def main() -> None:
             "from the ranker's ctr_item_feature_reads_total.",
             "Ingest: the real stream hour moved after the batch data, POSTed in batches during the "
             "second /rank run; freshness = the call's round trip (the push is inside the call).",
-            "Load generators, services and Redis share the machine's 2 cores.",
+            "Load generators, services and Redis share the machine's 2 cores. Load averages (1/5/15 "
+            "min) before the first /rank load "
+            + "/".join(f"{v:.1f}" for v in load_before)
+            + ", after the last "
+            + "/".join(f"{v:.1f}" for v in load_after)
+            + " (other jobs on the machine included).",
         ],
     )
 

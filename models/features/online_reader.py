@@ -7,9 +7,13 @@ Feast for the same values as the request is shaped, and returns the same frame:
 
 * the user's rows once (one entity row), never cached: the pushed recent activity must be fresh;
 * the items' rows through a short-lived, bounded cache, because batch item features only change
-  when a batch is materialized; only the misses are read, in one Feast call. An item the store has
-  no row for may be kept for a shorter time (`unknown_item_ttl_s`), so that a store filled while the
-  reader runs is seen within seconds rather than a whole TTL later;
+  when a batch is materialized. Only the misses are read, one batched call per item view through
+  Feast's online store API (`online_read`, the call get_online_features makes on SQLite and Redis),
+  the values converted by Feast's own converter as get_online_features converts them: that skips
+  the response Feast builds around them, most of its per-item cost (on Redis 53 against 131 us an
+  item, benchmarks/item_reads.py). On other stores the misses go through get_online_features.
+  An item the store has no row for may be kept for a shorter time (`unknown_item_ttl_s`), so that
+  a store filled while the reader runs is seen within seconds rather than a whole TTL later;
 * the on-demand views computed here by the view's own transformation (`transform_dict`, the method
   Feast calls), on the inputs Feast would give it, and their values converted as Feast converts them.
 
@@ -32,7 +36,7 @@ import pandas as pd
 from feature_repo.contract import ITEM_ID, REQUEST_TS, USER_ID
 
 if TYPE_CHECKING:
-    from feast import FeatureService, FeatureStore
+    from feast import FeatureService, FeatureStore, FeatureView
     from feast.on_demand_feature_view import OnDemandFeatureView
     from feast.value_type import ValueType
 
@@ -66,11 +70,20 @@ class _OnDemand:
 
 
 @dataclass(frozen=True)
+class _ItemRead:
+    view: str  # an item-keyed feature view
+    features: tuple[str, ...]  # its features to read, in _Plan.item_features' order
+    types: tuple[ValueType, ...]  # their types, for Feast's value conversion
+
+
+@dataclass(frozen=True)
 class _Plan:
     user_refs: list[str]  # "view:feature" of every user-keyed feature to read
     user_features: list[str]
     item_refs: list[str]
     item_features: list[str]
+    item_reads: list[_ItemRead]  # the item views, read by the store's online_read
+    item_key_type: ValueType  # the item join key's type, as Feast converts the entity values
     request_fields: tuple[str, ...]
     on_demand: list[_OnDemand]
     columns: list[str]  # the frame's columns: join keys, then the service's features in order
@@ -92,6 +105,8 @@ def _plan(store: FeatureStore, service: FeatureService, user_key: str, item_key:
     registry, project = store.registry, store.project
     reads: dict[str, dict[str, None]] = {}  # view -> features to read (ordered set)
     keyed: dict[str, str] = {}  # view -> user_key or item_key
+    types: dict[str, dict[str, ValueType]] = {}  # view -> feature -> type
+    key_types: dict[str, ValueType] = {}  # join key -> type
     fv_refs: list[tuple[str, str]] = []  # the service's own (view, feature) refs
     odfvs: list[tuple[OnDemandFeatureView, list[str]]] = []
     columns = [user_key, item_key]
@@ -110,6 +125,8 @@ def _plan(store: FeatureStore, service: FeatureService, user_key: str, item_key:
             ):
                 raise ValueError(f"item view {name!r} is fed live: caching it would serve stale values")
             keyed[name] = join_keys[0]
+            types[name] = {f.name: f.dtype.to_value_type() for f in view.features}
+            key_types.update((c.name, c.dtype.to_value_type()) for c in view.entity_columns)
         reads.setdefault(name, {}).update(dict.fromkeys(features))
 
     for projection in service.feature_view_projections:
@@ -149,6 +166,11 @@ def _plan(store: FeatureStore, service: FeatureService, user_key: str, item_key:
 
     user_refs, user_features = refs(user_key)
     item_refs, item_features = refs(item_key)
+    item_reads = [
+        _ItemRead(v, tuple(features), tuple(types[v][f] for f in features))
+        for v, features in reads.items()
+        if keyed[v] == item_key
+    ]
     base = [user_key, item_key, *request_fields, *user_features, *item_features]
     on_demand = []
     for view, outputs in odfvs:
@@ -168,7 +190,52 @@ def _plan(store: FeatureStore, service: FeatureService, user_key: str, item_key:
                 types={f.name: f.dtype.to_value_type() for f in view.schema},
             )
         )
-    return _Plan(user_refs, user_features, item_refs, item_features, request_fields, on_demand, columns)
+    from feast.value_type import ValueType
+
+    return _Plan(
+        user_refs,
+        user_features,
+        item_refs,
+        item_features,
+        item_reads,
+        key_types.get(item_key, ValueType.UNKNOWN),
+        request_fields,
+        on_demand,
+        columns,
+    )
+
+
+# The online stores whose get_online_features is their online_read plus Feast's response: on these
+# the reader calls online_read itself. Other stores (Postgres, remote, ...) read as they choose.
+_ONLINE_READ_STORES = frozenset({"sqlite", "redis"})
+
+
+def _reads_online_store(store: FeatureStore, service: FeatureService) -> bool:
+    """Whether the item misses are read through the online store's online_read: on the stores of
+    _ONLINE_READ_STORES, without feature view versioning (whose reads name a view's version)."""
+    config = store.config
+    return (
+        str(getattr(config.online_store, "type", "")) in _ONLINE_READ_STORES
+        and not getattr(config.registry, "enable_online_feature_view_versioning", False)
+        and not any(getattr(p, "version_tag", None) is not None for p in service.feature_view_projections)
+    )
+
+
+# Value kinds feast_value_type_to_python_type returns as the proto holds them, whatever the declared
+# type: read directly, they skip its checks for the kinds that need converting (~1 us a value).
+_PLAIN_KINDS = frozenset({"float_val", "double_val", "int32_val", "int64_val", "bool_val"})
+
+
+def _python_value(value: Any, value_type: ValueType) -> Any:
+    """One feature value as get_online_features' `to_dict` returns it (None for an empty value)."""
+    kind = value.WhichOneof("val")
+    if kind is None:
+        return None
+    if kind in _PLAIN_KINDS:
+        return getattr(value, kind)
+    from feast.type_map import feast_value_type_to_python_type
+
+    return feast_value_type_to_python_type(value, value_type)
 
 
 def _as_feast_returns(values: list[Any], value_type: ValueType) -> list[Any]:
@@ -220,6 +287,10 @@ class OnlineFeatureReader:
         self._clock = clock
         self._user_key, self._item_key = user_key, item_key
         self._plan = _plan(store, feature_service, user_key, item_key)
+        self._reads_online_store = _reads_online_store(store, feature_service)
+        ttl = float(getattr(store.config.registry, "cache_ttl_seconds", 0) or 0)
+        self._registry_ttl_s = ttl if ttl > 0 else float("inf")  # Feast's 0: never expires
+        self._views: tuple[dict[str, FeatureView] | None, Any, float] = (None, None, 0.0)
         self._cache: OrderedDict[int, _CachedItem] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -316,7 +387,7 @@ class OnlineFeatureReader:
         return [item for item, entry in self._read_items(items, now=self._clock()).items() if entry.found]
 
     def _read_items(self, items: list[int], now: float) -> dict[int, _CachedItem]:
-        """One Feast read of the items' rows, each to be kept until `now` plus its TTL.
+        """One batched read of the items' rows, each to be kept until `now` plus its TTL.
 
         An item is unknown when Feast returned no value for any of its features: field statuses cannot
         tell, as Feast's Redis store marks the empty values of a missing key PRESENT (SQLite marks them
@@ -325,14 +396,65 @@ class OnlineFeatureReader:
         plan = self._plan
         if not plan.item_refs:
             return {item: _CachedItem(now + self.item_cache_ttl_s, (), True) for item in items}
-        values = self.store.get_online_features(
-            features=plan.item_refs, entity_rows=[{self._item_key: item} for item in items]
-        ).to_dict()
-        columns = [values[name] for name in plan.item_features]
+        if self._reads_online_store:
+            columns = self._online_read(items)
+        else:
+            values = self.store.get_online_features(
+                features=plan.item_refs, entity_rows=[{self._item_key: item} for item in items]
+            ).to_dict()
+            columns = [values[name] for name in plan.item_features]
         cached = {}
-        for j, item in enumerate(items):
-            row = tuple(column[j] for column in columns)
+        for item, row in zip(items, zip(*columns, strict=True), strict=True):
             found = any(v is not None for v in row)
             ttl = self.item_cache_ttl_s if found else self.unknown_item_ttl_s
             cached[item] = _CachedItem(now + ttl, row, found)
         return cached
+
+    def _online_read(self, items: list[int]) -> list[list[Any]]:
+        """The item features' values (one list per feature, aligned with `items`), read by the online
+        store's `online_read`, one call per item view, and converted as get_online_features converts
+        them: the entity key built from the item id with the join key's type, a feature the store has
+        no value for None."""
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.type_map import python_values_to_proto_values
+
+        plan, store = self._plan, self.store
+        keys = [
+            EntityKey(join_keys=[self._item_key], entity_values=[value])
+            for value in python_values_to_proto_values(items, plan.item_key_type)
+        ]
+        provider = store._get_provider()
+        views = self._item_views()
+        columns: list[list[Any]] = []
+        for read in plan.item_reads:
+            rows = provider.online_read(
+                config=store.config,
+                table=views[read.view],
+                entity_keys=keys,
+                requested_features=list(read.features),
+            )
+            for name, value_type in zip(read.features, read.types, strict=True):
+                columns.append(
+                    [
+                        None if data is None or name not in data else _python_value(data[name], value_type)
+                        for _, data in rows
+                    ]
+                )
+        return columns
+
+    def _item_views(self) -> dict[str, FeatureView]:
+        """The item views as the registry holds them now. Building a view from the registry's proto
+        costs milliseconds, so one is kept until Feast's registry cache is refreshed (by any read)
+        or its TTL has passed, when this read refreshes it: an apply reaches these reads when it
+        reaches get_online_features."""
+        registry, now = self.store.registry, time.monotonic()
+        stamp = getattr(registry, "cached_registry_proto_created", None)
+        views, seen, read_at = self._views
+        if views is None or stamp is None or stamp != seen or now - read_at >= self._registry_ttl_s:
+            project = self.store.project
+            views = {
+                r.view: registry.get_feature_view(r.view, project, allow_cache=True)
+                for r in self._plan.item_reads
+            }
+            self._views = (views, getattr(registry, "cached_registry_proto_created", None), now)
+        return views

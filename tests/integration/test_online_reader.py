@@ -208,3 +208,61 @@ def test_a_pushed_event_is_visible_at_the_next_read(online):
     assert after.frame["item_seen_recently"].tolist() == [1.0]
     assert after.frame["user_events_5m"].tolist() == [before["user_events_5m"].iloc[0] + 1]
     _assert_same(after.frame, _feast_frame(store, user, [fresh], ts))
+
+
+def test_cache_misses_read_through_the_online_store_give_feasts_values(online, monkeypatch):
+    """A few hundred items of every day (on Redis only the last day is materialized, so many are
+    unknown there) and ids no store knows, read cold: the online_read path returns, value for value
+    and type for type, what get_online_features returns, and the request asks Feast's
+    get_online_features for the user's rows only."""
+    from models.features.online_reader import OnlineFeatureReader
+
+    store, events, settings = online["store"], online["events"], online["settings"]
+    seen = events["item_id"].drop_duplicates().astype(int)
+    items = seen.sample(300, random_state=0).tolist()
+    unknown = [9_000_000_100 + k for k in range(20)]
+    for k, item in enumerate(unknown):
+        items.insert(k * 15, item)
+    reader = OnlineFeatureReader(store, _service(store), item_cache_ttl_s=30)
+    assert reader._reads_online_store  # SQLite and Redis take the online_read path
+    plan = reader._plan
+
+    def typed(values):
+        return [(type(v).__name__, repr(v)) for v in values]
+
+    expected = store.get_online_features(
+        features=plan.item_refs, entity_rows=[{"item_id": i} for i in items]
+    ).to_dict()
+    rows = reader._read_items(items, now=0.0)
+    assert list(rows) == items
+    for k, name in enumerate(plan.item_features):
+        assert typed(rows[i].values[k] for i in items) == typed(expected[name]), name
+    missing = [
+        item for j, item in enumerate(items) if all(expected[n][j] is None for n in plan.item_features)
+    ]
+    assert [i for i in items if not rows[i].found] == missing
+    assert set(unknown) <= set(missing) and len(missing) < len(items)
+
+    # The whole request, cold, against Feast's frame; Feast is asked for the user's rows alone.
+    user = int(events["user_id"].iloc[0])
+    ts = _seconds(settings.window_end)
+    feast_frame = _feast_frame(store, user, items, ts)
+    calls = []
+    original = store.get_online_features
+
+    def spy(features, entity_rows, **kwargs):
+        calls.append(len(entity_rows))
+        return original(features=features, entity_rows=entity_rows, **kwargs)
+
+    monkeypatch.setattr(store, "get_online_features", spy)
+    result = reader.read(user, items, ts)
+    assert calls == [1] and result.cached_items == 0
+    _assert_same(result.frame, feast_frame)
+    assert result.unknown_items == missing
+
+    # Stores read through get_online_features: the same frame.
+    fallback = OnlineFeatureReader(store, _service(store), item_cache_ttl_s=30)
+    fallback._reads_online_store = False
+    calls.clear()
+    _assert_same(fallback.read(user, items, ts).frame, feast_frame)
+    assert calls == [1, len(items)]

@@ -25,3 +25,22 @@ def test_warm_start_adds_trees_and_adapts_to_newer_data():
     before = roc_auc_score(yt, predict_ctr(base.model, xt))
     after = roc_auc_score(yt, predict_ctr(updated.model, xt))
     assert after > before + 0.03, (before, after)
+
+
+def test_the_scorer_predicts_requests_on_one_thread_with_the_models_own_values():
+    import pandas as pd
+
+    from models.kinds.xgb import SINGLE_THREAD_ROWS, XGBoostKind, _single_threaded
+    from models.scoring import wrap
+
+    features = ["a", "b", "c"]
+    x, y = _rows(5_000, 0)
+    xv, yv = _rows(2_000, 1)
+    trained = train_xgb(x, y, xv, yv, features, n_estimators=30)
+    model = wrap(XGBoostKind.name, trained.model, {"features": features})
+    assert _single_threaded(trained.model).get_params()["n_jobs"] == 1
+    assert trained.model.get_params()["n_jobs"] != 1  # the trained model keeps its threads
+    for n in (100, SINGLE_THREAD_ROWS + 1):  # a request's rows, and a frame scored on every thread
+        frame = pd.DataFrame(xv[:n] if n <= len(xv) else np.tile(xv, (2, 1))[:n], columns=features)
+        expected = predict_ctr(trained.model, frame.to_numpy(dtype=np.float32))
+        np.testing.assert_array_equal(model.predict(frame), expected)
