@@ -223,8 +223,21 @@ def test_ctrl_c_stops_a_replay_with_the_totals_so_far(ingest_server, tmp_path):
 
     stdout, stderr = tmp_path / "replay.out", tmp_path / "replay.err"
     command = ["ctr", "replay", str(_stream()), "--speedup", "60", "--url", ingest_server["url"]]
+
+    def as_in_a_terminal() -> None:
+        # a test run started in the background (nohup, `&`) ignores SIGINT, and so would the
+        # replay it starts: Ctrl-C reaches a replay started from a terminal with the default action
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     with stdout.open("w") as out, stderr.open("w") as err:
-        replay = subprocess.Popen(command, env=ingest_server["env"], cwd=ROOT, stdout=out, stderr=err)
+        replay = subprocess.Popen(
+            command,
+            env=ingest_server["env"],
+            cwd=ROOT,
+            stdout=out,
+            stderr=err,
+            preexec_fn=as_in_a_terminal,
+        )
     try:
         deadline = time.monotonic() + 120
         while " events (" not in stderr.read_text():  # the progress line: events are going out
