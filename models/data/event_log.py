@@ -220,41 +220,47 @@ class Ingestor:
         return states
 
     def _plan(self, unique: pd.DataFrame) -> tuple[list[dict], pd.DataFrame, pd.DataFrame]:
-        """Read the users' states: the rows to push, the new events and the late ones."""
-        from models.features.batch import merge_recent
+        """Read the users' states: the rows to push, the new events and the late ones (each in
+        user order, a user's events in batch order)."""
+        import numpy as np
 
-        users = sorted(unique[USER_ID].unique().tolist())
-        states = self._call(self.current_state, users) if users else {}
+        from models.features.batch import merge_recent_columns, recent_columns
+
+        if unique.empty:
+            return [], unique, unique
+        order = np.argsort(unique[USER_ID].to_numpy(np.int64), kind="stable")
+        columns = {name: values[order] for name, values in recent_columns(unique).items()}
+        users_sorted = unique[USER_ID].to_numpy(np.int64)[order]
+        users, starts = np.unique(users_sorted, return_index=True)
+        states = self._call(self.current_state, users.tolist())
         rows, fresh, late = [], [], []
         delay = int(RECENT_STATE_DELAY.total_seconds())
-        for user, group in unique.groupby(USER_ID, sort=True):
+        for user, lo, hi in zip(users.tolist(), starts, [*starts[1:], len(order)], strict=True):
             state, stamped = states[user]
-            known = set(state[RECENT_EVENT_IDS]) if state else set()
-            new = group[~group[EVENT_ID].isin(known)]
+            ids, seconds = columns[RECENT_EVENT_IDS][lo:hi], columns[RECENT_TIMESTAMPS][lo:hi]
+            keep = ~np.isin(ids, state[RECENT_EVENT_IDS]) if state else np.ones(hi - lo, dtype=bool)
             if state and len(state[RECENT_EVENT_IDS]) >= RECENT_EVENTS:
-                oldest = pd.Timestamp(min(state[RECENT_TIMESTAMPS]), unit="s", tz="UTC")
-                is_late = new[EVENT_TIMESTAMP] < oldest
-                late.append(new[is_late])
-                new = new[~is_late]
-            if new.empty:
+                is_late = keep & (seconds < min(state[RECENT_TIMESTAMPS]))
+                late.append(order[lo:hi][is_late])
+                keep &= ~is_late
+            if not keep.any():
                 continue
-            fresh.append(new)
-            merged = merge_recent(state, new)
+            fresh.append(order[lo:hi][keep])
+            merged = merge_recent_columns(state, {name: c[lo:hi][keep] for name, c in columns.items()})
             if merged is None:
                 continue
             # Later than the stored stamp, so that every store keeps the newer state.
             stamp = max(max(merged[RECENT_TIMESTAMPS]) + delay, stamped + 1)
             rows.append({USER_ID: user, EVENT_TIMESTAMP: pd.Timestamp(stamp, unit="s", tz="UTC"), **merged})
-        new_events = pd.concat(fresh, ignore_index=True) if fresh else unique.iloc[:0]
-        late_events = pd.concat(late, ignore_index=True) if late else unique.iloc[:0]
-        return rows, new_events, late_events
+        new_events = unique.iloc[np.concatenate(fresh)] if fresh else unique.iloc[:0]
+        late_events = unique.iloc[np.concatenate(late)] if late else unique.iloc[:0]
+        return rows, new_events.reset_index(drop=True), late_events.reset_index(drop=True)
 
     def _push(self, rows: list[dict]) -> None:
-        from feast.data_source import PushMode
+        from models.features.store import push_online
 
         if rows:
-            frame = pd.DataFrame(rows)
-            self._call(lambda: self.store.push(RECENT_PUSH_SOURCE, frame, to=PushMode.ONLINE))
+            self._call(push_online, self.store, RECENT_PUSH_SOURCE, pd.DataFrame(rows))
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A store call, through the guard when there is one (a deadline, and no retry storm)."""

@@ -33,6 +33,7 @@ from feature_repo.contract import (
     BEHAVIORS,
     CATEGORY_ID,
     CATEGORY_VIEW,
+    EVENT_ID,
     EVENT_TIMESTAMP,
     ITEM_ID,
     ITEM_VIEW,
@@ -108,11 +109,13 @@ def new_item_features() -> dict[str, float]:
 # --- Short-term state ------------------------------------------------------------------------------
 
 
-def _recent_columns(events: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The per-event values the state keeps, in RECENT_FEATURES order."""
+def recent_columns(events: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The per-event values the state keeps, in RECENT_FEATURES order (the events' EVENT_ID column
+    when they carry one, else the ids computed)."""
     behavior = pd.Categorical(events[BEHAVIOR], categories=list(BEHAVIORS)).codes.astype(np.int64)
+    ids = events[EVENT_ID].to_numpy(np.int64) if EVENT_ID in events else event_ids(events)
     return {
-        RECENT_EVENT_IDS: event_ids(events),
+        RECENT_EVENT_IDS: ids,
         RECENT_TIMESTAMPS: unix_seconds(events[EVENT_TIMESTAMP]),
         RECENT_ITEMS: events[ITEM_ID].to_numpy(np.int64),
         RECENT_CATEGORIES: events[CATEGORY_ID].to_numpy(np.int64),
@@ -126,7 +129,14 @@ def merge_recent(state: dict[str, list[int]] | None, events: pd.DataFrame) -> di
     `state` is the stored RECENT_FEATURES lists (None for a user never seen). Events already in it
     (same id) are ignored, so delivering an event twice changes nothing.
     """
-    new = _recent_columns(events)
+    return merge_recent_columns(state, recent_columns(events))
+
+
+def merge_recent_columns(
+    state: dict[str, list[int]] | None, new: dict[str, np.ndarray]
+) -> dict[str, list[int]] | None:
+    """`merge_recent` of events given as `recent_columns` arrays, so that a caller holding many
+    users' events converts them once, not once per user."""
     old = {name: list(state.get(name) or []) for name in RECENT_FEATURES} if state else None
     known = set(old[RECENT_EVENT_IDS]) if old else set()
     fresh, seen = [], set(known)

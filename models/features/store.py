@@ -238,6 +238,29 @@ def fail_fast(store: FeatureStore) -> FeatureStore:
     return store
 
 
+def push_online(store: FeatureStore, push_source: str, frame: pd.DataFrame) -> None:
+    """Write `frame` to the online store of every feature view the push source feeds: what
+    `FeatureStore.push(..., to=PushMode.ONLINE)` writes, for a fraction of its cost.
+
+    Feast 0.67's `push` ends by looking for feature services that precompute online vectors, and
+    that lookup bypasses the registry cache: every push re-reads the registry file and replaces the
+    cached copy, so that the next lookups rebuild every view from it. That was half an ingest call.
+    None of this repo's services precompute, so the rest of `push` is all there is to do.
+    """
+    from feast.data_source import PushSource
+
+    views = [*store.list_feature_views(allow_cache=True), *store.list_stream_feature_views(allow_cache=True)]
+    fed = [
+        view.name
+        for view in views
+        if isinstance(view.stream_source, PushSource) and view.stream_source.name == push_source
+    ]
+    if not fed:
+        raise ValueError(f"no feature view reads the push source {push_source!r}")
+    for name in fed:
+        store.write_to_online_store(name, frame, allow_registry_cache=True)
+
+
 @contextlib.contextmanager
 def _inside_repo(repo: Path) -> Iterator[None]:
     """Feast imports repo files as top-level modules from the repo folder, as `feast apply` does.

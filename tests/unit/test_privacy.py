@@ -91,25 +91,19 @@ def test_the_live_ingestor_logs_and_pushes_pseudonyms_only(tmp_path, monkeypatch
     monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("CTR_USER_ID_KEY", KEY)
 
-    class Store:
-        """The online store's two calls the ingestor makes: no user has a state yet; pushes are kept."""
+    from feature_repo.contract import RECENT_EVENT_IDS, RECENT_VIEW
+    from models import pipeline
 
-        def __init__(self):
-            self.read, self.pushed = [], []
-
-        def get_online_features(self, features, entity_rows):
-            self.read += [row[USER_ID] for row in entity_rows]
-            empty = {name.split(":")[1]: [None] * len(entity_rows) for name in features}
-            return type("Response", (), {"to_dict": lambda self, **_: empty})()
-
-        def push(self, source, frame, to):
-            self.pushed.append(frame)
-
-    store = Store()
-    ingestor = Ingestor(get_settings(), store=store)
+    settings = get_settings()
+    pipeline.apply_features(settings)  # a real registry and SQLite online store under tmp_path
+    ingestor = Ingestor(settings)
     event = {"item_id": 2, "category_id": 3, "behavior": "pv", "event_timestamp": 1511658000}
     result = ingestor.ingest(canonical([{"user_id": 41, **event}, {"user_id": 42, **event}]))
-    assert result.accepted == 2
+    assert result.accepted == 2 and result.users_updated == 2
     expected = {pseudonym(41, KEY), pseudonym(42, KEY)}
     assert set(ingestor.log.read()[USER_ID]) == expected
-    assert set(pd.concat(store.pushed)[USER_ID]) == expected == set(store.read)
+    users = [pseudonym(41, KEY), pseudonym(42, KEY), 41, 42]
+    online = ingestor.store.get_online_features(
+        features=[f"{RECENT_VIEW}:{RECENT_EVENT_IDS}"], entity_rows=[{USER_ID: u} for u in users]
+    ).to_dict()[RECENT_EVENT_IDS]
+    assert [ids is not None for ids in online] == [True, True, False, False]  # stored under pseudonyms only
