@@ -198,6 +198,7 @@ def _child(kind: str, files: list[Path], out: Path, old_limit_gib: float) -> Non
         summary = index.summary()
     else:
         from models.retrieval.build import build_index_to_folder
+
         summary = build_index_to_folder(files, until, out, limits=EngineConfig.from_settings(get_settings()))
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "peak_gib": peak_gib(), "summary": summary}))
