@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from feature_repo.contract import BEHAVIORS, EVENT_COLUMNS, EVENT_TIMESTAMP
 from models.features import definitions
+from models.features.sql import literal
 
 if TYPE_CHECKING:
     import duckdb
@@ -123,10 +124,9 @@ def bind_parquet(
     parts, offset = [], 0
     for path in paths:
         rows = pq.ParquetFile(path).metadata.num_rows
-        literal = str(path).replace("'", "''")
         parts.append(
             f"SELECT {_columns_sql(f'file_row_number + {offset}')} "
-            f"FROM read_parquet('{literal}', file_row_number = true)"
+            f"FROM read_parquet({literal(path)}, file_row_number = true)"
         )
         offset += rows
     if not parts:
@@ -204,8 +204,7 @@ def _stream_to_parquet(con: duckdb.DuckDBPyConnection, query: str, path: Path) -
         f'"{c}"' if str(t).endswith("[]") else f'CASE WHEN "{c}" IS NOT NULL THEN "{c}" END AS "{c}"'
         for c, t in zip(relation.columns, relation.types, strict=True)
     )
-    target = str(path).replace("'", "''")
-    copy = f"COPY (SELECT {nullable} FROM ({query})) TO '{target}' (FORMAT parquet)"
+    copy = f"COPY (SELECT {nullable} FROM ({query})) TO {literal(path)} (FORMAT parquet)"
     return con.execute(copy).fetchall()[0][0]
 
 
@@ -251,17 +250,16 @@ def upsert_parquet(
         for i, part in enumerate(expr):
             parts.append(path.with_name(f"{path.stem}.part{i}.partial"))
             _stream_to_parquet(con, sql(con, part), parts[-1])
-        listed = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
+        listed = ", ".join(literal(p) for p in parts)
         query = f"SELECT * FROM read_parquet([{listed}])"
     else:
         query = sql(con, expr[0] if isinstance(expr, Sequence) else expr)
     kept = 0
     if path.exists():
-        old = str(path).replace("'", "''")
         lo = f"'{pd.Timestamp(start).tz_convert('UTC').isoformat()}'::TIMESTAMPTZ"
         hi = f"'{pd.Timestamp(end).tz_convert('UTC').isoformat()}'::TIMESTAMPTZ"
         after = f'"{EVENT_TIMESTAMP}" > {hi}' if include_end else f'"{EVENT_TIMESTAMP}" >= {hi}'
-        outside = f"FROM read_parquet('{old}') WHERE \"{EVENT_TIMESTAMP}\" < {lo} OR {after}"
+        outside = f'FROM read_parquet({literal(path)}) WHERE "{EVENT_TIMESTAMP}" < {lo} OR {after}'
         kept = con.execute(f"SELECT count(*) {outside}").fetchall()[0][0]
         query = f"SELECT * {outside} UNION ALL BY NAME ({query})"
     total = _stream_to_parquet(con, query, partial)

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from models.features.sql import quoted
+
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
 
@@ -174,10 +176,6 @@ def _columns(store: FeatureStore, view: FeatureView) -> _Columns:
     )
 
 
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def latest_rows(
     path: Path,
     columns: _Columns,
@@ -195,16 +193,16 @@ def latest_rows(
     wanted = [*columns.keys, *columns.features, columns.timestamp]
     if columns.created:
         wanted.append(columns.created)
-    order = [f"{_quoted(columns.timestamp)} DESC"]
+    order = [f"{quoted(columns.timestamp)} DESC"]
     if columns.created:
-        order.append(f"{_quoted(columns.created)} DESC NULLS LAST")
+        order.append(f"{quoted(columns.created)} DESC NULLS LAST")
     order.append("file_row_number")
-    stamp = _quoted(columns.timestamp)
+    stamp = quoted(columns.timestamp)
     query = f"""
-        SELECT {", ".join(_quoted(c) for c in wanted)}
+        SELECT {", ".join(quoted(c) for c in wanted)}
         FROM read_parquet(?, file_row_number = true)
         WHERE epoch_us({stamp}) BETWEEN ? AND ?
-        QUALIFY row_number() OVER (PARTITION BY {", ".join(_quoted(k) for k in columns.keys)}
+        QUALIFY row_number() OVER (PARTITION BY {", ".join(quoted(k) for k in columns.keys)}
                                    ORDER BY {", ".join(order)}) = 1
     """
     with tempfile.TemporaryDirectory(prefix="ctr-materialize-") as spill:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from feature_repo.contract import EVENT_TIMESTAMP
+from models.features.sql import literal, quoted
 
 if TYPE_CHECKING:
     import duckdb
@@ -110,18 +111,10 @@ def plan_join(store: FeatureStore, service: FeatureService) -> JoinPlan:
     return JoinPlan(tuple(views), tuple(on_demand), tuple(dict.fromkeys(features)))
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _files(path: str) -> str:
     """A source's files as read_parquet takes them: the file, or a folder's Parquet files."""
     glob = f"{path.rstrip('/')}/**/*.parquet" if Path(path).is_dir() else path
-    return _literal(glob)
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    return literal(glob)
 
 
 def _stamp(t: pd.Timestamp) -> str:
@@ -151,16 +144,16 @@ class AsOfJoin:
     def _by_hour(self, i: int, view: ViewRead) -> str:
         out = self.folder / f"view{i}"
         columns = [
-            *(_quote(k) for k in view.keys),
-            f"CAST({_quote(view.timestamp)} AS TIMESTAMPTZ) AS {TS}",
-            *(f"{_quote(column)} AS {_quote(feature)}" for column, feature in view.columns),
-            f"CAST(floor(epoch({_quote(view.timestamp)}) / 3600) AS BIGINT) AS {HOUR}",
+            *(quoted(k) for k in view.keys),
+            f"CAST({quoted(view.timestamp)} AS TIMESTAMPTZ) AS {TS}",
+            *(f"{quoted(column)} AS {quoted(feature)}" for column, feature in view.columns),
+            f"CAST(floor(epoch({quoted(view.timestamp)}) / 3600) AS BIGINT) AS {HOUR}",
         ]
         self.con.execute(
             f"COPY (SELECT {', '.join(columns)} FROM read_parquet({_files(view.path)})) "
-            f"TO {_literal(str(out))} (FORMAT parquet, PARTITION_BY ({HOUR}))"
+            f"TO {literal(str(out))} (FORMAT parquet, PARTITION_BY ({HOUR}))"
         )
-        return f"read_parquet({_literal(str(out) + '/**/*.parquet')}, hive_partitioning = true)"
+        return f"read_parquet({literal(str(out) + '/**/*.parquet')}, hive_partitioning = true)"
 
     def _rows(self, i: int, lo: pd.Timestamp | None, hi: pd.Timestamp, *, include_hi: bool) -> str:
         """The rows of view i with lo <= time (< or <=) hi, reading only the hours between."""
@@ -173,7 +166,7 @@ class AsOfJoin:
         return f"SELECT * EXCLUDE ({HOUR}) FROM {self._sources[i]} WHERE {' AND '.join(hours)}"
 
     def _newest(self, i: int, rows: str) -> str:
-        keys = ", ".join(_quote(k) for k in self.plan.views[i].keys)
+        keys = ", ".join(quoted(k) for k in self.plan.views[i].keys)
         return (
             f"SELECT * FROM ({rows}) QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {TS} DESC) = 1"
         )
@@ -192,7 +185,7 @@ class AsOfJoin:
             fresh = self._rows(i, last, lo, include_hi=False)
             if self.con.sql(f"SELECT count(*) FROM ({fresh})").fetchall()[0][0]:
                 # the entities with newer rows take them; the others keep theirs
-                on = " AND ".join(f"c.{_quote(k)} = f.{_quote(k)}" for k in self.plan.views[i].keys)
+                on = " AND ".join(f"c.{quoted(k)} = f.{quoted(k)}" for k in self.plan.views[i].keys)
                 self.con.execute(
                     f"CREATE OR REPLACE TEMP TABLE __carry{i} AS WITH f AS ({self._newest(i, fresh)}) "
                     f"SELECT c.* FROM __carry{i} AS c ANTI JOIN f ON {on} UNION ALL BY NAME SELECT * FROM f"
@@ -201,7 +194,7 @@ class AsOfJoin:
 
     def _right(self, i: int, entity: str, lo: pd.Timestamp, hi: pd.Timestamp) -> str:
         """View i's rows a chunk can meet: those carried and those from lo to hi, of its entities."""
-        on = " AND ".join(f"r.{_quote(k)} = e.{_quote(k)}" for k in self.plan.views[i].keys)
+        on = " AND ".join(f"r.{quoted(k)} = e.{quoted(k)}" for k in self.plan.views[i].keys)
         rows = f"SELECT * FROM __carry{i} UNION ALL BY NAME {self._rows(i, lo, hi, include_hi=True)}"
         return f"SELECT r.* FROM ({rows}) AS r SEMI JOIN {entity} AS e ON {on}"
 
@@ -209,17 +202,17 @@ class AsOfJoin:
         """The join of relation `entity` (its columns, ROW and EVENT_TIMESTAMP between lo and hi)
         with every view: per view the newest row at or before each entity row's time (among rows of
         one entity and time, any one, as Feast's store picks)."""
-        at = f"CAST(e.{_quote(EVENT_TIMESTAMP)} AS TIMESTAMPTZ)"
-        selects = [f"e.{_quote(c)}" for c in keys]
+        at = f"CAST(e.{quoted(EVENT_TIMESTAMP)} AS TIMESTAMPTZ)"
+        selects = [f"e.{quoted(c)}" for c in keys]
         joins = []
         for i, view in enumerate(self.plan.views):
             self._carry(i, lo)
             alias = f"v{i}"
             on = " AND ".join(
-                [f"e.{_quote(k)} = {alias}.{_quote(k)}" for k in view.keys] + [f"{at} >= {alias}.{TS}"]
+                [f"e.{quoted(k)} = {alias}.{quoted(k)}" for k in view.keys] + [f"{at} >= {alias}.{TS}"]
             )
             joins.append(f"ASOF LEFT JOIN ({self._right(i, entity, lo, hi)}) AS {alias} ON {on}")
-            selects += [f"{alias}.{_quote(feature)} AS {_quote(feature)}" for _, feature in view.columns]
+            selects += [f"{alias}.{quoted(feature)} AS {quoted(feature)}" for _, feature in view.columns]
         return f"SELECT {', '.join(selects)} FROM {entity} AS e {' '.join(joins)} ORDER BY e.{ROW}"
 
     def __call__(self, entity_rows: pd.DataFrame) -> pd.DataFrame:

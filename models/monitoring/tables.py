@@ -25,6 +25,7 @@ from feature_repo.contract import (
     PAGE_VIEW,
     USER_ID,
 )
+from models.features.sql import literal, quoted
 from models.monitoring.serving_log import REQUEST_ID, SERVED_AT
 
 if TYPE_CHECKING:
@@ -34,14 +35,6 @@ Table = Union[pd.DataFrame, "duckdb.DuckDBPyRelation"]
 OUTCOME_COLUMNS = (USER_ID, ITEM_ID, BEHAVIOR, EVENT_TIMESTAMP)
 # A served row is one (response, position): the ranker gives each response a fresh uuid.
 ROW_KEY = (REQUEST_ID, "position")
-
-
-def quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def literal(text: str | Path) -> str:
-    return "'" + str(text).replace("'", "''") + "'"
 
 
 def relation(con: duckdb.DuckDBPyConnection, table: Table) -> duckdb.DuckDBPyRelation:

@@ -33,6 +33,7 @@ from feature_repo.contract import (
 )
 from models.data.lake import ACCEPTED, partition_path, partitions
 from models.features.engine import EngineConfig
+from models.features.sql import literal
 from models.retrieval.engine import connect
 from models.retrieval.index import (
     _FILES,
@@ -115,14 +116,10 @@ FROM (SELECT h, i, score FROM hourly UNION ALL SELECT {overall} AS h, i, o AS sc
 ORDER BY h = {overall}, h, score DESC, i"""
 
 
-def _literal(text: str) -> str:
-    return "'" + str(text).replace("'", "''") + "'"
-
-
 def _query(body: str, config: CandidateConfig, *, with_events: bool = True, until_ns: int = 0) -> str:
     """One of the list queries, over the events CTE (`until_ns` is for the view of valid events,
     which cannot take parameters); names from the contract."""
-    weights = ", ".join(f"({_literal(b)}, {float(v)!r}::DOUBLE)" for b, v in config.behavior_weights.items())
+    weights = ", ".join(f"({literal(b)}, {float(v)!r}::DOUBLE)" for b, v in config.behavior_weights.items())
     leads = {
         f"lead_{col}": ", ".join(f"lead({col}, {lag}) OVER nxt" for lag in range(1, config.max_lag + 1))
         for col in ("i", "s", "w")
@@ -170,7 +167,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, until: pd.Timestamp, config: Candid
     """Define the valid events over `source` and register the decay of each of their seconds;
     returns how many events weigh in."""
     con.execute(_query(_VALID, config, with_events=False, until_ns=int(until.value)))
-    known = ", ".join(_literal(b) for b in config.behavior_weights)
+    known = ", ".join(literal(b) for b in config.behavior_weights)
     seconds = con.execute(f"SELECT DISTINCT s FROM valid WHERE b IN ({known})").fetchnumpy()["s"]
     seconds = np.asarray(seconds, dtype=np.int64)
     decay = pd.DataFrame({"s": seconds, "d": np.exp2(-((until.timestamp() - seconds) / config.half_life_s))})
@@ -213,7 +210,7 @@ def build_index(
 
 def _sql_list(files: Sequence[Path]) -> str:
     """A list literal of paths, for statements (views) that take no parameters."""
-    return "[" + ", ".join(_literal(str(p)) for p in files) + "]"
+    return "[" + ", ".join(literal(str(p)) for p in files) + "]"
 
 
 def build_index_to_folder(
