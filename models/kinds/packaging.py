@@ -46,6 +46,7 @@ SHIPPED: tuple[str, ...] = (
     "models/scoring.py",
     "models/kinds/__init__.py",
     "models/kinds/base.py",
+    "models/kinds/progress.py",
     "models/kinds/rows.py",
     "models/kinds/wide_deep.py",
     "models/kinds/xgb.py",

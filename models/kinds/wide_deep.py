@@ -23,6 +23,7 @@ import pandas as pd
 
 from feature_repo.contract import ID_COLUMNS, LABEL
 from models.kinds.base import Fitted, Scorer, logit, sampling_offset
+from models.kinds.progress import FitProgress, keras_callback
 from models.kinds.rows import Rows, as_rows
 
 if TYPE_CHECKING:
@@ -347,7 +348,7 @@ def _fit(
         validation_data=(x_valid, y_valid.astype(np.float32)),
         batch_size=params["batch_size"],
         epochs=params["epochs"],
-        callbacks=[stop, timer],
+        callbacks=[stop, timer, keras_callback(FitProgress("wide&deep epochs", params["epochs"]))],
         verbose=verbose,
         shuffle=True,
     )
@@ -446,7 +447,7 @@ def _fit_batches(
         _shuffled_batches(train, spec, size, buffer, seed, shuffle=True),
         validation_data=_shuffled_batches(valid, spec, max(size, 8192), buffer, seed, shuffle=False),
         epochs=params["epochs"],
-        callbacks=[stop, timer],
+        callbacks=[stop, timer, keras_callback(FitProgress("wide&deep epochs", params["epochs"]))],
         verbose=verbose,
     )
     return _trained(model, spec, params, history, timer.seconds, time.perf_counter() - started, len(train))

@@ -15,6 +15,7 @@ import pandas as pd
 
 from feature_repo.contract import LABEL
 from models.kinds.base import Fitted, Scorer, feature_matrix, sampling_offset
+from models.kinds.progress import FitProgress, xgboost_callback
 from models.kinds.rows import Rows, as_rows
 
 if TYPE_CHECKING:
@@ -58,8 +59,10 @@ def train_xgb(
     import xgboost as xgb
 
     params = {**DEFAULT_PARAMS, **overrides, "device": device, "random_state": seed}
-    model = xgb.XGBClassifier(**params)
+    progress = xgboost_callback(FitProgress("xgboost rounds", params["n_estimators"]))
+    model = xgb.XGBClassifier(**params, callbacks=[progress])
     model.fit(x_train, y_train, eval_set=[(x_valid, y_valid)], verbose=False)
+    model.callbacks = None  # only for this fit: not saved with the model nor used by a later one
     model.get_booster().feature_names = list(features)
     history = {name: list(values) for name, values in model.evals_result()["validation_0"].items()}
     best = model.best_iteration if params.get("early_stopping_rounds") else params["n_estimators"] - 1
@@ -122,6 +125,7 @@ def train_xgb_rows(
         early_stopping_rounds=params.get("early_stopping_rounds"),
         evals_result=curves,
         verbose_eval=False,
+        callbacks=[xgboost_callback(FitProgress("xgboost rounds", params["n_estimators"]))],
     )
     booster.feature_names = list(features)
     model = xgb.XGBClassifier(**params)

@@ -100,7 +100,8 @@ def test_shuffled_batches_cover_every_row_once_per_epoch_in_a_new_order_holding_
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_streamed_from_parquet_learns_as_well_as_from_a_frame(kind, tmp_path):
+def test_streamed_from_parquet_learns_as_well_as_from_a_frame(kind, tmp_path, caplog):
+    caplog.set_level("INFO", logger="models.training.progress")
     frame_split = Split(train=TRAIN, valid=VALID, test=TEST)
     streamed = Split(
         train=_parquet(TRAIN, tmp_path / "train", files=3, row_group=4_000),
@@ -115,6 +116,12 @@ def test_streamed_from_parquet_learns_as_well_as_from_a_frame(kind, tmp_path):
     assert ctr_metrics(y, b)["auc"] > 0.7
     assert abs(ctr_metrics(y, a)["auc"] - ctr_metrics(y, b)["auc"]) < 0.01
     assert np.corrcoef(a, b)[0, 1] > 0.97
+    # Both fits show their progress: the first step with its validation loss, then where they ended.
+    shown = [r.getMessage() for r in caplog.records if r.name == "models.training.progress"]
+    metric = {"xgboost": "validation_0 logloss", "wide_deep": "val_loss"}[kind]
+    firsts = [m for m in shown if ": 1/" in m]
+    assert len(firsts) == 2 and all(metric in m for m in firsts), shown
+    assert len(shown) >= 4 and "finished after" in shown[-1], shown
 
 
 def test_downsampling_keeps_every_positive_and_the_rate_of_negatives_whatever_the_order():
