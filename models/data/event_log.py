@@ -228,10 +228,10 @@ class Ingestor:
 
         if unique.empty:
             return [], unique, unique
-        order = np.argsort(unique[USER_ID].to_numpy(np.int64), kind="stable")
+        user_ids = unique[USER_ID].to_numpy(np.int64)
+        order = np.argsort(user_ids, kind="stable")
         columns = {name: values[order] for name, values in recent_columns(unique).items()}
-        users_sorted = unique[USER_ID].to_numpy(np.int64)[order]
-        users, starts = np.unique(users_sorted, return_index=True)
+        users, starts = np.unique(user_ids[order], return_index=True)
         states = self._call(self.current_state, users.tolist())
         rows, fresh, late = [], [], []
         delay = int(RECENT_STATE_DELAY.total_seconds())

@@ -55,16 +55,17 @@ def xgboost_callback(progress: FitProgress):
 
 
 def keras_callback(progress: FitProgress):
-    """A Keras callback reporting each epoch's losses to `progress` (every epoch is shown)."""
+    """A Keras callback reporting each epoch's losses to `progress`."""
     import keras
 
     class Progress(keras.callbacks.Callback):
+        done = 0
+
         def on_epoch_end(self, epoch, logs=None):
             self.done = epoch + 1
-            progress.shown -= progress.every_s  # an epoch is long enough to show each one
-            progress.step(epoch + 1, {k: float(v) for k, v in (logs or {}).items()})
+            progress.step(self.done, {k: float(v) for k, v in (logs or {}).items()})
 
         def on_train_end(self, logs=None):
-            progress.step(getattr(self, "done", 0), {}, last=True)
+            progress.step(self.done, {}, last=True)
 
     return Progress()

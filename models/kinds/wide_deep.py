@@ -348,7 +348,7 @@ def _fit(
         validation_data=(x_valid, y_valid.astype(np.float32)),
         batch_size=params["batch_size"],
         epochs=params["epochs"],
-        callbacks=[stop, timer, keras_callback(FitProgress("wide&deep epochs", params["epochs"]))],
+        callbacks=[stop, timer, keras_callback(FitProgress("wide&deep epochs", params["epochs"], every_s=0))],
         verbose=verbose,
         shuffle=True,
     )
@@ -447,7 +447,7 @@ def _fit_batches(
         _shuffled_batches(train, spec, size, buffer, seed, shuffle=True),
         validation_data=_shuffled_batches(valid, spec, max(size, 8192), buffer, seed, shuffle=False),
         epochs=params["epochs"],
-        callbacks=[stop, timer, keras_callback(FitProgress("wide&deep epochs", params["epochs"]))],
+        callbacks=[stop, timer, keras_callback(FitProgress("wide&deep epochs", params["epochs"], every_s=0))],
         verbose=verbose,
     )
     return _trained(model, spec, params, history, timer.seconds, time.perf_counter() - started, len(train))
