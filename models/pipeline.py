@@ -378,9 +378,10 @@ def evaluate(settings: Settings | None = None) -> dict[str, Any]:
     """Every trained model and both baselines on the test window: AUC, logloss, calibration and
     per-user ranking quality (GAUC, NDCG@10, HitRate@10)."""
     settings = settings or get_settings()
-    split = _split(settings)
+    split = streamed_split(settings.paths.training_set)
     features, _ = _service_binding(settings)
-    table = report.test_table(split, _trained_models(settings), features, settings.seed)
+    models = _trained_models(settings)
+    table = report.test_table(split, models, features, settings.seed, settings.baseline_rows)
     settings.paths.evaluation.parent.mkdir(parents=True, exist_ok=True)
     settings.paths.evaluation.write_text(json.dumps(table, indent=2))
     log.info("test window, %d rows:\n%s", len(split.test), report.format_table(table))
@@ -395,8 +396,8 @@ def register(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
     settings = settings or get_settings()
     table = json.loads(settings.paths.evaluation.read_text())
     features, fingerprint = _service_binding(settings)
-    split = _split(settings)
-    y = split.test[LABEL].to_numpy()
+    test = streamed_split(settings.paths.training_set).test
+    y = test.column(LABEL)
     decisions = {}
     for kind, model in _trained_models(settings).items():
         if model.features != features:
@@ -407,7 +408,7 @@ def register(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
         version = log_candidate(
             settings,
             model,
-            split.test,
+            test,
             y,
             report.run_metrics(table[kind], table),
             lineage(settings, model.meta, "full"),
@@ -415,7 +416,7 @@ def register(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
             fingerprint,
         )
         decisions[kind] = promote_if_better(
-            settings, model, version, table[kind], split.test, y, fingerprint, table[report.POPULARITY]["auc"]
+            settings, model, version, table[kind], test, y, fingerprint, table[report.POPULARITY]["auc"]
         )
         log.info("%s v%s: %s", kind, version, decisions[kind]["reason"])
     return decisions

@@ -103,6 +103,8 @@ class Settings:
     max_calibration_error: float
     max_prediction_bias: float
     scoring_budget_ms: float
+    baseline_rows: int
+    diagnostic_rows: int
     max_candidates: int
     max_recommendations: int
     challenger_share: float
@@ -264,6 +266,11 @@ def get_settings() -> Settings:
         max_calibration_error=float(_env("CTR_MAX_CALIBRATION_ERROR", "0.02")),
         max_prediction_bias=float(_env("CTR_MAX_PREDICTION_BIAS", "1.5")),
         scoring_budget_ms=float(_env("CTR_SCORING_BUDGET_MS", "50")),
+        # Evaluation scores every test row, block by block; these bound what it holds whole: the
+        # training rows the baselines are fitted on, and the test rows of the plots, importances
+        # and the registered artifact's check (seeded samples when there are more).
+        baseline_rows=int(_env("CTR_BASELINE_ROWS", "1000000")),
+        diagnostic_rows=int(_env("CTR_DIAGNOSTIC_ROWS", "50000")),
         max_candidates=int(_env("CTR_MAX_CANDIDATES", "500")),
         max_recommendations=int(_env("CTR_MAX_RECOMMENDATIONS", "100")),
         # Share of users (stable hash of the user id) scored by the `challenger` alias, when one exists.

@@ -17,7 +17,9 @@ import pandas as pd
 from models.evaluation.metrics import ctr_metrics
 from models.evaluation.plots import figures
 from models.evaluation.report import run_metrics
+from models.evaluation.streamed import sample_rows, score_rows
 from models.kinds.packaging import log_pyfunc, pyfunc_scores
+from models.kinds.rows import Rows
 from models.registry import (
     CHALLENGER,
     CHAMPION,
@@ -45,7 +47,7 @@ from models.training.fit import placement_tags
 def log_candidate(
     settings: Settings,
     model: ScoringModel,
-    test: pd.DataFrame,
+    test: pd.DataFrame | Rows,
     y_test: np.ndarray,
     metrics: dict[str, float],
     lineage: dict[str, Any],
@@ -55,7 +57,8 @@ def log_candidate(
 ) -> str:
     """Log run + model, register a new version with alias `challenger`; return the version.
 
-    `training` is "full" (from scratch) or "warm_start" (continued from the champion).
+    `training` is "full" (from scratch) or "warm_start" (continued from the champion). The plots
+    are drawn on at most CTR_DIAGNOSTIC_ROWS test rows (a seeded sample beyond).
     """
     import matplotlib.pyplot as plt
     import mlflow
@@ -63,6 +66,7 @@ def log_candidate(
     tracking = client(settings)
     name = model_name(settings, model.kind)
     params = {k: v for k, v in (model.meta.get("params") or {}).items() if not isinstance(v, dict)}
+    sample, at = sample_rows(test, settings.diagnostic_rows, settings.seed)
     with mlflow.start_run(run_name=f"{model.kind}-{training}") as run:
         mlflow.log_params({k: str(v) if isinstance(v, list) else v for k, v in params.items()})
         mlflow.log_params({TAG_FEATURE_SERVICE: feature_service, TAG_TRAINING: training})
@@ -72,7 +76,7 @@ def log_candidate(
                 mlflow.log_metric(f"history_{series}", value, step=step)
         mlflow.log_dict(lineage, "lineage.json")
         mlflow.log_dict(model.meta, "training_meta.json")
-        for path, fig in figures(model, test, y_test, model.predict(test)).items():
+        for path, fig in figures(model, sample, np.asarray(y_test)[at], model.predict(sample)).items():
             mlflow.log_figure(fig, path)
             plt.close(fig)
         mlflow.set_tags(
@@ -84,7 +88,7 @@ def log_candidate(
                 TAG_SYNTHETIC: str(bool(lineage.get("synthetic"))).lower(),
             }
         )
-        info = log_pyfunc(model, test.head(5), name)
+        info = log_pyfunc(model, sample.head(5), name)
     version = str(info.registered_model_version)
     for key, value in {
         TAG_KIND: model.kind,
@@ -198,7 +202,7 @@ def promote_if_better(
     model: ScoringModel,
     version: str,
     metrics: dict[str, float],
-    test: pd.DataFrame,
+    test: pd.DataFrame | Rows,
     y_test: np.ndarray,
     fingerprint: str,
     popularity_auc: float,
@@ -208,25 +212,30 @@ def promote_if_better(
 
     The first version of an empty registry is promoted if it is sane. A champion trained on other
     features is compared by its recorded test AUC. Returns the decision with its reasons.
+
+    Every test row is scored, block by block; the registered artifact's check and the latency
+    probe use at most CTR_DIAGNOSTIC_ROWS of them (a seeded sample beyond).
     """
     key = promotion_key(settings)  # before anything: a gate that cannot sign must not run
     tracking = client(settings)
     name = model_name(settings, model.kind)
-    scores = model.predict(test)
+    scores = score_rows(test, {"candidate": model.predict}).scores["candidate"]
+    sample, at = sample_rows(test, settings.diagnostic_rows, settings.seed)
     candidate_auc = metrics["auc"]
     decision: dict[str, Any] = {"model": name, "version": version, "candidate_auc": candidate_auc}
-    failures = sanity_failures(settings, model, test, metrics, scores, popularity_auc)
+    failures = sanity_failures(settings, model, sample, metrics, scores, popularity_auc)
     try:
         champion = load_by_alias(settings, CHAMPION, name)
     except NoChampionError:
         champion = None
     if champion is not None and champion.version == version:
         return {**decision, "promoted": True, "champion_changed": False, "reason": "already champion"}
-    failures += artifact_failures(settings, name, version, test, scores)
+    failures += artifact_failures(settings, name, version, sample, scores[at])
     champion_auc = None
     if champion is not None and not failures:
         if champion.fingerprint == fingerprint:
-            champion_auc = ctr_metrics(y_test, champion.predict(test))["auc"]
+            champion_scores = score_rows(test, {"champion": champion.predict}).scores["champion"]
+            champion_auc = ctr_metrics(y_test, champion_scores)["auc"]
         else:
             champion_auc = float(tracking.get_model_version(name, champion.version).tags[TAG_TEST_AUC])
         decision["champion_version"] = champion.version

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from feature_repo.contract import LABEL, USER_ID
+from feature_repo.contract import LABEL
 from models.evaluation.metrics import LogisticBaseline, PopularityBaseline, ctr_metrics
+from models.evaluation.streamed import sample_rows, score_rows
 from models.features.training_set import Split
 from models.scoring import ScoringModel
 
@@ -26,19 +27,23 @@ def popularity_auc(split: Split) -> float:
 
 
 def test_table(
-    split: Split, models: dict[str, ScoringModel], features: list[str], seed: int
+    split: Split, models: dict[str, ScoringModel], features: list[str], seed: int, baseline_rows: int
 ) -> dict[str, dict]:
     """AUC, logloss, calibration and per-user ranking quality on the test days, per model and
-    baseline (baselines fitted on the training days)."""
-    y, users = split.test[LABEL].to_numpy(), split.test[USER_ID].to_numpy()
-    y_train = split.train[LABEL].to_numpy()
+    baseline. The baselines are fitted on at most `baseline_rows` training rows (a seeded sample
+    beyond: a linear model on ~50 features gains nothing from more), and every test row is scored
+    block by block (models.evaluation.streamed)."""
+    train, _ = sample_rows(split.train, baseline_rows, seed)
+    y_train = train[LABEL].to_numpy()
     baselines = {
-        POPULARITY: PopularityBaseline().fit(split.train, y_train),
-        LOGISTIC: LogisticBaseline(features, seed=seed).fit(split.train, y_train),
+        POPULARITY: PopularityBaseline().fit(train, y_train),
+        LOGISTIC: LogisticBaseline(features, seed=seed).fit(train, y_train),
     }
-    scored = {name: model.predict(split.test) for name, model in models.items()}
-    scored |= {name: baseline.predict(split.test) for name, baseline in baselines.items()}
-    return {name: ctr_metrics(y, p, users) for name, p in scored.items()}
+    del train
+    scorers = {name: model.predict for name, model in models.items()}
+    scorers |= {name: baseline.predict for name, baseline in baselines.items()}
+    scored = score_rows(split.test, scorers)
+    return {name: ctr_metrics(scored.y, p, scored.users) for name, p in scored.scores.items()}
 
 
 def format_table(table: dict[str, dict[str, float]]) -> str:

@@ -62,3 +62,63 @@ def test_logistic_baseline_learns_a_log_scaled_count_and_ctr_metrics_reports_it(
     zeroed = frame.assign(item_pv_7d=frame["item_pv_7d"].fillna(0))
     np.testing.assert_allclose(p[~seen], zero_views.predict(zeroed)[~seen])
     assert {"gauc", "ndcg_at_10", "hitrate_at_10"} <= set(metrics)
+
+
+def _views(n: int, seed: int) -> pd.DataFrame:
+    """Labelled views whose purchase odds grow with the item's log views: what the baselines learn."""
+    rng = np.random.default_rng(seed)
+    views = rng.poisson(np.exp(rng.normal(2, 1.5, n))).astype(float)
+    truth = 1 / (1 + np.exp(-(np.log1p(views) - 4)))
+    return pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 300, n),
+            "item_pv_7d": views,
+            "noise": rng.normal(size=n),
+            "label": (rng.random(n) < truth).astype(np.int64),
+        }
+    )
+
+
+def test_sampled_rows_come_with_their_positions_across_blocks_and_are_all_rows_when_few():
+    from models.evaluation.streamed import sample_rows
+    from models.kinds.rows import FrameRows
+
+    frame = _views(10_000, 3)
+    rows = FrameRows(frame, block_size=777)
+    sample, at = sample_rows(rows, 1_000, seed=5)
+    assert len(sample) == 1_000 and len(set(at)) == 1_000 and np.all(np.diff(at) > 0)
+    pd.testing.assert_frame_equal(sample, frame.iloc[at].reset_index(drop=True))
+    again, at_again = sample_rows(rows, 1_000, seed=5)
+    assert np.array_equal(at, at_again)
+    whole, every = sample_rows(rows, 10_000, seed=5)
+    pd.testing.assert_frame_equal(whole, frame)
+    assert np.array_equal(every, np.arange(10_000))
+
+
+def test_the_test_table_scored_block_by_block_equals_scoring_the_whole_frame():
+    from models.evaluation.report import LOGISTIC, POPULARITY, test_table
+    from models.features.training_set import Split
+    from models.kinds.rows import FrameRows
+
+    train, test = _views(30_000, 4), _views(12_000, 5)
+    model = LogisticBaseline(["item_pv_7d"]).fit(train, train["label"].to_numpy())
+    split = Split(train=FrameRows(train, 4_096), valid=train.head(0), test=FrameRows(test, 1_000))
+    table = test_table(split, {"model": model}, ["item_pv_7d", "noise"], seed=0, baseline_rows=10**9)
+    y, users = test["label"].to_numpy(), test["user_id"].to_numpy()
+    assert table["model"] == ctr_metrics(y, model.predict(test), users)
+    whole = LogisticBaseline(["item_pv_7d", "noise"], seed=0).fit(train, train["label"].to_numpy())
+    assert table[LOGISTIC] == ctr_metrics(y, whole.predict(test), users)
+    assert set(table) == {"model", POPULARITY, LOGISTIC} and table["model"]["rows"] == 12_000
+
+
+def test_baselines_fitted_on_a_sample_of_the_training_rows_score_as_the_full_fit():
+    from models.evaluation.report import LOGISTIC, test_table
+    from models.features.training_set import Split
+
+    train, test = _views(60_000, 6), _views(20_000, 7)
+    split = Split(train=train, valid=train.head(0), test=test)
+    full = test_table(split, {}, ["item_pv_7d", "noise"], seed=0, baseline_rows=10**9)
+    sampled = test_table(split, {}, ["item_pv_7d", "noise"], seed=0, baseline_rows=5_000)
+    assert sampled[LOGISTIC] != full[LOGISTIC]  # it did fit on fewer rows
+    assert sampled[LOGISTIC]["auc"] == pytest.approx(full[LOGISTIC]["auc"], abs=0.005)
+    assert sampled[LOGISTIC]["ece"] < 0.02

@@ -137,7 +137,7 @@ def test_a_new_kind_reading_a_behaviour_sequence_needs_only_its_module_and_a_reg
     loaded = scoring.load_saved(tmp_path / "m")
     np.testing.assert_allclose(loaded.predict(SPLIT.test), model.predict(SPLIT.test))
 
-    table = report.test_table(SPLIT, {RecentItemKind.name: loaded}, FEATURES, seed=0)
+    table = report.test_table(SPLIT, {RecentItemKind.name: loaded}, FEATURES, seed=0, baseline_rows=10**6)
     assert table[RecentItemKind.name]["auc"] > table[report.POPULARITY]["auc"] + 0.03
 
     candidates = pd.DataFrame(
