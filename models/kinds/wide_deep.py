@@ -334,15 +334,23 @@ def _compile(model, learning_rate: float) -> None:
     )
 
 
-def _fit(
-    model, spec: WideDeepSpec, x_train, y_train, x_valid, y_valid, params: dict[str, Any], verbose: int
-) -> TrainedWideDeep:
-    """Fit with early stopping on the validation rows, best weights restored."""
+def _callbacks(params: dict[str, Any]) -> tuple[list[Any], Any]:
+    """Early stopping on the validation loss (best weights restored), the epoch timer, and the
+    progress log: what every fit uses; returns them and the timer."""
     keras = _keras()
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=params["patience"], restore_best_weights=True
     )
     timer = _EpochTimer.make()
+    progress = keras_callback(FitProgress("wide&deep epochs", params["epochs"], every_s=0))
+    return [stop, timer, progress], timer
+
+
+def _fit(
+    model, spec: WideDeepSpec, x_train, y_train, x_valid, y_valid, params: dict[str, Any], verbose: int
+) -> TrainedWideDeep:
+    """Fit with early stopping on the validation rows, best weights restored."""
+    callbacks, timer = _callbacks(params)
     started = time.perf_counter()
     history = model.fit(
         x_train,
@@ -350,7 +358,7 @@ def _fit(
         validation_data=(x_valid, y_valid.astype(np.float32)),
         batch_size=params["batch_size"],
         epochs=params["epochs"],
-        callbacks=[stop, timer, keras_callback(FitProgress("wide&deep epochs", params["epochs"], every_s=0))],
+        callbacks=callbacks,
         verbose=verbose,
         shuffle=True,
     )
@@ -438,18 +446,14 @@ def _fit_batches(
     model, spec: WideDeepSpec, train: Rows, valid: Rows, params: dict[str, Any], seed: int, verbose: int
 ) -> TrainedWideDeep:
     """`_fit`, streaming: training batches from a shuffled PyDataset, validation in order."""
-    keras = _keras()
     size, buffer = params["batch_size"], params["shuffle_buffer_rows"]
-    stop = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=params["patience"], restore_best_weights=True
-    )
-    timer = _EpochTimer.make()
+    callbacks, timer = _callbacks(params)
     started = time.perf_counter()
     history = model.fit(
         _shuffled_batches(train, spec, size, buffer, seed, shuffle=True),
         validation_data=_shuffled_batches(valid, spec, max(size, 8192), buffer, seed, shuffle=False),
         epochs=params["epochs"],
-        callbacks=[stop, timer, keras_callback(FitProgress("wide&deep epochs", params["epochs"], every_s=0))],
+        callbacks=callbacks,
         verbose=verbose,
     )
     return _trained(model, spec, params, history, timer.seconds, time.perf_counter() - started, len(train))
