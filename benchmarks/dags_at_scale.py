@@ -5,7 +5,8 @@ the real slice).
 
 Each DAG run is one `ctr airflow dags test` process, which runs the tasks one after another: each
 task's duration comes from the run's own log ("[DAG TEST] starting task_id=..." / "end task") and
-its peak RSS from sampling the process tree's RSS (psutil, every 0.25 s) while the task ran. Prints the table and writes JSON and a RESULTS.md section.
+its peak RSS from sampling the process tree's RSS (psutil, every 0.25 s) while the task ran.
+Prints the table and writes JSON and a RESULTS.md section.
 
 Usage: python benchmarks/dags_at_scale.py [--events 1e7] [--work DIR] [--env CTR_NEGATIVE_SAMPLE_RATE=0.1]
 """

@@ -381,7 +381,8 @@ def evaluate(settings: Settings | None = None) -> dict[str, Any]:
     split = streamed_split(settings.paths.training_set)
     features, _ = _service_binding(settings)
     models = _trained_models(settings)
-    table = report.test_table(split, models, features, settings.seed, settings.baseline_rows)
+    sampling = read_sampling(settings.paths.training_set)["negative_sample_rate"]
+    table = report.test_table(split, models, features, settings.seed, settings.baseline_rows, sampling)
     settings.paths.evaluation.parent.mkdir(parents=True, exist_ok=True)
     settings.paths.evaluation.write_text(json.dumps(table, indent=2))
     log.info("test window, %d rows:\n%s", len(split.test), report.format_table(table))

@@ -9,8 +9,9 @@ import numpy as np
 
 from feature_repo.contract import LABEL
 from models.evaluation.metrics import LogisticBaseline, PopularityBaseline, ctr_metrics
-from models.evaluation.streamed import sample_rows, score_rows
+from models.evaluation.streamed import Scorer, sample_rows, score_rows
 from models.features.training_set import Split
+from models.kinds.base import corrected_probability
 from models.scoring import ScoringModel
 
 POPULARITY = "popularity"
@@ -27,12 +28,19 @@ def popularity_auc(split: Split) -> float:
 
 
 def test_table(
-    split: Split, models: dict[str, ScoringModel], features: list[str], seed: int, baseline_rows: int
+    split: Split,
+    models: dict[str, ScoringModel],
+    features: list[str],
+    seed: int,
+    baseline_rows: int,
+    negative_rate: float = 1.0,
 ) -> dict[str, dict]:
     """AUC, logloss, calibration and per-user ranking quality on the test days, per model and
     baseline. The baselines are fitted on at most `baseline_rows` training rows (a seeded sample
     beyond: a linear model on ~50 features gains nothing from more), and every test row is scored
-    block by block (models.evaluation.streamed)."""
+    block by block (models.evaluation.streamed). On training rows whose negatives were kept at
+    `negative_rate` < 1 the baselines' probabilities are corrected as the models correct theirs, so
+    that their logloss and calibration are read on the unsampled test days too."""
     train, _ = sample_rows(split.train, baseline_rows, seed)
     y_train = train[LABEL].to_numpy()
     baselines = {
@@ -41,9 +49,15 @@ def test_table(
     }
     del train
     scorers = {name: model.predict for name, model in models.items()}
-    scorers |= {name: baseline.predict for name, baseline in baselines.items()}
+    scorers |= {name: _unsampled(baseline.predict, negative_rate) for name, baseline in baselines.items()}
     scored = score_rows(split.test, scorers)
     return {name: ctr_metrics(scored.y, p, scored.users) for name, p in scored.scores.items()}
+
+
+def _unsampled(predict: Scorer, negative_rate: float) -> Scorer:
+    if negative_rate >= 1.0:
+        return predict
+    return lambda frame: corrected_probability(predict(frame), negative_rate)
 
 
 def format_table(table: dict[str, dict[str, float]]) -> str:

@@ -122,3 +122,20 @@ def test_baselines_fitted_on_a_sample_of_the_training_rows_score_as_the_full_fit
     assert sampled[LOGISTIC] != full[LOGISTIC]  # it did fit on fewer rows
     assert sampled[LOGISTIC]["auc"] == pytest.approx(full[LOGISTIC]["auc"], abs=0.005)
     assert sampled[LOGISTIC]["ece"] < 0.02
+
+
+def test_baselines_fitted_on_downsampled_negatives_are_calibrated_on_the_unsampled_test_days():
+    from models.evaluation.report import LOGISTIC, POPULARITY, test_table
+    from models.features.training_set import Split
+
+    train, test = _views(60_000, 8), _views(20_000, 9)
+    kept = (train["label"] == 1) | (np.random.default_rng(0).random(len(train)) < 0.2)
+    split = Split(train=train[kept].reset_index(drop=True), valid=train.head(0), test=test)
+    features = ["item_pv_7d", "noise"]
+    raw = test_table(split, {}, features, seed=0, baseline_rows=10**9)
+    corrected = test_table(split, {}, features, seed=0, baseline_rows=10**9, negative_rate=0.2)
+    for name in (POPULARITY, LOGISTIC):
+        assert raw[name]["ece"] > 0.05  # odds five times too high
+        assert corrected[name]["ece"] < 0.01
+        assert corrected[name]["logloss"] < raw[name]["logloss"]
+        assert corrected[name]["auc"] == pytest.approx(raw[name]["auc"], abs=1e-9)  # same order
