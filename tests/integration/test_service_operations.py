@@ -125,7 +125,7 @@ def test_a_stopped_or_hung_store_gives_flagged_popularity_and_service_comes_back
     url, redis = deployment["url"], deployment["redis"]
     # From a healthy service: a read that timed out in an earlier test leaves the store alone for
     # its retry interval (1 s), as designed, so wait for model ranking first.
-    before = _model_ranked(url, within_s=10)
+    before = _model_ranked(url, 10, "the ranker with its store up still falls back")
 
     redis.stop()
     try:
@@ -158,23 +158,18 @@ def test_a_stopped_or_hung_store_gives_flagged_popularity_and_service_comes_back
     assert reads["store"] >= len(ITEMS) and reads["cache"] > reads["store"], reads
 
 
-def _model_ranked(url: str, within_s: float) -> dict:
+def _model_ranked(url: str, within_s: float, failure: str) -> dict:
+    """The first /rank answer that is model-ranked (not a fallback), asked every 0.5 s."""
     deadline = time.monotonic() + within_s
     while True:
         body = _rank(url, 1).json()
         if not body["fallback"]:
             return body
         if time.monotonic() > deadline:
-            pytest.fail(f"the ranker with its store up still falls back: {body['fallback_reason']}")
+            pytest.fail(f"{failure}: {body['fallback_reason']}")
         time.sleep(0.5)
 
 
 def _wait_for_model_ranking(url: str, expected: dict) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        body = _rank(url, 1).json()
-        if not body["fallback"]:
-            assert body["items"] == expected["items"]  # the same features, the same scores
-            return
-        time.sleep(0.5)
-    pytest.fail("the ranker did not return to model ranking after the store came back")
+    body = _model_ranked(url, 20, "the ranker did not return to model ranking after the store came back")
+    assert body["items"] == expected["items"]  # the same features, the same scores
