@@ -55,10 +55,9 @@ def train_on_a_sample(train_rows: int) -> None:
 
 
 def test_rows(data: Path) -> int:
-    import pyarrow.parquet as pq
+    from models.features.training_set import streamed_split
 
-    files = sorted((data / "datasets" / "training_set.parquet").glob("*-test.parquet"))
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return len(streamed_split(data / "datasets" / "training_set.parquet").test)
 
 
 def main() -> None:
