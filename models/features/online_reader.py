@@ -6,14 +6,16 @@ response: 20-50 ms for N = 100 on this machine (benchmarks/RESULTS.md). `OnlineF
 Feast for the same values as the request is shaped, and returns the same frame:
 
 * the user's rows once (one entity row), never cached: the pushed recent activity must be fresh;
-* the items' rows through a short-lived, bounded cache, because batch item features only change
-  when a batch is materialized. Only the misses are read, one batched call per item view through
-  Feast's online store API (`online_read`, the call get_online_features makes on SQLite and Redis),
-  the values converted by Feast's own converter as get_online_features converts them: that skips
-  the response Feast builds around them, most of its per-item cost (on Redis 53 against 131 us an
-  item, benchmarks/item_reads.py). On other stores the misses go through get_online_features.
-  An item the store has no row for may be kept for a shorter time (`unknown_item_ttl_s`), so that
-  a store filled while the reader runs is seen within seconds rather than a whole TTL later;
+* the items' rows through a bounded cache, because batch item features only change when a batch
+  is materialized: a materialization recorded in the registry empties it (see `_read_views`), and
+  the TTL bounds what other writers could leave stale. Only the misses are read;
+* both through Feast's online store API, one batched call per view (`online_read`, the call
+  get_online_features makes on SQLite and Redis), the values converted by Feast's own converter
+  as get_online_features converts them: that skips the response Feast builds around them, most of
+  its per-item cost (benchmarks/item_reads.py). On other stores they go through
+  get_online_features. An item the store has no row for may be kept for a shorter time
+  (`unknown_item_ttl_s`), so that a store filled while the reader runs is seen within seconds
+  rather than a whole TTL later;
 * the on-demand views computed here by the view's own transformation (`transform_dict`, the method
   Feast calls), on the inputs Feast would give it, and their values converted as Feast converts them.
 
@@ -31,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from feature_repo.contract import ITEM_ID, REQUEST_TS, USER_ID
@@ -70,9 +73,9 @@ class _OnDemand:
 
 
 @dataclass(frozen=True)
-class _ItemRead:
-    view: str  # an item-keyed feature view
-    features: tuple[str, ...]  # its features to read, in _Plan.item_features' order
+class _ViewRead:
+    view: str  # a user- or item-keyed feature view
+    features: tuple[str, ...]  # its features to read, in _Plan.user_features' or item_features' order
     types: tuple[ValueType, ...]  # their types, for Feast's value conversion
 
 
@@ -80,9 +83,11 @@ class _ItemRead:
 class _Plan:
     user_refs: list[str]  # "view:feature" of every user-keyed feature to read
     user_features: list[str]
+    user_reads: list[_ViewRead]  # the user views, read by the store's online_read
+    user_key_type: ValueType  # the user join key's type, as Feast converts the entity values
     item_refs: list[str]
     item_features: list[str]
-    item_reads: list[_ItemRead]  # the item views, read by the store's online_read
+    item_reads: list[_ViewRead]  # the item views, read by the store's online_read
     item_key_type: ValueType  # the item join key's type, as Feast converts the entity values
     request_fields: tuple[str, ...]
     on_demand: list[_OnDemand]
@@ -166,11 +171,14 @@ def _plan(store: FeatureStore, service: FeatureService, user_key: str, item_key:
 
     user_refs, user_features = refs(user_key)
     item_refs, item_features = refs(item_key)
-    item_reads = [
-        _ItemRead(v, tuple(features), tuple(types[v][f] for f in features))
-        for v, features in reads.items()
-        if keyed[v] == item_key
-    ]
+
+    def view_reads(key: str) -> list[_ViewRead]:
+        return [
+            _ViewRead(v, tuple(features), tuple(types[v][f] for f in features))
+            for v, features in reads.items()
+            if keyed[v] == key
+        ]
+
     base = [user_key, item_key, *request_fields, *user_features, *item_features]
     on_demand = []
     for view, outputs in odfvs:
@@ -195,9 +203,11 @@ def _plan(store: FeatureStore, service: FeatureService, user_key: str, item_key:
     return _Plan(
         user_refs,
         user_features,
+        view_reads(user_key),
+        key_types.get(user_key, ValueType.UNKNOWN),
         item_refs,
         item_features,
-        item_reads,
+        view_reads(item_key),
         key_types.get(item_key, ValueType.UNKNOWN),
         request_fields,
         on_demand,
@@ -236,6 +246,21 @@ def _python_value(value: Any, value_type: ValueType) -> Any:
     from feast.type_map import feast_value_type_to_python_type
 
     return feast_value_type_to_python_type(value, value_type)
+
+
+def _column(values: list[Any]) -> np.ndarray | list[Any]:
+    """A column of plain numbers as the array pandas would infer from the list (int64, float64 or
+    bool), made by NumPy in a fraction of the time. Anything else (None among the values, strings,
+    lists, numbers of mixed types) stays a list for pandas to infer, so the frame is always the one
+    `pd.DataFrame` makes of the lists."""
+    if not values:
+        return values
+    try:
+        array = np.asarray(values)
+    except ValueError:  # lists of different lengths
+        return values
+    kind = {bool: "b", int: "i", float: "f"}.get(type(values[0]))
+    return array if array.ndim == 1 and array.dtype.kind == kind else values
 
 
 def _as_feast_returns(values: list[Any], value_type: ValueType) -> list[Any]:
@@ -291,6 +316,7 @@ class OnlineFeatureReader:
         ttl = float(getattr(store.config.registry, "cache_ttl_seconds", 0) or 0)
         self._registry_ttl_s = ttl if ttl > 0 else float("inf")  # Feast's 0: never expires
         self._views: tuple[dict[str, FeatureView] | None, Any, float] = (None, None, 0.0)
+        self._materialized: tuple[Any, ...] | None = None  # the item views' materialization intervals
         self._cache: OrderedDict[int, _CachedItem] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -329,6 +355,7 @@ class OnlineFeatureReader:
     def read(self, user_id: int, item_ids: Sequence[int], request_ts: int) -> OnlineFeatures:
         """The service's features for (user_id, item, request_ts) for every item, in order."""
         plan = self._plan
+        self._read_views()  # an item materialization recorded since the last read empties the cache
         items = [int(i) for i in item_ids]
         n = len(items)
         user = int(user_id)
@@ -336,11 +363,15 @@ class OnlineFeatureReader:
         for name in plan.request_fields:
             base[name] = [int(request_ts)] * n
         if plan.user_refs:
-            row = self.store.get_online_features(
-                features=plan.user_refs, entity_rows=[{self._user_key: user}]
-            ).to_dict()
-            for name in plan.user_features:
-                base[name] = row[name] * n
+            if self._reads_online_store:
+                values = self._online_read([user], self._user_key, plan.user_key_type, plan.user_reads)
+            else:
+                row = self.store.get_online_features(
+                    features=plan.user_refs, entity_rows=[{self._user_key: user}]
+                ).to_dict()
+                values = [row[name] for name in plan.user_features]
+            for name, value in zip(plan.user_features, values, strict=True):
+                base[name] = value * n
         rows, unknown, cached = self._item_rows(items)
         for k, name in enumerate(plan.item_features):
             base[name] = [values[k] for values in rows]
@@ -350,7 +381,7 @@ class OnlineFeatureReader:
             for name in od.outputs:
                 if name in out:  # as Feast, which keeps only what the transformation returned
                     result[name] = _as_feast_returns(list(out[name]), od.types[name])
-        frame = pd.DataFrame({c: result[c] for c in plan.columns if c in result})
+        frame = pd.DataFrame({c: _column(result[c]) for c in plan.columns if c in result})
         return OnlineFeatures(frame=frame, unknown_items=unknown, cached_items=cached)
 
     def _item_rows(self, items: list[int]) -> tuple[list[tuple[Any, ...]], list[int], int]:
@@ -397,7 +428,7 @@ class OnlineFeatureReader:
         if not plan.item_refs:
             return {item: _CachedItem(now + self.item_cache_ttl_s, (), True) for item in items}
         if self._reads_online_store:
-            columns = self._online_read(items)
+            columns = self._online_read(items, self._item_key, plan.item_key_type, plan.item_reads)
         else:
             values = self.store.get_online_features(
                 features=plan.item_refs, entity_rows=[{self._item_key: item} for item in items]
@@ -410,23 +441,25 @@ class OnlineFeatureReader:
             cached[item] = _CachedItem(now + ttl, row, found)
         return cached
 
-    def _online_read(self, items: list[int]) -> list[list[Any]]:
-        """The item features' values (one list per feature, aligned with `items`), read by the online
-        store's `online_read`, one call per item view, and converted as get_online_features converts
-        them: the entity key built from the item id with the join key's type, a feature the store has
-        no value for None."""
+    def _online_read(
+        self, ids: list[int], join_key: str, key_type: ValueType, reads: list[_ViewRead]
+    ) -> list[list[Any]]:
+        """The features' values of these views (one list per feature, aligned with `ids`), read by
+        the online store's `online_read`, one call per view, and converted as get_online_features
+        converts them: the entity key built from the id with the join key's type, a feature the
+        store has no value for None."""
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.type_map import python_values_to_proto_values
 
-        plan, store = self._plan, self.store
+        store = self.store
         keys = [
-            EntityKey(join_keys=[self._item_key], entity_values=[value])
-            for value in python_values_to_proto_values(items, plan.item_key_type)
+            EntityKey(join_keys=[join_key], entity_values=[value])
+            for value in python_values_to_proto_values(ids, key_type)
         ]
         provider = store._get_provider()
-        views = self._item_views()
+        views = self._read_views()
         columns: list[list[Any]] = []
-        for read in plan.item_reads:
+        for read in reads:
             rows = provider.online_read(
                 config=store.config,
                 table=views[read.view],
@@ -442,19 +475,32 @@ class OnlineFeatureReader:
                 )
         return columns
 
-    def _item_views(self) -> dict[str, FeatureView]:
-        """The item views as the registry holds them now. Building a view from the registry's proto
-        costs milliseconds, so one is kept until Feast's registry cache is refreshed (by any read)
-        or its TTL has passed, when this read refreshes it: an apply reaches these reads when it
-        reaches get_online_features."""
+    def _read_views(self) -> dict[str, FeatureView]:
+        """The user and item views as the registry holds them now. Building a view from the
+        registry's proto costs milliseconds, so one is kept until Feast's registry cache is
+        refreshed (by any read) or its TTL has passed, when this read refreshes it: an apply reaches
+        these reads when it reaches get_online_features.
+
+        A materialization records its interval on each view it wrote (Feast's materialize and this
+        project's both do). When a refreshed registry shows new intervals on an item view, the item
+        cache is emptied: cached rows never outlive a materialization by more than the registry's
+        TTL, so the item TTL need not be short to keep them current.
+        """
         registry, now = self.store.registry, time.monotonic()
         stamp = getattr(registry, "cached_registry_proto_created", None)
         views, seen, read_at = self._views
         if views is None or stamp is None or stamp != seen or now - read_at >= self._registry_ttl_s:
             project = self.store.project
             views = {
-                r.view: registry.get_feature_view(r.view, project, allow_cache=True)
-                for r in self._plan.item_reads
+                r.view: registry.get_any_feature_view(r.view, project, allow_cache=True)
+                for r in (*self._plan.user_reads, *self._plan.item_reads)
             }
             self._views = (views, getattr(registry, "cached_registry_proto_created", None), now)
+            materialized = tuple(
+                (r.view, tuple(getattr(views[r.view], "materialization_intervals", None) or ()))
+                for r in self._plan.item_reads
+            )
+            if self._materialized is not None and materialized != self._materialized:
+                self.invalidate()
+            self._materialized = materialized
         return views

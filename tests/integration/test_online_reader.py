@@ -175,6 +175,47 @@ def test_cached_items_are_reused_within_the_ttl_and_read_again_after_it(online):
     assert len(small) == 1 and small.read(user, [other], ts).cached_items == 1
 
 
+def test_a_materialization_recorded_in_the_registry_empties_the_item_cache(online):
+    """Item rows are cached for a long TTL; a materialization, written and recorded by another
+    process, reaches the reader when its registry cache is refreshed, not a TTL later."""
+    from models.features.online_reader import OnlineFeatureReader
+    from models.features.store import open_store
+
+    store, events, settings = online["store"], online["events"], online["settings"]
+    item, other = _known_items(events, settings, 80)[-2:]
+    ts = _seconds(settings.window_end)
+    reader = OnlineFeatureReader(store, _service(store), item_cache_ttl_s=3600)
+    user = int(events["user_id"].iloc[0])
+    feature = ITEM_FEATURES[0]
+    before = reader.read(user, [item, other], ts).frame[feature].tolist()
+
+    writer = open_store(settings)  # the materializing process's own store
+    row = pd.DataFrame(
+        writer.get_online_features(
+            features=[f"{ITEM_VIEW}:{f}" for f in ITEM_FEATURES], entity_rows=[{"item_id": item}]
+        ).to_dict()
+    )
+    row[feature] = before[0] + 500.0
+    row["event_timestamp"] = pd.Timestamp.now(tz="UTC")
+    writer.write_to_online_store(
+        ITEM_VIEW, df=row.astype({f: "float32" for f in ITEM_FEATURES if f != CATEGORY_ID})
+    )
+    stale = reader.read(user, [item, other], ts)
+    assert stale.cached_items == 2 and stale.frame[feature].tolist() == before  # written, not recorded
+
+    view = writer.registry.get_feature_view(ITEM_VIEW, writer.project)
+    end = settings.window_end + timedelta(days=1)
+    writer.registry.apply_materialization(view, writer.project, settings.window_end, end)
+    assert (
+        reader.read(user, [item, other], ts).cached_items == 2
+    )  # the reader's registry is not refreshed yet
+    store.refresh_registry()  # what Feast does when the registry's cache TTL has passed
+    fresh = reader.read(user, [item, other], ts)
+    assert fresh.cached_items == 0
+    assert fresh.frame[feature].tolist() == [before[0] + 500.0, before[1]]
+    assert reader.read(user, [item, other], ts).cached_items == 2  # cached again
+
+
 def test_a_pushed_event_is_visible_at_the_next_read(online):
     from models.data.event_log import Ingestor, canonical
     from models.features.online_reader import OnlineFeatureReader
@@ -213,8 +254,8 @@ def test_a_pushed_event_is_visible_at_the_next_read(online):
 def test_cache_misses_read_through_the_online_store_give_feasts_values(online, monkeypatch):
     """A few hundred items of every day (on Redis only the last day is materialized, so many are
     unknown there) and ids no store knows, read cold: the online_read path returns, value for value
-    and type for type, what get_online_features returns, and the request asks Feast's
-    get_online_features for the user's rows only."""
+    and type for type, what get_online_features returns, and the request reads the user's rows the
+    same way, without calling get_online_features."""
     from models.features.online_reader import OnlineFeatureReader
 
     store, events, settings = online["store"], online["events"], online["settings"]
@@ -243,7 +284,7 @@ def test_cache_misses_read_through_the_online_store_give_feasts_values(online, m
     assert [i for i in items if not rows[i].found] == missing
     assert set(unknown) <= set(missing) and len(missing) < len(items)
 
-    # The whole request, cold, against Feast's frame; Feast is asked for the user's rows alone.
+    # The whole request, cold, against Feast's frame, without a get_online_features call.
     user = int(events["user_id"].iloc[0])
     ts = _seconds(settings.window_end)
     feast_frame = _feast_frame(store, user, items, ts)
@@ -256,7 +297,7 @@ def test_cache_misses_read_through_the_online_store_give_feasts_values(online, m
 
     monkeypatch.setattr(store, "get_online_features", spy)
     result = reader.read(user, items, ts)
-    assert calls == [1] and result.cached_items == 0
+    assert calls == [] and result.cached_items == 0
     _assert_same(result.frame, feast_frame)
     assert result.unknown_items == missing
 
