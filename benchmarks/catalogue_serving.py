@@ -8,8 +8,10 @@ beside it.
   Redis's memory for the synthetic catalogue is recorded: bytes per entity and the total.
 * /rank: 100 candidates per request drawn from the synthetic catalogue with a heavy-tailed
   popularity (item = floor(N u^3)), for synthetic shoppers, at a fixed arrival rate (open loop,
-  latency from each request's scheduled time); the item cache's hit rate is read from the
-  ranker's own /metrics (ctr_item_feature_reads_total). /recommend at a quarter of that rate.
+  latency from each request's scheduled time); every request of a load is drawn afresh (none is
+  replayed), so the item cache's hit rate, read from the ranker's own /metrics
+  (ctr_item_feature_reads_total), is what the popularity gives. /recommend at a quarter of that
+  rate. --workers ranker processes (CTR_RANKER_WORKERS).
 * Ingest: the real stream hour (moved after the batch data) POSTed to `ctr ingest` at
   --ingest-rate events/s in batches, during the /rank load. The push to the online store happens
   inside the call, so an event is readable when its call returns (benchmarks/online_features.py
@@ -18,7 +20,7 @@ beside it.
 Everything runs on this machine: the load generators, the ranker, the ingest service and Redis
 share its cores.
 Usage: python benchmarks/catalogue_serving.py [--data-dir var] [--users 1e6] [--items 4e6]
-       [--rate 50] [--seconds 60] [--ingest-rate 1000]
+       [--rate 50] [--seconds 60] [--ingest-rate 1000] [--ingest-batch 50] [--workers 1]
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from benchmarks.load import open_loop, summary  # noqa: E402
 from benchmarks.materialize import _redis_used  # noqa: E402
 from benchmarks.service_load import CTR, serve  # noqa: E402
 from models.ops.processes import free_port, process_group  # noqa: E402
+from models.settings import get_settings  # noqa: E402
 
 ID_OFFSET = 10**10  # synthetic ids stay clear of the real slice's
 STREAM = ROOT.parent / "shared/data/taobao_userbehavior/userbehavior_stream_20171126T0100Z_0200Z.csv"
@@ -125,7 +128,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="/rank requests per second")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load")
     parser.add_argument("--ingest-rate", type=float, default=1000.0, help="events/s POSTed beside it")
-    parser.add_argument("--ingest-batch", type=int, default=20, help="events per POST /events")
+    parser.add_argument("--ingest-batch", type=int, default=50, help="events per POST /events")
+    parser.add_argument("--workers", type=int, default=1, help="ranker processes (CTR_RANKER_WORKERS)")
     parser.add_argument("--child", nargs=2, type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -135,6 +139,7 @@ def main() -> None:
     if not (data_dir / "mlflow/mlflow.db").exists():
         raise SystemExit(f"no pipeline run under {data_dir}: run `make demo` first")
     users, items = int(args.users), int(args.items)
+    settings = get_settings()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-catalogue-") as tmp, redis_server() as redis:
         folder = Path(tmp)
@@ -149,6 +154,7 @@ def main() -> None:
             "CTR_EVENT_LOG": str(folder / "events"),
             "CTR_SERVING_LOG": str(folder / "serving_log"),
             "CTR_CHALLENGER_SHARE": "0",
+            "CTR_RANKER_WORKERS": str(args.workers),
         }
         done = subprocess.run(
             [CTR, "run", "--stage", "apply_features", "--stage", "materialize"],
@@ -177,7 +183,8 @@ def main() -> None:
         print(catalogue, flush=True)
         shutil.rmtree(folder / "synth", ignore_errors=True)
 
-        bodies = rank_bodies(2000, users, items)
+        requests = int(args.rate * args.seconds)
+        bodies, beside_bodies = (rank_bodies(requests + 50, users, items, seed=s) for s in (0, 1))
         port = free_port()
         ingest_url = f"http://127.0.0.1:{port}"
         with (
@@ -190,8 +197,10 @@ def main() -> None:
             for body in bodies[:50]:  # warm-up: models loaded, connections open
                 httpx.post(f"{url}/rank", json=body, timeout=30)
             load_before = os.getloadavg()
-            rank_only = summary(open_loop(url, bodies, args.rate, args.seconds))
-            rows.append(_row(f"/rank {args.rate:g} req/s alone", rank_only, **catalogue))
+            rank_only = summary(open_loop(url, bodies[50:], args.rate, args.seconds))
+            rows.append(
+                _row(f"/rank {args.rate:g} req/s alone, {args.workers} worker(s)", rank_only, **catalogue)
+            )
             print_table(TITLE, rows[-1:])
 
             posts = ingest_bodies(args.ingest_rate, args.seconds, args.ingest_batch)
@@ -205,7 +214,7 @@ def main() -> None:
             metrics_before = httpx.get(f"{url}/metrics", timeout=10).text
             feeder = threading.Thread(target=run_ingest)
             feeder.start()
-            beside = summary(open_loop(url, bodies, args.rate, args.seconds))
+            beside = summary(open_loop(url, beside_bodies, args.rate, args.seconds))
             feeder.join()
             metrics = httpx.get(f"{url}/metrics", timeout=10).text
             hits = _counter(metrics, "ctr_item_feature_reads_total", 'source="cache"') - _counter(
@@ -248,8 +257,9 @@ def main() -> None:
             "offline sources, ids above 10^10) beside the real slice, in one redis-server 7; the model is "
             "the run's XGBoost champion (trained on the real slice).",
             "/rank: 100 distinct candidates per request, item = floor(N u^3) (heavy-tailed popularity), "
-            "a random synthetic shopper, open loop. Item cache: CTR_ITEM_CACHE_TTL_S (30 s), hit rate "
-            "from the ranker's ctr_item_feature_reads_total.",
+            "a random synthetic shopper, open loop, every request drawn afresh (none replayed). Item "
+            f"cache: CTR_ITEM_CACHE_TTL_S ({settings.item_cache_ttl_s:g} s), hit rate from the ranker's "
+            f"ctr_item_feature_reads_total. Ranker workers: {args.workers}.",
             "Ingest: the real stream hour moved after the batch data, POSTed in batches during the "
             "second /rank run; freshness = the call's round trip (the push is inside the call).",
             "Load generators, services and Redis share the machine's 2 cores. Load averages (1/5/15 "

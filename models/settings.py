@@ -109,6 +109,7 @@ class Settings:
     max_recommendations: int
     challenger_share: float
     model_reload_s: float
+    ranker_workers: int
     feature_timeout_ms: float
     http_keep_alive_s: int
     item_cache_ttl_s: float
@@ -276,13 +277,17 @@ def get_settings() -> Settings:
         # Share of users (stable hash of the user id) scored by the `challenger` alias, when one exists.
         challenger_share=float(_env("CTR_CHALLENGER_SHARE", "0.1")),
         model_reload_s=float(_env("CTR_MODEL_RELOAD_S", "15")),
+        # Processes of `ctr serve`: each holds its models and item cache and reloads on its own
+        # tick; one Python process ranks a request at a time per core it can hold the GIL on.
+        ranker_workers=_integer("CTR_RANKER_WORKERS", _env("CTR_RANKER_WORKERS", "1")),
         feature_timeout_ms=float(_env("CTR_FEATURE_TIMEOUT_MS", "200")),
         # `ctr serve` and `ctr ingest` keep an idle client connection open this long. It must exceed
         # the idle timeout of any proxy pooling connections to them (nginx, cloud load balancers:
         # often 60 s): uvicorn's own 5 s lets the server close a connection as a request arrives on it.
         http_keep_alive_s=int(_env("CTR_HTTP_KEEP_ALIVE_S", "75")),
-        # Item features change only when a batch is materialized; the ranker caches them this long.
-        item_cache_ttl_s=float(_env("CTR_ITEM_CACHE_TTL_S", "30")),
+        # Item features change only when a batch is materialized, and the ranker empties its item
+        # cache when the registry records one; this bounds the age of a cached row all the same.
+        item_cache_ttl_s=float(_env("CTR_ITEM_CACHE_TTL_S", "600")),
         # An item the store has no row for is read again after this long (at most the TTL above), so
         # that a store filled while the ranker runs (a materialization) is served within seconds.
         unknown_item_ttl_s=float(_env("CTR_UNKNOWN_ITEM_TTL_S", "2")),
@@ -365,6 +370,8 @@ def get_settings() -> Settings:
         raise ValueError(f"CTR_ONLINE_STORE={settings.online_store!r}: expected sqlite or redis")
     if settings.ingest_batch_rows < 1:
         raise ValueError(f"CTR_INGEST_BATCH_ROWS={settings.ingest_batch_rows}: expected 1 or more")
+    if settings.ranker_workers < 1:
+        raise ValueError(f"CTR_RANKER_WORKERS={settings.ranker_workers}: expected 1 or more")
     if settings.feast_registry_ttl_s < 0:
         raise ValueError(f"CTR_FEAST_REGISTRY_TTL_S={settings.feast_registry_ttl_s}: expected 0 or more")
     if "CTR_FEAST_ONLINE_STORE" in settings.feast_set:

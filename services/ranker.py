@@ -73,7 +73,7 @@ class FeatureBindingError(RuntimeError):
     """The model was trained on other features than the Feast registry now serves."""
 
 
-@bentoml.service(traffic={"timeout": 10}, workers=1)
+@bentoml.service(traffic={"timeout": 10}, workers=SETTINGS.ranker_workers)
 class Ranker:
     def __init__(self) -> None:
         from models.features.store import fail_fast, open_store

@@ -2,7 +2,8 @@
 `bentoml serve` of the ranker and of the ingest service (CTR_API_TOKEN set) on a Redis online store:
 every endpoint and response shape decodes to what a plain HTTP client gets, and each response
 matches the service's OpenAPI document; bad requests raise the client's error with the service's
-message; the token goes as the client's `token`. The last test stops Redis for the fallback."""
+message; the token goes as the client's `token`. The ranker runs two workers (CTR_RANKER_WORKERS).
+The last test stops Redis for the fallback."""
 
 from __future__ import annotations
 
@@ -40,14 +41,15 @@ RANKER_CALLS = [
 @pytest.fixture(scope="module")
 def stack(dag_run, tmp_path_factory):
     """The DAG's registry and features in a Redis this module stops at its end, served by the ranker
-    and fed by the ingest service, both with an API token. One start for every test here."""
+    (two workers) and fed by the ingest service, both with an API token. One start for every test."""
     with (
         redis_copy_of(dag_run, tmp_path_factory, "client", CTR_API_TOKEN=TOKEN) as (data_dir, env, redis),
-        bentoml_serve(["ctr", "serve"], env, data_dir / "serve.log") as ranker,
+        bentoml_serve(["ctr", "serve"], {**env, "CTR_RANKER_WORKERS": "2"}, data_dir / "serve.log") as ranker,
         bentoml_serve(["ctr", "ingest"], env, data_dir / "ingest.log") as ingest,
     ):
         yield {
             "ranker": ranker,
+            "ranker_log": data_dir / "serve.log",
             "ingest": ingest,
             "redis": redis,
             "openapi": _openapi(ranker) | _openapi(ingest),
@@ -138,6 +140,34 @@ def test_the_client_decodes_every_ranker_response_as_plain_http_has_it(stack, ki
     assert len(new["items"]) == 3 and new["cold_start"] and {i["source"] for i in new["items"]} == {"popular"}
     reloaded = decoded["reload"]
     assert reloaded["champion"] == "1" and reloaded["changed"] is False
+
+
+def test_both_ranker_workers_serve_and_rank_alike(stack):
+    """CTR_RANKER_WORKERS=2: two processes start with their models, and a request gets the same
+    ranking whichever answers it (each on a connection of its own, as from many clients)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"user_id": 1, "item_ids": ITEMS, "context": CONTEXT}
+
+    def rank(_: int) -> tuple[int, bool, tuple]:
+        response = httpx.post(f"{stack['ranker']}/rank", json=body, timeout=30)
+        answer = response.json()
+        return (
+            response.status_code,
+            answer["fallback"],
+            tuple((i["item_id"], i["score"]) for i in answer["items"]),
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(rank, range(16)))  # warm-up: each worker's first reads build its plans
+        answers = list(pool.map(rank, range(40)))
+    assert {status for status, _, _ in answers} == {200}
+    ranked = [items for _, fallback, items in answers if not fallback]
+    assert len(ranked) >= 30  # a read past CTR_FEATURE_TIMEOUT_MS on a busy machine falls back
+    assert len(set(ranked)) == 1
+    started = stack["ranker_log"].read_text()
+    assert "[entry_service:Ranker:1] Service Ranker initialized" in started
+    assert "[entry_service:Ranker:2] Service Ranker initialized" in started
 
 
 @pytest.mark.parametrize("kind", KINDS)
