@@ -99,6 +99,19 @@ def _known_items(events: pd.DataFrame, settings, n: int) -> list[int]:
     return day["item_id"].drop_duplicates().head(n).astype(int).tolist()
 
 
+def _write_item_value(store, item: int, feature: str, value: float) -> None:
+    """A new value of one item feature written through Feast, its other features kept."""
+    row = pd.DataFrame(
+        store.get_online_features(
+            features=[f"{ITEM_VIEW}:{f}" for f in ITEM_FEATURES], entity_rows=[{"item_id": item}]
+        ).to_dict()
+    )
+    row[feature] = value
+    row["event_timestamp"] = pd.Timestamp.now(tz="UTC")
+    floats = {f: "float32" for f in ITEM_FEATURES if f != CATEGORY_ID}
+    store.write_to_online_store(ITEM_VIEW, df=row.astype(floats))
+
+
 def test_the_frame_equals_feast_for_users_items_and_request_times(online):
     from models.features.online_reader import OnlineFeatureReader
 
@@ -140,16 +153,7 @@ def test_cached_items_are_reused_within_the_ttl_and_read_again_after_it(online):
     feature = ITEM_FEATURES[0]
     before = reader.read(user, [item, other], ts).frame[feature].tolist()
 
-    # A new value written through Feast, as a materialization would.
-    row = pd.DataFrame(
-        store.get_online_features(
-            features=[f"{ITEM_VIEW}:{f}" for f in ITEM_FEATURES], entity_rows=[{"item_id": item}]
-        ).to_dict()
-    )
-    row[feature] = before[0] + 1000.0
-    row["event_timestamp"] = pd.Timestamp.now(tz="UTC")
-    floats = {f: "float32" for f in ITEM_FEATURES if f != CATEGORY_ID}
-    store.write_to_online_store(ITEM_VIEW, df=row.astype(floats))
+    _write_item_value(store, item, feature, before[0] + 1000.0)  # as a materialization would
     assert _feast_frame(store, user, [item], ts)[feature].tolist() == [before[0] + 1000.0]
 
     clock.now += 29.0
@@ -190,16 +194,7 @@ def test_a_materialization_recorded_in_the_registry_empties_the_item_cache(onlin
     before = reader.read(user, [item, other], ts).frame[feature].tolist()
 
     writer = open_store(settings)  # the materializing process's own store
-    row = pd.DataFrame(
-        writer.get_online_features(
-            features=[f"{ITEM_VIEW}:{f}" for f in ITEM_FEATURES], entity_rows=[{"item_id": item}]
-        ).to_dict()
-    )
-    row[feature] = before[0] + 500.0
-    row["event_timestamp"] = pd.Timestamp.now(tz="UTC")
-    writer.write_to_online_store(
-        ITEM_VIEW, df=row.astype({f: "float32" for f in ITEM_FEATURES if f != CATEGORY_ID})
-    )
+    _write_item_value(writer, item, feature, before[0] + 500.0)
     stale = reader.read(user, [item, other], ts)
     assert stale.cached_items == 2 and stale.frame[feature].tolist() == before  # written, not recorded
 
