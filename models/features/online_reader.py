@@ -248,6 +248,9 @@ def _python_value(value: Any, value_type: ValueType) -> Any:
     return feast_value_type_to_python_type(value, value_type)
 
 
+_NUMPY_KINDS = {bool: "b", int: "i", float: "f"}  # a Python scalar type -> its NumPy dtype kind
+
+
 def _column(values: list[Any]) -> np.ndarray | list[Any]:
     """A column of plain numbers as the array pandas would infer from the list (int64, float64 or
     bool), made by NumPy in a fraction of the time. Anything else (None among the values, strings,
@@ -259,7 +262,7 @@ def _column(values: list[Any]) -> np.ndarray | list[Any]:
         array = np.asarray(values)
     except ValueError:  # lists of different lengths
         return values
-    kind = {bool: "b", int: "i", float: "f"}.get(type(values[0]))
+    kind = _NUMPY_KINDS.get(type(values[0]))
     return array if array.ndim == 1 and array.dtype.kind == kind else values
 
 

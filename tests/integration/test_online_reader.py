@@ -201,9 +201,8 @@ def test_a_materialization_recorded_in_the_registry_empties_the_item_cache(onlin
     view = writer.registry.get_feature_view(ITEM_VIEW, writer.project)
     end = settings.window_end + timedelta(days=1)
     writer.registry.apply_materialization(view, writer.project, settings.window_end, end)
-    assert (
-        reader.read(user, [item, other], ts).cached_items == 2
-    )  # the reader's registry is not refreshed yet
+    # The reader's registry is not refreshed yet: the cached rows are still served.
+    assert reader.read(user, [item, other], ts).cached_items == 2
     store.refresh_registry()  # what Feast does when the registry's cache TTL has passed
     fresh = reader.read(user, [item, other], ts)
     assert fresh.cached_items == 0
