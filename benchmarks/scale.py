@@ -18,6 +18,7 @@ import argparse
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,14 +58,20 @@ def run_step(command: list[str], env: dict[str, str], log: Path) -> tuple[float,
     with log.open("w") as out:
         began = time.perf_counter()
         child = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+        except KeyboardInterrupt:  # stopped by the user: the step goes with it
+            child.terminate()
+            child.wait()
+            raise
         seconds = time.perf_counter() - began
     child.returncode = os.waitstatus_to_exitcode(status)
     return seconds, usage.ru_maxrss / 2**20, child.returncode
 
 
-def chain(n: int, work: Path, stages: list[str], redis: str) -> list[dict]:
-    """The chain on n SYNTHETIC events under `work`; one row per step."""
+def chain(n: int, work: Path, stages: list[str], redis: str) -> tuple[list[dict], bool]:
+    """The chain on n SYNTHETIC events under `work`; one row per step, and whether the user
+    stopped it (Ctrl-C or SIGTERM), so that the steps done so far are still reported."""
     synth, data = work / "synth", work / "data"
     env = {
         **os.environ,
@@ -77,12 +84,28 @@ def chain(n: int, work: Path, stages: list[str], redis: str) -> list[dict]:
     }
     steps = [("synth", [CTR, "synth", "--events", str(n), "--seed", "0", "--out", str(synth)])]
     steps += [(stage, [CTR, "run", "--stage", stage]) for stage in stages]
-    rows = []
+    rows, stopped = [], False
     for name, command in steps:
         if name == "synth" and (synth / "SYNTHETIC.json").exists():
             continue  # kept from an earlier run (--keep)
         log = work / "logs" / f"{name}.log"
-        seconds, peak, code = run_step(command, env, log)
+        began = time.perf_counter()
+        try:
+            seconds, peak, code = run_step(command, env, log)
+        except KeyboardInterrupt:
+            stopped = True
+            rows.append(
+                {
+                    "events": _label(n),
+                    "stage": name,
+                    "seconds": round(time.perf_counter() - began, 1),
+                    "events_per_s": None,
+                    "peak_rss_gib": None,
+                    "result": f"stopped by the user before it ended: {log}",
+                    "redis_mib": None,
+                }
+            )
+            break
         row = {
             "events": _label(n),
             "stage": name,
@@ -104,12 +127,23 @@ def chain(n: int, work: Path, stages: list[str], redis: str) -> list[dict]:
             "stage": CHAIN,
             "seconds": round(total, 1),
             "events_per_s": round(n / total) if total else None,
-            "peak_rss_gib": max((r["peak_rss_gib"] for r in rows), default=None),
+            "peak_rss_gib": max(
+                (r["peak_rss_gib"] for r in rows if r["peak_rss_gib"] is not None), default=None
+            ),
             "result": "ok" if all(r["result"] == "ok" for r in rows) else "incomplete",
             "redis_mib": None,
         }
     )
-    return rows
+    return rows, stopped
+
+
+def _settings_note() -> list[str]:
+    """The project settings the caller set for the run (e.g. a negative sampling rate), so the
+    figures can be read against them; the ones the benchmark sets itself are left out."""
+    own = {"CTR_DATA_DIR", "CTR_RAW_EVENTS", "CTR_ONLINE_STORE", "CTR_REDIS_CONNECTION"}
+    own.add("CTR_DUCKDB_TEMP_DIR")
+    given = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("CTR_") and k not in own)
+    return [f"Settings given for this run: {', '.join(given)}."] if given else []
 
 
 def growth(rows: list[dict], sizes: list[int]) -> list[str]:
@@ -143,15 +177,19 @@ def main() -> None:
     base = args.work or Path(tempfile.mkdtemp(prefix="scale-"))
     sizes = sorted(int(n) for n in args.events)
     rows: list[dict] = []
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it as Ctrl-C does
     try:
         for n in sizes:
             work = base / f"events-{n}"
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
             with redis_server() as redis:
-                rows += chain(n, work, args.stages, redis)
+                done, stopped = chain(n, work, args.stages, redis)
+            rows += done
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
+            if stopped:
+                break
     finally:
         if args.work is None and not args.keep:
             shutil.rmtree(base, ignore_errors=True)
@@ -165,6 +203,8 @@ def main() -> None:
             "here is from synthetic data. Each stage is `ctr run --stage NAME` in a child process; peak "
             "RSS is that process's own (os.wait4). Redis 7 on the same machine is the online store.",
             *growth(rows, sizes),
+            *_settings_note(),
+            f"Load averages (1/5/15 min) at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}.",
         ],
     )
 
