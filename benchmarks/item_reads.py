@@ -87,7 +87,8 @@ def measure(kind: str, items: int, batch: int, reads: int, redis_url: str | None
                 return list(zip(*(values[n] for n in names), strict=True))
 
             def reader_read(ids: list[int]) -> list[tuple]:
-                return [entry.values for entry in reader._read_items(ids, now=0.0).values()]
+                block, _ = reader._read_items(ids)
+                return list(zip(*(block.python(k) for k in range(len(names))), strict=True))
 
             ways = {
                 "get_online_features": feast_read,

@@ -114,6 +114,7 @@ class Settings:
     http_keep_alive_s: int
     item_cache_ttl_s: float
     unknown_item_ttl_s: float
+    item_cache_items: int
     warm_items: int
     device: str
     seed: int
@@ -291,6 +292,9 @@ def get_settings() -> Settings:
         # An item the store has no row for is read again after this long (at most the TTL above), so
         # that a store filled while the ranker runs (a materialization) is served within seconds.
         unknown_item_ttl_s=float(_env("CTR_UNKNOWN_ITEM_TTL_S", "2")),
+        # Items whose rows each ranker process keeps, ~300 bytes each with the shipped features: the
+        # share of a request's candidates it finds cached grows with it.
+        item_cache_items=_integer("CTR_ITEM_CACHE_ITEMS", _env("CTR_ITEM_CACHE_ITEMS", "1000000")),
         # The most popular items are re-read ahead of their expiry, so requests rarely miss them.
         warm_items=int(_env("CTR_WARM_ITEMS", "1000")),
         device=_env("CTR_DEVICE", "auto"),
@@ -396,6 +400,7 @@ def get_settings() -> Settings:
         if value < 0:
             raise ValueError(f"{name}={value:g}: expected 0 or more seconds")
     for name, value in (
+        ("CTR_ITEM_CACHE_ITEMS", settings.item_cache_items),
         ("CTR_MATERIALIZE_BATCH_ROWS", settings.materialize_batch_rows),
         ("CTR_MATERIALIZE_MEMORY_MB", settings.materialize_memory_mb),
     ):

@@ -40,6 +40,7 @@ class RankerFeatures:
                     service,
                     self.settings.item_cache_ttl_s,
                     unknown_item_ttl_s=self.settings.unknown_item_ttl_s,
+                    max_cached_items=self.settings.item_cache_items,
                 )
             return self._readers[feature_service]
 

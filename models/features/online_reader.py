@@ -6,9 +6,10 @@ response: 20-50 ms for N = 100 on this machine (benchmarks/RESULTS.md). `OnlineF
 Feast for the same values as the request is shaped, and returns the same frame:
 
 * the user's rows once (one entity row), never cached: the pushed recent activity must be fresh;
-* the items' rows through a bounded cache, because batch item features only change when a batch
-  is materialized: a materialization recorded in the registry empties it (see `_read_views`), and
-  the TTL bounds what other writers could leave stale. Only the misses are read;
+* the items' rows through a bounded cache of NumPy columns (models/features/item_cache.py),
+  because batch item features only change when a batch is materialized: a materialization recorded
+  in the registry empties it (see `_read_views`), and the TTL bounds what other writers could leave
+  stale. Only the misses are read;
 * both through Feast's online store API, one batched call per view (`online_read`, the call
   get_online_features makes on SQLite and Redis), the values converted by Feast's own converter
   as get_online_features converts them: that skips the response Feast builds around them, most of
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,13 +37,14 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.contract import ITEM_ID, REQUEST_TS, USER_ID
+from models.features.item_cache import Block, ItemCache, block_of, merge
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore, FeatureView
     from feast.on_demand_feature_view import OnDemandFeatureView
     from feast.value_type import ValueType
 
-DEFAULT_MAX_CACHED_ITEMS = 100_000
+DEFAULT_MAX_CACHED_ITEMS = 1_000_000  # ~300 MB with 19 item features (models/features/item_cache.py)
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,6 @@ class _Plan:
     request_fields: tuple[str, ...]
     on_demand: list[_OnDemand]
     columns: list[str]  # the frame's columns: join keys, then the service's features in order
-
-
-@dataclass(frozen=True)
-class _CachedItem:
-    expires: float
-    values: tuple[Any, ...]  # aligned with _Plan.item_features
-    found: bool
 
 
 def _plan(store: FeatureStore, service: FeatureService, user_key: str, item_key: str) -> _Plan:
@@ -248,6 +242,9 @@ def _python_value(value: Any, value_type: ValueType) -> Any:
     return feast_value_type_to_python_type(value, value_type)
 
 
+# A declared value type -> the kind of the item cache's column for it (models/features/item_cache.py)
+_KIND_OF_TYPE = {"FLOAT": "f", "DOUBLE": "f", "INT32": "i", "INT64": "i", "BOOL": "b"}
+
 _NUMPY_KINDS = {bool: "b", int: "i", float: "f"}  # a Python scalar type -> its NumPy dtype kind
 
 
@@ -320,7 +317,8 @@ class OnlineFeatureReader:
         self._registry_ttl_s = ttl if ttl > 0 else float("inf")  # Feast's 0: never expires
         self._views: tuple[dict[str, FeatureView] | None, Any, float] = (None, None, 0.0)
         self._materialized: tuple[Any, ...] | None = None  # the item views' materialization intervals
-        self._cache: OrderedDict[int, _CachedItem] = OrderedDict()
+        self._kinds = [_KIND_OF_TYPE.get(t.name, "O") for r in self._plan.item_reads for t in r.types]
+        self._cache = ItemCache(self._kinds, max_cached_items)
         self._lock = threading.Lock()
 
     @property
@@ -345,13 +343,10 @@ class OnlineFeatureReader:
         items = list(dict.fromkeys(int(i) for i in item_ids))[: self.max_cached_items]
         for start in range(0, len(items), chunk):
             part = items[start : start + chunk]
-            fetched = self._read_items(part, now=self._clock())
+            block, found = self._read_items(part)
+            expires = self._expiry(found, self._clock())
             with self._lock:
-                self._cache.update(fetched)
-                for item in part:
-                    self._cache.move_to_end(item)
-                while len(self._cache) > self.max_cached_items:
-                    self._cache.popitem(last=False)
+                self._cache.put(part, block, expires)
             time.sleep(pause_s)
         return len(items)
 
@@ -375,74 +370,90 @@ class OnlineFeatureReader:
                 values = [row[name] for name in plan.user_features]
             for name, value in zip(plan.user_features, values, strict=True):
                 base[name] = value * n
-        rows, unknown, cached = self._item_rows(items)
+        block, unknown, cached = self._item_block(items)
+        result: dict[str, Any] = dict(base)
         for k, name in enumerate(plan.item_features):
-            base[name] = [values[k] for values in rows]
-        result = dict(base)
+            values, present = block.values[k], block.present[k]
+            # A column of one kind with every value present is already the array pandas would make.
+            result[name] = values if block.kinds[k] != "O" and present.all() else block.python(k)
+
+        def python(name: str) -> list[Any]:  # an input of an on-demand view, as Feast passes it
+            if name not in base:
+                base[name] = block.python(plan.item_features.index(name))
+            return base[name]
+
         for od in plan.on_demand:
-            out = od.view.transform_dict({name: base[name] for name in od.inputs})
+            out = od.view.transform_dict({name: python(name) for name in od.inputs})
             for name in od.outputs:
                 if name in out:  # as Feast, which keeps only what the transformation returned
                     result[name] = _as_feast_returns(list(out[name]), od.types[name])
-        frame = pd.DataFrame({c: _column(result[c]) for c in plan.columns if c in result})
+        frame = pd.DataFrame(
+            {
+                c: result[c] if isinstance(result[c], np.ndarray) else _column(result[c])
+                for c in plan.columns
+                if c in result
+            }
+        )
         return OnlineFeatures(frame=frame, unknown_items=unknown, cached_items=cached)
 
-    def _item_rows(self, items: list[int]) -> tuple[list[tuple[Any, ...]], list[int], int]:
-        """Per candidate the item features' values; the unknown items; how many came from the cache."""
+    def _item_block(self, items: list[int]) -> tuple[Block, list[int], int]:
+        """The item features' values of every candidate, in order; the unknown items; how many
+        distinct candidates came from the cache."""
         now = self._clock()
-        entries: dict[int, _CachedItem] = {}
         distinct = list(dict.fromkeys(items))
         if self.item_cache_ttl_s > 0:
             with self._lock:
-                for item in distinct:
-                    entry = self._cache.get(item)
-                    if entry is not None and entry.expires > now:
-                        self._cache.move_to_end(item)
-                        entries[item] = entry
-        cached = len(entries)
-        misses = [item for item in distinct if item not in entries]
+                held, block = self._cache.get(distinct, now)
+        else:
+            held, block = np.zeros(len(distinct), np.bool_), block_of([[]] * len(self._kinds), self._kinds)
+        cached = int(held.sum())
+        misses = [item for item, hit in zip(distinct, held.tolist(), strict=True) if not hit]
         if misses:
-            fetched = self._read_items(misses, now=now)
-            entries.update(fetched)
+            fetched, found = self._read_items(misses)
             if self.item_cache_ttl_s > 0:
                 with self._lock:
-                    self._cache.update(fetched)
-                    for item in fetched:
-                        self._cache.move_to_end(item)
-                    while len(self._cache) > self.max_cached_items:
-                        self._cache.popitem(last=False)
-        unknown = [item for item in distinct if not entries[item].found]
-        return [entries[item].values for item in items], unknown, cached
+                    self._cache.put(misses, fetched, self._expiry(found, now))
+            block = merge(block, fetched, held)
+        found = block.found() if self._plan.item_refs else np.ones(len(distinct), np.bool_)
+        unknown = [item for item, ok in zip(distinct, found.tolist(), strict=True) if not ok]
+        if len(distinct) < len(items):
+            position = {item: j for j, item in enumerate(distinct)}
+            block = block.take(np.fromiter((position[i] for i in items), np.int64, len(items)))
+        return block, unknown, cached
+
+    def _expiry(self, found: np.ndarray, now: float) -> np.ndarray:
+        """When rows read at `now` expire: after the TTL, or the shorter one for unknown items."""
+        return np.where(found, now + self.item_cache_ttl_s, now + self.unknown_item_ttl_s)
 
     def stored(self, item_ids: Sequence[int]) -> list[int]:
         """Those of `item_ids` the online store has rows for, read now (the cache is neither read nor
         filled): a cheap check that the store holds what the service serves."""
         items = list(dict.fromkeys(int(i) for i in item_ids))
-        return [item for item, entry in self._read_items(items, now=self._clock()).items() if entry.found]
+        _, found = self._read_items(items)
+        return [item for item, ok in zip(items, found.tolist(), strict=True) if ok]
 
-    def _read_items(self, items: list[int], now: float) -> dict[int, _CachedItem]:
-        """One batched read of the items' rows, each to be kept until `now` plus its TTL.
+    def _read_items(self, items: list[int]) -> tuple[Block, np.ndarray]:
+        """One batched read of the items' rows, and per item whether the store has one.
 
         An item is unknown when Feast returned no value for any of its features: field statuses cannot
         tell, as Feast's Redis store marks the empty values of a missing key PRESENT (SQLite marks them
         NOT_FOUND).
         """
+        block = block_of(self._item_values(items), self._kinds)
+        found = block.found() if self._plan.item_refs else np.ones(len(items), np.bool_)
+        return block, found
+
+    def _item_values(self, items: list[int]) -> list[list[Any]]:
+        """The item features' values as get_online_features returns them: one list per feature."""
         plan = self._plan
         if not plan.item_refs:
-            return {item: _CachedItem(now + self.item_cache_ttl_s, (), True) for item in items}
+            return []
         if self._reads_online_store:
-            columns = self._online_read(items, self._item_key, plan.item_key_type, plan.item_reads)
-        else:
-            values = self.store.get_online_features(
-                features=plan.item_refs, entity_rows=[{self._item_key: item} for item in items]
-            ).to_dict()
-            columns = [values[name] for name in plan.item_features]
-        cached = {}
-        for item, row in zip(items, zip(*columns, strict=True), strict=True):
-            found = any(v is not None for v in row)
-            ttl = self.item_cache_ttl_s if found else self.unknown_item_ttl_s
-            cached[item] = _CachedItem(now + ttl, row, found)
-        return cached
+            return self._online_read(items, self._item_key, plan.item_key_type, plan.item_reads)
+        values = self.store.get_online_features(
+            features=plan.item_refs, entity_rows=[{self._item_key: item} for item in items]
+        ).to_dict()
+        return [values[name] for name in plan.item_features]
 
     def _online_read(
         self, ids: list[int], join_key: str, key_type: ValueType, reads: list[_ViewRead]

@@ -268,14 +268,13 @@ def test_cache_misses_read_through_the_online_store_give_feasts_values(online, m
     expected = store.get_online_features(
         features=plan.item_refs, entity_rows=[{"item_id": i} for i in items]
     ).to_dict()
-    rows = reader._read_items(items, now=0.0)
-    assert list(rows) == items
+    block, found = reader._read_items(items)
     for k, name in enumerate(plan.item_features):
-        assert typed(rows[i].values[k] for i in items) == typed(expected[name]), name
+        assert typed(block.python(k)) == typed(expected[name]), name
     missing = [
         item for j, item in enumerate(items) if all(expected[n][j] is None for n in plan.item_features)
     ]
-    assert [i for i in items if not rows[i].found] == missing
+    assert [i for i, ok in zip(items, found.tolist(), strict=True) if not ok] == missing
     assert set(unknown) <= set(missing) and len(missing) < len(items)
 
     # The whole request, cold, against Feast's frame, without a get_online_features call.
