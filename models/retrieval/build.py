@@ -75,7 +75,7 @@ ev AS (SELECT v.u, v.i, v.c, v.s, weights.bw * decay.d AS w, v.f, v.r FROM valid
 # Each pair counts both ways: a -> b weighs b's event, b -> a weighs a's event. Sums are
 # compensated (fsum), so they hardly depend on the order threads add in and equal sums tie
 # reproducibly, broken by the smaller id as in every list here.
-_NEIGHBOURS = """
+_DIRECTED = """
 seq AS (
     SELECT i, s, w, [{lead_i}] AS ni, [{lead_s}] AS ns, [{lead_w}] AS nw
     FROM ev WINDOW nxt AS (PARTITION BY u ORDER BY s, f, r)
@@ -84,11 +84,19 @@ pairs AS (SELECT i AS a, s AS sa, w AS wa, unnest(ni) AS b, unnest(ns) AS sb, un
 directed AS (
     SELECT unnest([a, b]) AS src, unnest([b, a]) AS dst, unnest([wb, wa]) AS w
     FROM pairs WHERE b IS NOT NULL AND sb - sa <= $max_gap AND a <> b
-),
+)"""
+# The top neighbours of every item, from a relation `directed` of (src, dst, w).
+_TOP = """
 summed AS (SELECT src, dst, fsum(w) AS score FROM directed GROUP BY src, dst)
 SELECT src AS {item}, dst AS {neighbour}, score AS {score} FROM summed
 QUALIFY row_number() OVER (PARTITION BY src ORDER BY score DESC, dst) <= $neighbours
 ORDER BY src, score DESC, dst"""
+_NEIGHBOURS = _DIRECTED + ",\n" + _TOP
+
+# Beyond this many events the pairs are summed in ranges of items, one range at a time: every
+# event makes up to 2 x max_lag directed pairs, and summing them all at once holds (or spills) one
+# row per distinct pair, ~60 GB at 100 M events.
+EVENTS_PER_RANGE = 5_000_000
 
 _CATEGORIES = """
 summed AS (SELECT c, i, fsum(w) AS score FROM ev GROUP BY c, i)
@@ -220,10 +228,12 @@ def build_index_to_folder(
     *,
     config: CandidateConfig | None = None,
     limits: EngineConfig,
+    events_per_range: int = EVENTS_PER_RANGE,
 ) -> dict[str, Any]:
     """Build from Parquet event files (read in the given order) straight into the index folder
     `folder`, replaced only once every file is written; returns what the index holds (its
-    summary). Nothing the size of the pairs or the lists passes through Python."""
+    summary). Nothing the size of the pairs or the lists passes through Python. Beyond
+    `events_per_range` events the co-visited pairs are summed one range of items at a time."""
     config = config or CandidateConfig()
     until = _utc(until)
     folder = Path(folder)
@@ -240,9 +250,13 @@ def build_index_to_folder(
             f"FROM read_parquet({paths}, filename = true, file_row_number = true, union_by_name = true) AS e"
         )
         count = _prepare(con, until, config)
+        ranges = max(1, -(-count // events_per_range))
         for name, body in _TABLES.items():
+            target = partial / _FILES[name]
+            if name == "neighbours" and ranges > 1:
+                _neighbours_by_range(con, until, config, ranges, target)
+                continue
             query = _query(body, config)
-            target = str(partial / _FILES[name])
             con.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet)", _parameters(query, until, config))
         summary = con.execute(
             f"SELECT (SELECT count(*) FROM read_parquet($p) WHERE {HOUR} = $o), "
@@ -270,6 +284,59 @@ def build_index_to_folder(
         "pairs": pairs,
         "categories": categories,
     }
+
+
+def _neighbours_by_range(
+    con: duckdb.DuckDBPyConnection, until: pd.Timestamp, config: CandidateConfig, ranges: int, target: Path
+) -> None:
+    """The neighbours table written as the single query writes it, with the pairs summed one range
+    of items at a time: the directed pairs are written once to Parquet, split by their source
+    item's range (ranges holding about equal numbers of events), then each range is summed and cut
+    to its top neighbours, and the ranges' lists are joined in item order. What is held (or
+    spilled) at once is one range's distinct pairs, not all of them."""
+    bounds = _range_bounds(con, until, config, ranges)
+    part = " + ".join(f"(src >= {int(b)})::INTEGER" for b in bounds) or "0"
+    work = target.with_name(target.stem + ".ranges")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        directed = _query(_DIRECTED + f"\nSELECT src, dst, w, {part} AS part FROM directed", config)
+        con.execute(
+            f"COPY ({directed}) TO {literal(str(work / 'pairs'))} (FORMAT parquet, PARTITION_BY (part))",
+            _parameters(directed, until, config),
+        )
+        lists = []
+        for k in range(ranges):
+            files = sorted((work / "pairs" / f"part={k}").glob("*.parquet"))
+            if not files:
+                continue
+            top = _TOP.format(item=ITEM_ID, neighbour=NEIGHBOUR, score=SCORE)
+            query = f"WITH directed AS (SELECT src, dst, w FROM read_parquet({_sql_list(files)})),\n{top}"
+            lists.append(work / f"top-{k}.parquet")
+            con.execute(
+                f"COPY ({query}) TO {literal(str(lists[-1]))} (FORMAT parquet)",
+                _parameters(query, until, config),
+            )
+        columns = f"{ITEM_ID}, {NEIGHBOUR}, {SCORE}"
+        empty = (
+            f"(SELECT NULL::BIGINT AS {ITEM_ID}, NULL::BIGINT AS {NEIGHBOUR}, "
+            f"NULL::DOUBLE AS {SCORE} LIMIT 0)"
+        )
+        source = f"read_parquet({_sql_list(lists)})" if lists else empty
+        # The ranges in order, each in its own order: the whole table's ORDER BY, without a sort.
+        con.execute(f"COPY (SELECT {columns} FROM {source}) TO {literal(str(target))} (FORMAT parquet)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _range_bounds(
+    con: duckdb.DuckDBPyConnection, until: pd.Timestamp, config: CandidateConfig, ranges: int
+) -> list[int]:
+    """Item ids cutting the weighed events into `ranges` ranges of about equal numbers of events
+    (approximately: any cut gives the same table)."""
+    query = _query("SELECT approx_quantile(i, $q::FLOAT[]) FROM ev", config)
+    params = {**_parameters(query, until, config), "q": [k / ranges for k in range(1, ranges)]}
+    return sorted(set(con.execute(query, params).fetchone()[0]))
 
 
 def _last_event(con: duckdb.DuckDBPyConnection, files: Sequence[Path]) -> pd.Timestamp | None:

@@ -268,6 +268,44 @@ def test_the_stage_builds_from_the_lake_within_a_small_memory_limit_as_the_numpy
     assert (tmp_path / "spill").is_dir()
 
 
+def test_summing_the_pairs_one_range_of_items_at_a_time_gives_the_same_index(
+    real_events, tmp_path, monkeypatch
+):
+    """Beyond a number of events the pairs are summed in ranges of items, one at a time (what keeps
+    100 M events within the disk): on the real slice, cut into 17 ranges, the same index as the
+    in-memory reference, row for row, in the same order."""
+    from models.data.lake import (
+        ACCEPTED,
+        day_of_rows,
+        partition_path,
+        partitions,
+        read_events,
+        write_partition,
+    )
+    from models.features.engine import EngineConfig
+    from models.retrieval import build
+    from models.retrieval.build import build_index_to_folder
+    from models.settings import get_settings
+    from tests.reference_candidates import build_index as reference_build
+
+    monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path / "data"))
+    settings = get_settings()
+    for day, rows in real_events.groupby(day_of_rows(real_events, settings)):
+        write_partition(rows, settings, ACCEPTED, day)
+    files = [partition_path(settings, ACCEPTED, d) for d in partitions(settings, ACCEPTED)]
+    lake = read_events(settings, ACCEPTED)
+    until = lake["event_timestamp"].max() + pd.Timedelta(seconds=1)
+    limits = EngineConfig(memory_limit="200MB", threads=2, temp_directory=tmp_path / "spill")
+    ranged, original = [], build._neighbours_by_range
+    monkeypatch.setattr(build, "_neighbours_by_range", lambda *a: ranged.append(a[3]) or original(*a))
+    summary = build_index_to_folder(files, until, tmp_path / "ranged", limits=limits, events_per_range=5_000)
+    assert ranged == [17]
+    reference = reference_build(lake, until)
+    _assert_same_index(CandidateIndex.load(tmp_path / "ranged"), reference)
+    assert summary == reference.summary()
+    assert summary["pairs"] > 10_000 and not (tmp_path / "ranged" / "neighbours.ranges").exists()
+
+
 def test_events_of_the_same_second_keep_the_order_they_were_logged_in(tmp_path, monkeypatch):
     """With max_lag=1 only consecutive events pair up: at equal times the logged order decides,
     in a frame and in the lake's files alike."""
