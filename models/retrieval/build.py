@@ -4,7 +4,8 @@ hourly popularity lists, as DuckDB queries that spill to disk (models.retrieval.
 Co-visited pairs are produced per event from its next `max_lag` events (window `lead`s, so the
 work grows with events x max_lag, never with a user's events squared), summed per (item,
 neighbour) and cut to the top `neighbours` per item; no step holds all pairs in memory. From the
-lake the lists are written straight to the index's Parquet files.
+lake the lists are written straight to the index's Parquet files; beyond EVENTS_PER_RANGE events
+the pairs are summed one range of items at a time, so that what is spilled is one range's pairs.
 """
 
 from __future__ import annotations
