@@ -28,7 +28,6 @@ _KINDS: dict[str, tuple[type, Any, Any]] = {
     "b": (bool, np.bool_, False),
     "O": (object, object, None),
 }
-_FIRST_SLOTS = 1024  # columns start this long and double as items arrive, up to the capacity
 
 
 def typed_column(values: Sequence[Any], kind: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -110,14 +109,19 @@ class ItemCache:
         self._slots: dict[int, int] = {}
         self._free: list[int] = []
         self._tick = 0
-        self._allocate(min(capacity, _FIRST_SLOTS))
+        self._allocate()
 
-    def _allocate(self, size: int) -> None:
-        self._size = size
+    def _allocate(self) -> None:
+        """Every column at its full length at once. Numeric columns are zeroed pages the system
+        only commits as slots are written, so memory follows the items held, and a full cache's
+        columns are never copied to grow them (a pause of tens of milliseconds at a million items)."""
+        size = self.capacity
         self._ids = np.full(size, -1, np.int64)
         self._expires = np.zeros(size)
         self._used = np.zeros(size, np.int64)
-        self._values = [np.full(size, _KINDS[k][2], _KINDS[k][1]) for k in self._kinds]
+        self._values = [
+            np.full(size, None, object) if k == "O" else np.zeros(size, _KINDS[k][1]) for k in self._kinds
+        ]
         self._present = [np.zeros(size, np.bool_) for _ in self._kinds]
         self._free = list(range(size - 1, -1, -1))
 
@@ -126,7 +130,7 @@ class ItemCache:
 
     def clear(self) -> None:
         self._slots.clear()
-        self._allocate(min(self.capacity, _FIRST_SLOTS))
+        self._allocate()
 
     def get(self, items: Sequence[int], now: float) -> tuple[np.ndarray, Block]:
         """Which of `items` are held and not expired (a mask over `items`), and their rows (a copy,
@@ -167,16 +171,13 @@ class ItemCache:
             self._present[k][slots] = present
 
     def _to_object(self, k: int) -> None:
-        values = np.empty(self._size, object)
+        values = np.empty(self.capacity, object)
         values[:] = self._values[k].tolist()
         self._values[k], self._kinds[k] = values, "O"
 
     def _make_room(self, needed: int) -> None:
-        """At least `needed` free slots: the columns grown while below the capacity, else the least
-        recently used items evicted (a sixteenth of the capacity at once, so eviction's cost is
-        spread over many puts)."""
-        while len(self._free) < needed and self._size < self.capacity:
-            self._grow(min(self.capacity, 2 * self._size))
+        """At least `needed` free slots: the least recently used items evicted if need be (a
+        sixteenth of the capacity at once, so eviction's cost is spread over many puts)."""
         if len(self._free) >= needed:
             return
         held = np.flatnonzero(self._ids >= 0)
@@ -188,19 +189,3 @@ class ItemCache:
         for present in self._present:
             present[oldest] = False
         self._free.extend(oldest.tolist())
-
-    def _grow(self, size: int) -> None:
-        old = self._size
-
-        def longer(array: np.ndarray, filler: Any) -> np.ndarray:
-            grown = np.full(size, filler, array.dtype)
-            grown[:old] = array
-            return grown
-
-        self._ids = longer(self._ids, -1)
-        self._expires = longer(self._expires, 0.0)
-        self._used = longer(self._used, 0)
-        self._values = [longer(v, _KINDS[k][2]) for v, k in zip(self._values, self._kinds, strict=True)]
-        self._present = [longer(p, False) for p in self._present]
-        self._free = list(range(size - 1, old - 1, -1)) + self._free
-        self._size = size

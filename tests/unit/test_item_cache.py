@@ -73,7 +73,7 @@ def test_the_least_recently_used_items_are_evicted_first():
 
 
 def test_a_full_cache_evicts_a_sixteenth_at_once_and_keeps_the_values_of_the_rest():
-    cache = ItemCache(KINDS, capacity=4096)  # past its first 1,024 slots: the columns grow
+    cache = ItemCache(KINDS, capacity=4096)
     items = list(range(10, 4106))
     _put(cache, items)
     assert len(cache) == 4096
