@@ -450,6 +450,11 @@ DEFAULT_CELERY_BROKER = "redis://127.0.0.1:6379/0"
 # Airflow records for a task the host that `[core] hostname_callable` names; the Celery profile's
 # callable answers CTR_WORKER_NAME, so two workers on one machine are told apart.
 WORKER_HOSTNAME_CALLABLE = "models.ops.celery_workers.worker_hostname"
+# The embedded profile's scheduler, DAG processor, API server and a user's `airflow` commands all
+# write the one SQLite metadata file. A writer waits this long for another's lock before SQLite
+# answers "database is locked" (Python's default is 5 s, which a busy scheduler outlasts).
+AIRFLOW_SQLITE_BUSY_TIMEOUT_S = 60.0
+AIRFLOW_SQLITE_CONNECT_ARGS = {"timeout": AIRFLOW_SQLITE_BUSY_TIMEOUT_S}
 
 
 def worker_name() -> str:
@@ -461,8 +466,9 @@ def worker_name() -> str:
 def airflow_environment(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for running Airflow on this project; values already set in `environ` win.
 
-    Embedded profile: SQLite metadata DB under the data dir, the project's dags/ folder, API
-    server on loopback. Set AIRFLOW__DATABASE__SQL_ALCHEMY_CONN and AIRFLOW__CORE__EXECUTOR for
+    Embedded profile: SQLite metadata DB under the data dir, whose writers wait for each other's
+    locks (AIRFLOW_SQLITE_BUSY_TIMEOUT_S), the project's dags/ folder, API server on loopback.
+    Set AIRFLOW__DATABASE__SQL_ALCHEMY_CONN and AIRFLOW__CORE__EXECUTOR for
     Postgres and Celery. With AIRFLOW__CORE__EXECUTOR=CeleryExecutor the Celery profile's
     defaults are added: the broker (AIRFLOW__CELERY__BROKER_URL, a local Redis), the result
     backend in the metadata DB (AIRFLOW__CELERY__RESULT_BACKEND = db+ the metadata DB's URL),
@@ -478,6 +484,9 @@ def airflow_environment(settings: Settings, environ: dict[str, str] | None = Non
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
     }
+    if (environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "").strip() or "sqlite").startswith("sqlite"):
+        for key in ("SQL_ALCHEMY_CONNECT_ARGS", "SQL_ALCHEMY_CONNECT_ARGS_ASYNC"):
+            defaults[f"AIRFLOW__DATABASE__{key}"] = "models.settings.AIRFLOW_SQLITE_CONNECT_ARGS"
     if environ.get("AIRFLOW__CORE__EXECUTOR", "").strip() == CELERY_EXECUTOR:
         defaults.update(
             {
