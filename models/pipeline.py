@@ -267,6 +267,7 @@ def build_training_set(settings: Settings | None = None) -> TrainingSetBuilt:
             settings.duckdb_memory_limit, settings.duckdb_threads, settings.duckdb_temp_dir
         )
     with joining as via:
+        via, complete = via.in_two_steps() if via is not None else (None, None)
         written = write_chunks(
             (
                 (start, end, _labelled_views(settings, start, end))
@@ -279,6 +280,7 @@ def build_training_set(settings: Settings | None = None) -> TrainingSetBuilt:
             negative_rate=settings.negative_sample_rate,
             seed=settings.seed,
             chunk_rows=settings.training_chunk_rows,
+            complete=complete,
         )
     rows, positives = sum(c.rows for c in written), sum(c.positives for c in written)
     log.info(

@@ -49,6 +49,9 @@ class ViewRead:
     timestamp: str
     keys: tuple[str, ...]
     columns: tuple[tuple[str, str], ...]  # (column in the file, feature name)
+    # Lists (the recent-activity state) are joined by their row in the source file and read from it
+    # once at the end (AsOfJoin.complete): rewriting them costs several times more than reading.
+    by_reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,16 +102,29 @@ def plan_join(store: FeatureStore, service: FeatureService) -> JoinPlan:
                 "apply: build the training set with CTR_TRAINING_JOIN=feast"
             )
         renamed = {feature: column for column, feature in (source.field_mapping or {}).items()}
+        columns = tuple((renamed.get(f, f), f) for f in wanted)
         views.append(
             ViewRead(
                 name=name,
                 path=str(path),
                 timestamp=renamed.get(source.timestamp_field, source.timestamp_field),
                 keys=tuple(c.name for c in view.entity_columns),
-                columns=tuple((renamed.get(f, f), f) for f in wanted),
+                columns=columns,
+                by_reference=_has_lists(str(path), [column for column, _ in columns]),
             )
         )
     return JoinPlan(tuple(views), tuple(on_demand), tuple(dict.fromkeys(features)))
+
+
+def _has_lists(path: str, columns: list[str]) -> bool:
+    """Whether the source is one Parquet file (rows numbered in it) with a list among `columns`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if Path(path).is_dir() or not Path(path).exists():
+        return False
+    schema = pq.read_schema(path)
+    return any(pa.types.is_list(schema.field(c).type) for c in columns if c in schema.names)
 
 
 def _files(path: str) -> str:
@@ -121,7 +137,13 @@ def _stamp(t: pd.Timestamp) -> str:
     return f"TIMESTAMPTZ '{t.isoformat()}'"
 
 
-TS, HOUR = "__ts", "__hour"
+TS, HOUR, SOURCE_ROW = "__ts", "__hour", "__source_row"
+COMPLETION_BATCH_ROWS = 65_536
+FILE, POSITION = "__file", "__position"
+
+
+def _reference(i: int) -> str:
+    return f"__reference{i}"
 
 
 class AsOfJoin:
@@ -143,14 +165,16 @@ class AsOfJoin:
 
     def _by_hour(self, i: int, view: ViewRead) -> str:
         out = self.folder / f"view{i}"
+        values = [f"{quoted(column)} AS {quoted(feature)}" for column, feature in view.columns]
         columns = [
             *(quoted(k) for k in view.keys),
             f"CAST({quoted(view.timestamp)} AS TIMESTAMPTZ) AS {TS}",
-            *(f"{quoted(column)} AS {quoted(feature)}" for column, feature in view.columns),
+            *([f"file_row_number AS {SOURCE_ROW}"] if view.by_reference else values),
             f"CAST(floor(epoch({quoted(view.timestamp)}) / 3600) AS BIGINT) AS {HOUR}",
         ]
+        numbered = ", file_row_number = true" if view.by_reference else ""
         self.con.execute(
-            f"COPY (SELECT {', '.join(columns)} FROM read_parquet({_files(view.path)})) "
+            f"COPY (SELECT {', '.join(columns)} FROM read_parquet({_files(view.path)}{numbered})) "
             f"TO {literal(str(out))} (FORMAT parquet, PARTITION_BY ({HOUR}))"
         )
         return f"read_parquet({literal(str(out) + '/**/*.parquet')}, hive_partitioning = true)"
@@ -201,7 +225,8 @@ class AsOfJoin:
     def sql(self, entity: str, keys: list[str], lo: pd.Timestamp, hi: pd.Timestamp) -> str:
         """The join of relation `entity` (its columns, ROW and EVENT_TIMESTAMP between lo and hi)
         with every view: per view the newest row at or before each entity row's time (among rows of
-        one entity and time, any one, as Feast's store picks)."""
+        one entity and time, any one, as Feast's store picks); of a view joined by reference, that
+        row's number in its source file."""
         at = f"CAST(e.{quoted(EVENT_TIMESTAMP)} AS TIMESTAMPTZ)"
         selects = [f"e.{quoted(c)}" for c in keys]
         joins = []
@@ -212,13 +237,40 @@ class AsOfJoin:
                 [f"e.{quoted(k)} = {alias}.{quoted(k)}" for k in view.keys] + [f"{at} >= {alias}.{TS}"]
             )
             joins.append(f"ASOF LEFT JOIN ({self._right(i, entity, lo, hi)}) AS {alias} ON {on}")
-            selects += [f"{alias}.{quoted(feature)} AS {quoted(feature)}" for _, feature in view.columns]
+            if view.by_reference:
+                selects.append(f"{alias}.{SOURCE_ROW} AS {_reference(i)}")
+            else:
+                selects += [f"{alias}.{quoted(feature)} AS {quoted(feature)}" for _, feature in view.columns]
         return f"SELECT {', '.join(selects)} FROM {entity} AS e {' '.join(joins)} ORDER BY e.{ROW}"
 
     def __call__(self, entity_rows: pd.DataFrame) -> pd.DataFrame:
         """`entity_rows` (join keys, EVENT_TIMESTAMP, anything else) with the service's features as
         they were at each row's timestamp, in the rows' order: the columns of Feast's
         get_historical_features for the service, without the inputs only on-demand views read."""
+        import pyarrow as pa
+
+        partial = pa.Table.from_pandas(self.partial(entity_rows), preserve_index=False)
+        numbered = partial.append_column(POSITION, pa.array(range(partial.num_rows), type=pa.int64()))
+        self.con.register("__partial", numbered)
+        try:
+            parts = list(self._completions("SELECT * FROM __partial", list(entity_rows.columns)))
+        finally:
+            self.con.unregister("__partial")
+        completed = pa.concat_tables(parts).sort_by(POSITION) if parts else None
+        return self._assemble(partial, completed, list(entity_rows.columns)).to_pandas()
+
+    def in_two_steps(self) -> tuple[Callable[[pd.DataFrame], pd.DataFrame], Callable | None]:
+        """For a build in chunks: the join of a chunk and what completes the written files
+        (training_set.write_chunks), or the whole join and None when no view is joined by
+        reference."""
+        if any(view.by_reference for view in self.plan.views):
+            return self.partial, self.complete
+        return self, None
+
+    def partial(self, entity_rows: pd.DataFrame) -> pd.DataFrame:
+        """The first step of the join, in the rows' order: `entity_rows` with the features of the
+        views joined by value and, per view joined by reference, the chosen row of its source
+        (`complete` adds their values and the on-demand features)."""
         import pyarrow as pa
 
         keys = list(entity_rows.columns)
@@ -228,12 +280,111 @@ class AsOfJoin:
         lo, hi = times.min().floor("us"), times.max().ceil("us")
         self.con.register("__entity_rows", rows)
         try:
-            joined = self.con.sql(self.sql("__entity_rows", keys, lo, hi)).to_arrow_table()
+            return self.con.sql(self.sql("__entity_rows", keys, lo, hi)).to_arrow_table().to_pandas()
         finally:
             self.con.unregister("__entity_rows")
-        joined = _with_on_demand(joined, self.plan)
+
+    def complete(self, files: list[Path], row_group_rows: int | None = None) -> None:
+        """Replace each Parquet file of `partial` rows by its complete rows: one read of each
+        referenced source for all the files together (a read per chunk would read the source as
+        many times as there are chunks), the on-demand features computed block by block."""
+        import pyarrow.parquet as pq
+
+        if not files:
+            return
+        names = pq.read_schema(files[0]).names
+        keys = [c for c in names if c not in self._joined_columns()]
+        listed = ", ".join(literal(str(f)) for f in files)
+        rows = (
+            f"SELECT * EXCLUDE (filename, file_row_number), filename AS {FILE}, "
+            f"file_row_number AS {POSITION} "
+            f"FROM read_parquet([{listed}], filename = true, file_row_number = true)"
+        )
+        # A second connection to the same database holds the completed columns while the first one
+        # streams the join (a statement on the streaming connection would end its stream).
+        with self.con.cursor() as store:
+            self._complete_files(store, rows, keys, files, row_group_rows)
+
+    def _complete_files(self, store, rows: str, keys: list[str], files: list[Path], row_group_rows) -> None:
+        import pyarrow.parquet as pq
+
+        store.execute("DROP TABLE IF EXISTS __completed")
+        first = True
+        for part in self._completions(rows, keys, extra=[FILE]):
+            store.register("__part", part)
+            if first:
+                store.execute("CREATE TABLE __completed AS SELECT * FROM __part")
+                first = False
+            else:
+                store.execute("INSERT INTO __completed SELECT * FROM __part")
+            store.unregister("__part")
+        if first:
+            return
+        # clustered by file, so that each file's rows are read from their own blocks
+        store.execute(f"CREATE OR REPLACE TABLE __completed AS FROM __completed ORDER BY {FILE}, {POSITION}")
+        schema = None
+        for path in files:
+            partial = pq.read_table(path)
+            completed = store.sql(
+                f"SELECT * EXCLUDE ({FILE}) FROM __completed WHERE {FILE} = $file ORDER BY {POSITION}",
+                params={"file": str(path)},
+            ).to_arrow_table()
+            table = self._assemble(partial, completed, keys)
+            schema = schema or table.schema
+            pq.write_table(table.cast(schema), path, row_group_size=row_group_rows)
+        store.execute("DROP TABLE __completed")
+
+    def _joined_columns(self) -> set[str]:
+        """The columns the first step adds to the entity rows."""
+        added = {_reference(i) for i, view in enumerate(self.plan.views) if view.by_reference}
+        return added | {f for view in self.plan.views if not view.by_reference for _, f in view.columns}
+
+    def _completions(self, rows: str, keys: list[str], extra: tuple[str, ...] | list[str] = ()):
+        """Per block of the partial `rows` (a relation with POSITION), the values the first step
+        left out: the referenced views' features the service names and the on-demand features,
+        with POSITION (and the `extra` columns)."""
+        import pyarrow as pa
+
+        referenced = [(i, view) for i, view in enumerate(self.plan.views) if view.by_reference]
+        by_value = {f for view in self.plan.views if not view.by_reference for _, f in view.columns}
+        inputs = list(dict.fromkeys([*keys, *(f for f in self._on_demand_inputs() if f in by_value)]))
+        selects = [f"p.{quoted(c)}" for c in [*extra, POSITION, *inputs]]
+        joins = []
+        for i, view in referenced:
+            alias = f"s{i}"
+            values = ", ".join(f"{quoted(column)} AS {quoted(feature)}" for column, feature in view.columns)
+            source = (
+                f"SELECT file_row_number AS {SOURCE_ROW}, {values} "
+                f"FROM read_parquet({literal(view.path)}, file_row_number = true)"
+            )
+            joins.append(f"LEFT JOIN ({source}) AS {alias} ON {alias}.{SOURCE_ROW} = p.{_reference(i)}")
+            selects += [f"{alias}.{quoted(feature)}" for _, feature in view.columns]
+        query = f"SELECT {', '.join(selects)} FROM ({rows}) AS p {' '.join(joins)}"
+        added = [c for c in self.plan.features if c not in keys and c not in by_value]
+        reader = self.con.sql(query).to_arrow_reader(COMPLETION_BATCH_ROWS)
+        for batch in reader:
+            table = _with_on_demand(pa.Table.from_batches([batch]), self.plan)
+            yield table.select([*extra, POSITION, *added])
+
+    def _on_demand_inputs(self) -> list[str]:
+        """The features the on-demand views read from feature views."""
+        return [
+            feature.name
+            for view, _ in self.plan.on_demand
+            for source in view.source_feature_view_projections.values()
+            for feature in source.features
+        ]
+
+    def _assemble(self, partial: pa.Table, completed: pa.Table | None, keys: list[str]) -> pa.Table:
+        """The partial rows with the completed columns, in the service's column order."""
         wanted = [*keys, *(c for c in self.plan.features if c not in keys)]
-        return joined.select(wanted).to_pandas()
+        if completed is not None:
+            if completed.num_rows != partial.num_rows:
+                raise RuntimeError(f"{completed.num_rows} completed rows for {partial.num_rows} joined ones")
+            for name in completed.column_names:
+                if name != POSITION and name not in partial.column_names:
+                    partial = partial.append_column(name, completed[name])
+        return partial.select(wanted)
 
 
 def _with_on_demand(table: pa.Table, plan: JoinPlan) -> pa.Table:

@@ -150,10 +150,13 @@ def write_chunks(
     negative_rate: float,
     seed: int,
     chunk_rows: int,
+    complete: Callable[[list[Path], int], None] | None = None,
 ) -> list[ChunkWritten]:
     """Write each chunk's labelled views, sampled (not on test days) and joined (`join`, at most
     `chunk_rows` views at a time), as Parquet files of a fresh dataset folder that replaces
-    `folder` when complete; returns what each chunk gave."""
+    `folder` when complete; returns what each chunk gave. A join in two steps
+    (models.features.point_in_time.AsOfJoin.in_two_steps) gives `join` its first step and
+    `complete` the second, which rewrites all the files once they are written."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -197,6 +200,8 @@ def write_chunks(
         if sum(len(p) for p in pending) >= chunk_rows:
             flush()
     flush()
+    if complete is not None:
+        complete(sorted(partial.glob("*.parquet")), ROW_GROUP_ROWS)
     record = {
         "negative_sample_rate": negative_rate if negative_rate < 1.0 else 1.0,
         "seed": seed,

@@ -245,3 +245,51 @@ def test_the_pipelines_training_set_equals_feasts_join_on_the_real_slice(dag_run
         pd.testing.assert_frame_equal(built, feast[built.columns])
         rows += len(built)
     assert rows > 70_000  # the slice's labelled views
+
+
+def test_a_build_in_two_steps_completes_its_files_with_the_values_of_the_one_join(store, tmp_path):
+    """The DuckDB join's chunked build joins the list-valued views by their row in the source and
+    reads their values, for every file at once, after the chunks are written: the files then hold
+    the one join's rows and values, rows before any recent state included."""
+    from models.features.engine import EngineConfig
+    from models.features.point_in_time import duckdb_join
+    from models.features.training_set import chunk_bounds, join_features, write_chunks
+
+    service = store.get_feature_service(REALTIME_FEATURE_SERVICE)
+    times = [T - HOUR, T + 2 * HOUR, T + 2 * HOUR + 10 * SECOND, T + 4 * HOUR, T + DAY + HOUR]
+    rows = pd.DataFrame(
+        {"user_id": 7, "item_id": [70, 70, 71, 70, 71], "event_timestamp": times, "label": [0, 1, 0, 0, 1]}
+    )
+    days = [T - DAY, T, T + DAY]
+    bounds = chunk_bounds(days, T + 2 * DAY, (T, T + DAY))
+
+    def chunks():
+        for start, end in bounds:
+            ts = rows["event_timestamp"]
+            yield start, end, rows[(ts >= start) & (ts < end)]
+
+    folder = tmp_path / "training_set.parquet"
+    with duckdb_join(store, service, EngineConfig(memory_limit="1GB", threads=1)) as via:
+        whole = join_features(store, rows, service, via)
+        first, complete = via.in_two_steps()
+        assert complete is not None, "the recent-activity lists are joined by reference"
+        partial = join_features(store, rows, service, first)
+        assert not set(RECENT_FEATURES) & set(partial.columns)
+        written = write_chunks(
+            chunks(),
+            lambda part: join_features(store, part, service, first),
+            folder,
+            valid_start=T,
+            test_start=T + DAY,
+            negative_rate=1.0,
+            seed=0,
+            chunk_rows=2,
+            complete=complete,
+        )
+    assert len(list(folder.glob("*.parquet"))) == 4  # [1], [2, 1] of the same day, [1]
+    assert sum(c.rows for c in written) == len(rows)
+    chunked = pd.read_parquet(folder).sort_values(["event_timestamp", "item_id"]).reset_index(drop=True)
+    assert list(chunked.columns) == list(whole.columns)
+    assert chunked["item_seen_recently"].tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]  # 71 only in the last state
+    expected = whole.sort_values(["event_timestamp", "item_id"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(chunked, expected, check_dtype=False)
