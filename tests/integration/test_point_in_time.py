@@ -162,10 +162,41 @@ def test_short_term_activity_only_counts_events_before_the_row(store, join):
     assert joined.loc[view, "request_hour"] == 2.0  # 18:00 UTC is 02:00 in Beijing
 
 
+def _day_chunks(rows: pd.DataFrame):
+    """chunks() -> the rows of the days T-1, T (validation) and T+1 (test), as the build gives them."""
+    from models.features.training_set import chunk_bounds
+
+    bounds = chunk_bounds([T - DAY, T, T + DAY], T + 2 * DAY, (T, T + DAY))
+
+    def chunks():
+        for start, end in bounds:
+            ts = rows["event_timestamp"]
+            yield start, end, rows[(ts >= start) & (ts < end)]
+
+    return chunks
+
+
+def _write_days(chunks, join, folder, *, negative_rate: float, chunk_rows: int, complete=None):
+    """The chunked build of _day_chunks' days (validation from T, test from T+1)."""
+    from models.features.training_set import write_chunks
+
+    return write_chunks(
+        chunks(),
+        join,
+        folder,
+        valid_start=T,
+        test_start=T + DAY,
+        negative_rate=negative_rate,
+        seed=0,
+        chunk_rows=chunk_rows,
+        complete=complete,
+    )
+
+
 def test_a_training_set_built_in_chunks_equals_one_join_and_samples_no_test_day(store, join, tmp_path):
     """The chunked build (one Feast join per chunk, here per row) gives the one-call join's rows and
     values; a test day keeps every row whatever the negative sampling rate."""
-    from models.features.training_set import chunk_bounds, streamed_split, write_chunks
+    from models.features.training_set import streamed_split
 
     service = store.get_feature_service(RANKER_FEATURE_SERVICE)
     rows = pd.DataFrame(
@@ -177,25 +208,10 @@ def test_a_training_set_built_in_chunks_equals_one_join_and_samples_no_test_day(
         }
     )
     whole = join(rows, service)
-    days = [T - DAY, T, T + DAY]
-    bounds = chunk_bounds(days, T + 2 * DAY, (T, T + DAY))
-
-    def chunks():
-        for start, end in bounds:
-            ts = rows["event_timestamp"]
-            yield start, end, rows[(ts >= start) & (ts < end)]
-
+    chunks = _day_chunks(rows)
     folder = tmp_path / "training_set.parquet"
-    write_chunks(
-        chunks(),
-        lambda part: join(part, service),
-        folder,
-        valid_start=T,
-        test_start=T + DAY,
-        negative_rate=1e-9,  # all but certainly every negative dropped where sampling applies
-        seed=0,
-        chunk_rows=1,
-    )
+    # all but certainly every negative dropped where sampling applies
+    _write_days(chunks, lambda part: join(part, service), folder, negative_rate=1e-9, chunk_rows=1)
     split = streamed_split(folder, frames=("train", "valid", "test"))
     assert split.train.empty  # the training day's only view is a negative
     assert split.valid["label"].tolist() == [1]  # positives are always kept
@@ -204,16 +220,7 @@ def test_a_training_set_built_in_chunks_equals_one_join_and_samples_no_test_day(
     assert len(test) == 2  # a test day is never sampled
     pd.testing.assert_frame_equal(test[expected.columns], expected, check_dtype=False)
     # at rate 1.0 the chunked set is the one join, row for row
-    write_chunks(
-        chunks(),
-        lambda part: join(part, service),
-        folder,
-        valid_start=T,
-        test_start=T + DAY,
-        negative_rate=1.0,
-        seed=0,
-        chunk_rows=1,
-    )
+    _write_days(chunks, lambda part: join(part, service), folder, negative_rate=1.0, chunk_rows=1)
     chunked = pd.read_parquet(folder).sort_values("event_timestamp").reset_index(drop=True)
     pd.testing.assert_frame_equal(chunked[whole.columns], whole, check_dtype=False)
 
@@ -253,21 +260,14 @@ def test_a_build_in_two_steps_completes_its_files_with_the_values_of_the_one_joi
     the one join's rows and values, rows before any recent state included."""
     from models.features.engine import EngineConfig
     from models.features.point_in_time import duckdb_join
-    from models.features.training_set import chunk_bounds, join_features, write_chunks
+    from models.features.training_set import join_features
 
     service = store.get_feature_service(REALTIME_FEATURE_SERVICE)
     times = [T - HOUR, T + 2 * HOUR, T + 2 * HOUR + 10 * SECOND, T + 4 * HOUR, T + DAY + HOUR]
     rows = pd.DataFrame(
         {"user_id": 7, "item_id": [70, 70, 71, 70, 71], "event_timestamp": times, "label": [0, 1, 0, 0, 1]}
     )
-    days = [T - DAY, T, T + DAY]
-    bounds = chunk_bounds(days, T + 2 * DAY, (T, T + DAY))
-
-    def chunks():
-        for start, end in bounds:
-            ts = rows["event_timestamp"]
-            yield start, end, rows[(ts >= start) & (ts < end)]
-
+    chunks = _day_chunks(rows)
     folder = tmp_path / "training_set.parquet"
     with duckdb_join(store, service, EngineConfig(memory_limit="1GB", threads=1)) as via:
         whole = join_features(store, rows, service, via)
@@ -275,14 +275,11 @@ def test_a_build_in_two_steps_completes_its_files_with_the_values_of_the_one_joi
         assert complete is not None, "the recent-activity lists are joined by reference"
         partial = join_features(store, rows, service, first)
         assert not set(RECENT_FEATURES) & set(partial.columns)
-        written = write_chunks(
-            chunks(),
+        written = _write_days(
+            chunks,
             lambda part: join_features(store, part, service, first),
             folder,
-            valid_start=T,
-            test_start=T + DAY,
             negative_rate=1.0,
-            seed=0,
             chunk_rows=2,
             complete=complete,
         )
