@@ -139,6 +139,10 @@ def _stamp(t: pd.Timestamp) -> str:
 
 TS, HOUR, SOURCE_ROW = "__ts", "__hour", "__source_row"
 COMPLETION_BATCH_ROWS = 65_536
+# Source rows of the largest view joined by reference that one completion query reads: a block of
+# them and the partial rows that refer to it are joined alone, so the join's memory follows the
+# block, not the training set (DuckDB reads only the row groups a block's row numbers fall in).
+COMPLETION_SOURCE_ROWS = 10_000_000
 FILE, POSITION = "__file", "__position"
 
 
@@ -295,10 +299,13 @@ class AsOfJoin:
         names = pq.read_schema(files[0]).names
         keys = [c for c in names if c not in self._joined_columns()]
         listed = ", ".join(literal(str(f)) for f in files)
+        numbers = ", ".join(f"({literal(str(f))}, {k})" for k, f in enumerate(files))
+        # each file by its index in `files`: an integer per row, not its path
         rows = (
-            f"SELECT * EXCLUDE (filename, file_row_number), filename AS {FILE}, "
-            f"file_row_number AS {POSITION} "
-            f"FROM read_parquet([{listed}], filename = true, file_row_number = true)"
+            f"SELECT p.* EXCLUDE (filename, file_row_number), f.number AS {FILE}, "
+            f"p.file_row_number AS {POSITION} "
+            f"FROM read_parquet([{listed}], filename = true, file_row_number = true) AS p "
+            f"JOIN (VALUES {numbers}) AS f(name, number) ON p.filename = f.name"
         )
         # A second connection to the same database holds the completed columns while the first one
         # streams the join (a statement on the streaming connection would end its stream).
@@ -323,11 +330,11 @@ class AsOfJoin:
         # clustered by file, so that each file's rows are read from their own blocks
         store.execute(f"CREATE OR REPLACE TABLE __completed AS FROM __completed ORDER BY {FILE}, {POSITION}")
         schema = None
-        for path in files:
+        for number, path in enumerate(files):
             partial = pq.read_table(path)
             completed = store.sql(
                 f"SELECT * EXCLUDE ({FILE}) FROM __completed WHERE {FILE} = $file ORDER BY {POSITION}",
-                params={"file": str(path)},
+                params={"file": number},
             ).to_arrow_table()
             table = self._assemble(partial, completed, keys)
             schema = schema or table.schema
@@ -342,29 +349,62 @@ class AsOfJoin:
     def _completions(self, rows: str, keys: list[str], extra: tuple[str, ...] | list[str] = ()):
         """Per block of the partial `rows` (a relation with POSITION), the values the first step
         left out: the referenced views' features the service names and the on-demand features,
-        with POSITION (and the `extra` columns)."""
+        with POSITION (and the `extra` columns). The rows come block by block of the largest
+        referenced source (COMPLETION_SOURCE_ROWS), then those it has no row for, in no set order."""
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         referenced = [(i, view) for i, view in enumerate(self.plan.views) if view.by_reference]
         by_value = {f for view in self.plan.views if not view.by_reference for _, f in view.columns}
         inputs = list(dict.fromkeys([*keys, *(f for f in self._on_demand_inputs() if f in by_value)]))
-        selects = [f"p.{quoted(c)}" for c in [*extra, POSITION, *inputs]]
+        added = [c for c in self.plan.features if c not in keys and c not in by_value]
+        blocks: list[tuple[int, int] | None] = [None]
+        main = None
+        if referenced:
+            main = max(referenced, key=lambda iv: pq.read_metadata(iv[1].path).num_rows)[0]
+            size = pq.read_metadata(self.plan.views[main].path).num_rows
+            step = COMPLETION_SOURCE_ROWS
+            blocks = [(lo, min(lo + step, size)) for lo in range(0, size, step)] + blocks
+        for block in blocks:
+            query = self._completion_query(rows, referenced, main, block, [*extra, POSITION, *inputs])
+            for batch in self.con.sql(query).to_arrow_reader(COMPLETION_BATCH_ROWS):
+                table = _with_on_demand(pa.Table.from_batches([batch]), self.plan)
+                yield table.select([*extra, POSITION, *added])
+
+    def _completion_query(
+        self,
+        rows: str,
+        referenced: list[tuple[int, ViewRead]],
+        main: int | None,
+        block: tuple[int, int] | None,
+        carried: list[str],
+    ) -> str:
+        """The partial rows whose row in view `main`'s source lies in `block` (lo, hi), or that
+        have none there when `block` is None, with the `carried` columns and each referenced
+        view's values."""
+        selects = [f"p.{quoted(c)}" for c in carried]
         joins = []
+        where = "true"
         for i, view in referenced:
             alias = f"s{i}"
             values = ", ".join(f"{quoted(column)} AS {quoted(feature)}" for column, feature in view.columns)
+            inside = "true"
+            if i == main:
+                reference = quoted(_reference(i))
+                if block is None:
+                    inside, where = "false", f"{reference} IS NULL"
+                else:
+                    lo, hi = block
+                    inside = f"file_row_number >= {lo} AND file_row_number < {hi}"
+                    where = f"{reference} >= {lo} AND {reference} < {hi}"
             source = (
                 f"SELECT file_row_number AS {SOURCE_ROW}, {values} "
-                f"FROM read_parquet({literal(view.path)}, file_row_number = true)"
+                f"FROM read_parquet({literal(view.path)}, file_row_number = true) WHERE {inside}"
             )
             joins.append(f"LEFT JOIN ({source}) AS {alias} ON {alias}.{SOURCE_ROW} = p.{_reference(i)}")
             selects += [f"{alias}.{quoted(feature)}" for _, feature in view.columns]
-        query = f"SELECT {', '.join(selects)} FROM ({rows}) AS p {' '.join(joins)}"
-        added = [c for c in self.plan.features if c not in keys and c not in by_value]
-        reader = self.con.sql(query).to_arrow_reader(COMPLETION_BATCH_ROWS)
-        for batch in reader:
-            table = _with_on_demand(pa.Table.from_batches([batch]), self.plan)
-            yield table.select([*extra, POSITION, *added])
+        partial = f"SELECT * FROM ({rows}) WHERE {where}"
+        return f"SELECT {', '.join(selects)} FROM ({partial}) AS p {' '.join(joins)}"
 
     def _on_demand_inputs(self) -> list[str]:
         """The features the on-demand views read from feature views."""

@@ -254,13 +254,21 @@ def test_the_pipelines_training_set_equals_feasts_join_on_the_real_slice(dag_run
     assert rows > 70_000  # the slice's labelled views
 
 
-def test_a_build_in_two_steps_completes_its_files_with_the_values_of_the_one_join(store, tmp_path):
+@pytest.mark.parametrize("source_block", [None, 2], ids=["one block", "blocks of 2 source rows"])
+def test_a_build_in_two_steps_completes_its_files_with_the_values_of_the_one_join(
+    store, tmp_path, monkeypatch, source_block
+):
     """The DuckDB join's chunked build joins the list-valued views by their row in the source and
     reads their values, for every file at once, after the chunks are written: the files then hold
-    the one join's rows and values, rows before any recent state included."""
+    the one join's rows and values, rows before any recent state included, whether the sources
+    are read in one block or in many."""
+    from models.features import point_in_time
     from models.features.engine import EngineConfig
     from models.features.point_in_time import duckdb_join
     from models.features.training_set import join_features
+
+    if source_block is not None:
+        monkeypatch.setattr(point_in_time, "COMPLETION_SOURCE_ROWS", source_block)
 
     service = store.get_feature_service(REALTIME_FEATURE_SERVICE)
     times = [T - HOUR, T + 2 * HOUR, T + 2 * HOUR + 10 * SECOND, T + 4 * HOUR, T + DAY + HOUR]
