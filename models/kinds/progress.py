@@ -54,12 +54,31 @@ def xgboost_callback(progress: FitProgress):
     return Progress()
 
 
-def keras_callback(progress: FitProgress):
-    """A Keras callback reporting each epoch's losses to `progress`."""
+def keras_callback(progress: FitProgress, within_s: float = 30.0):
+    """A Keras callback reporting each epoch's losses to `progress`, and within an epoch its batch
+    and loss at most once per `within_s` seconds (an epoch over millions of rows on a CPU takes
+    many minutes)."""
     import keras
 
     class Progress(keras.callbacks.Callback):
         done = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_started = self.shown = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            if now - self.shown < within_s:
+                return
+            self.shown = now
+            elapsed, steps = now - self.epoch_started, (self.params or {}).get("steps")
+            loss = (logs or {}).get("loss")
+            logger.info(
+                "%s: epoch %d, batch %d%s%s, %.0f s into the epoch%s",
+                progress.what, self.done + 1, batch + 1, f" of {steps}" if steps else "",
+                f" (loss {float(loss):.5f})" if loss is not None else "", elapsed,
+                f", ~{elapsed / (batch + 1) * (steps - batch - 1):.0f} s left in it" if steps else "",
+            )  # fmt: skip
 
         def on_epoch_end(self, epoch, logs=None):
             self.done = epoch + 1

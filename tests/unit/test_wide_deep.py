@@ -163,3 +163,21 @@ def test_request_scorer_gives_predict_scores_with_missing_values_and_columns(tra
         model.predict(without), predict_wide_deep(trained.model, without, SPEC), rtol=1e-5, atol=1e-7
     )
     assert model.predict(test.head(0)).shape == (0,)
+
+
+def test_a_long_epoch_shows_its_batches_as_it_goes(caplog):
+    """An epoch over millions of rows takes many minutes on a CPU: its batches are logged within it."""
+    import keras
+
+    from models.kinds.progress import FitProgress, keras_callback
+
+    caplog.set_level("INFO", logger="models.training.progress")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    x, y = np.random.default_rng(0).random((1_000, 3)), np.arange(1_000) % 2
+    progress = keras_callback(FitProgress("fit", 2, every_s=0), within_s=0)
+    model.fit(x, y, batch_size=100, epochs=2, verbose=0, callbacks=[progress])
+    shown = [r.getMessage() for r in caplog.records if r.name == "models.training.progress"]
+    assert any(m.startswith("fit: epoch 1, batch 5 of 10 (loss ") and "s left in it" in m for m in shown), shown
+    assert any(m.startswith("fit: epoch 2, batch 10 of 10") for m in shown), shown
+    assert "fit: 1/2" in " ".join(shown) and "finished after 2" in shown[-1], shown
