@@ -26,6 +26,7 @@ Usage: python benchmarks/catalogue_serving.py [--data-dir var] [--users 1e6] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -33,8 +34,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 import httpx
@@ -45,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import print_table, redis_server, write_results  # noqa: E402
-from benchmarks.load import open_loop, summary  # noqa: E402
+from benchmarks.load import Outcome, open_loop, summary  # noqa: E402
 from benchmarks.materialize import _redis_used  # noqa: E402
 from benchmarks.service_load import CTR, serve  # noqa: E402
 from models.ops.processes import free_port, process_group  # noqa: E402
@@ -76,71 +78,16 @@ def write_catalogue(users: int, items: int) -> dict:
     return {"source_rows": sum(written.values()), "seconds": round(time.perf_counter() - began, 1)}
 
 
-def rank_bodies(n: int, users: int, items: int, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    bodies = []
-    for _ in range(n):
-        drawn = np.unique(np.floor(items * rng.random(400) ** 3).astype(np.int64))
-        chosen = rng.permutation(drawn)[:100] + ID_OFFSET
-        bodies.append(
-            {
-                "user_id": int(ID_OFFSET + rng.integers(users)),
-                "item_ids": chosen.tolist(),
-                "context": {"request_ts": LAST_SECOND},
-            }
-        )
-    return bodies
-
-
-def ingest_bodies(rate: float, seconds: float, batch: int) -> list[dict]:
-    """The real stream hour, moved after the batch data (every event its shopper's newest), cut
-    into POST bodies of `batch` events: enough for `rate` events/s during `seconds`."""
-    from models.data.replay import load_stream, payload
-
-    events = load_stream(STREAM)
-    events["event_timestamp"] += pd.Timestamp("2017-12-04", tz="UTC") - events["event_timestamp"].min()
-    needed = min(int(rate * seconds), len(events))
-    return [payload(events.iloc[k : k + batch]) for k in range(0, needed - batch + 1, batch)]
-
-
-def _counter(metrics: str, name: str, labels: str) -> float:
-    found = re.search(rf"^{name}{{{labels}}} (\S+)$", metrics, re.M)
-    return float(found[1]) if found else 0.0
-
-
-MORE = ("item_cache_hit_rate", "events_per_s", "freshness_p99_ms", "entities", "redis_mib",
-        "redis_bytes_per_entity", "materialize_s")  # fmt: skip
-
-
-def _row(load: str, result: dict, **more) -> dict:
-    """One table row, every row with the same columns (None where one does not apply)."""
-    keys = ("requests", "req_per_s", "p50_ms", "p99_ms", "non_200", "fallbacks")
-    return {"load": load, **{k: result.get(k) for k in keys}, **{k: more.get(k) for k in MORE}}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "var", help="a finished pipeline run")
-    parser.add_argument("--users", type=float, default=1e6, help="SYNTHETIC shoppers in the online store")
-    parser.add_argument("--items", type=float, default=4e6, help="SYNTHETIC items in the online store")
-    parser.add_argument("--rate", type=float, default=50.0, help="/rank requests per second")
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of the load")
-    parser.add_argument("--ingest-rate", type=float, default=1000.0, help="events/s POSTed beside it")
-    parser.add_argument("--ingest-batch", type=int, default=50, help="events per POST /events")
-    parser.add_argument("--workers", type=int, default=1, help="ranker processes (CTR_RANKER_WORKERS)")
-    parser.add_argument("--child", nargs=2, type=float, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(write_catalogue(int(args.child[0]), int(args.child[1]))))
-        return
-    data_dir = args.data_dir.resolve()
+@contextlib.contextmanager
+def serving_catalogue(
+    data_dir: Path, users: int, items: int, more_env: dict[str, str] | None = None
+) -> Iterator[tuple[dict[str, str], Path, dict]]:
+    """For the block: a redis-server holding the finished run's features under `data_dir` (the
+    real slice) and a SYNTHETIC catalogue of `users` shoppers and `items` items; yields the
+    services' environment (event and serving logs in a scratch folder), that folder, and the
+    catalogue's figures (entities, Redis MiB and bytes per entity, materialization seconds)."""
     if not (data_dir / "mlflow/mlflow.db").exists():
         raise SystemExit(f"no pipeline run under {data_dir}: run `make demo` first")
-    users, items = int(args.users), int(args.items)
-    settings = get_settings()
-    rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-catalogue-") as tmp, redis_server() as redis:
         folder = Path(tmp)
         shutil.copy(data_dir / "feast/registry.db", folder / "registry.db")
@@ -154,7 +101,7 @@ def main() -> None:
             "CTR_EVENT_LOG": str(folder / "events"),
             "CTR_SERVING_LOG": str(folder / "serving_log"),
             "CTR_CHALLENGER_SHARE": "0",
-            "CTR_RANKER_WORKERS": str(args.workers),
+            **(more_env or {}),
         }
         done = subprocess.run(
             [CTR, "run", "--stage", "apply_features", "--stage", "materialize"],
@@ -182,7 +129,128 @@ def main() -> None:
         }
         print(catalogue, flush=True)
         shutil.rmtree(folder / "synth", ignore_errors=True)
+        yield env, folder, catalogue
 
+
+def rank_body(rng: np.random.Generator, users: int, items: int) -> dict:
+    """One /rank request: a random synthetic shopper and 100 distinct candidates drawn with a
+    heavy-tailed popularity (item = floor(N u^3))."""
+    drawn = np.unique(np.floor(items * rng.random(400) ** 3).astype(np.int64))
+    chosen = rng.permutation(drawn)[:100] + ID_OFFSET
+    return {
+        "user_id": int(ID_OFFSET + rng.integers(users)),
+        "item_ids": chosen.tolist(),
+        "context": {"request_ts": LAST_SECOND},
+    }
+
+
+def rank_bodies(n: int, users: int, items: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [rank_body(rng, users, items) for _ in range(n)]
+
+
+class ReplayedStream(Sequence):
+    """POST /events bodies of `batch` events: the real stream hour moved after the batch data (every
+    event its shopper's newest), then again round after round, each round after the last by the
+    hour's span, so that every event is new. Body k is built when asked."""
+
+    def __init__(self, n: int, batch: int) -> None:
+        from models.data.replay import load_stream
+
+        events = load_stream(STREAM)
+        events["event_timestamp"] += pd.Timestamp("2017-12-04", tz="UTC") - events["event_timestamp"].min()
+        self.events, self.n, self.batch = events, n, batch
+        self.per_round = len(events) // batch
+        self.span = (
+            events["event_timestamp"].max() - events["event_timestamp"].min() + pd.Timedelta(seconds=1)
+        )
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, k):  # type: ignore[override]
+        from models.data.replay import payload
+
+        rounds, j = divmod(k, self.per_round)
+        part = self.events.iloc[j * self.batch : (j + 1) * self.batch]
+        return payload(part.assign(event_timestamp=part["event_timestamp"] + rounds * self.span))
+
+
+INGEST_TOTALS = ("received", "accepted", "duplicates", "late")
+
+
+def feed_events(url: str, rate: float, seconds: float, batch: int) -> tuple[list[Outcome], dict[str, int]]:
+    """POST the replayed stream to `url`/events at `rate` events/s for `seconds`, in bodies of
+    `batch`; the outcomes, and the answers' totals (INGEST_TOTALS, and the last one's pending)."""
+    totals = dict.fromkeys((*INGEST_TOTALS, "pending"), 0)
+
+    def count(_: float, body: dict) -> None:
+        for key in INGEST_TOTALS:
+            totals[key] += body[key]
+        totals["pending"] = body["pending"]
+
+    posts = ReplayedStream(int(rate / batch * seconds), batch)
+    return open_loop(url, posts, rate / batch, seconds, "/events", on_answer=count), totals
+
+
+@contextlib.contextmanager
+def events_fed(url: str, rate: float, seconds: float, batch: int) -> Iterator[Future]:
+    """feed_events in a process of its own while the block runs (the /rank load generator keeps its
+    interpreter to itself: a feeder thread beside it would take its GIL and delay its requests);
+    yields the future of its result."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool.submit(feed_events, url, rate, seconds, batch)
+
+
+def _counter(metrics: str, name: str, labels: str) -> float:
+    found = re.search(rf"^{name}{{{labels}}} (\S+)$", metrics, re.M)
+    return float(found[1]) if found else 0.0
+
+
+MORE = ("item_cache_hit_rate", "events_per_s", "freshness_p99_ms", "entities", "redis_mib",
+        "redis_bytes_per_entity", "materialize_s")  # fmt: skip
+
+
+def _row(load: str, result: dict, **more) -> dict:
+    """One table row, every row with the same columns (None where one does not apply)."""
+    keys = ("requests", "req_per_s", "p50_ms", "p99_ms", "non_200", "fallbacks")
+    return {"load": load, **{k: result.get(k) for k in keys}, **{k: more.get(k) for k in MORE}}
+
+
+def add_catalogue_arguments(parser: argparse.ArgumentParser, ingest_rate: float) -> None:
+    """The options of a load on the catalogue: the run, the catalogue's size and the two loads."""
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "var", help="a finished pipeline run")
+    parser.add_argument("--users", type=float, default=1e6, help="SYNTHETIC shoppers in the online store")
+    parser.add_argument("--items", type=float, default=4e6, help="SYNTHETIC items in the online store")
+    parser.add_argument("--rate", type=float, default=50.0, help="/rank requests per second")
+    parser.add_argument("--ingest-rate", type=float, default=ingest_rate, help="events/s POSTed beside it")
+    parser.add_argument("--ingest-batch", type=int, default=50, help="events per POST /events")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_catalogue_arguments(parser, ingest_rate=1000.0)
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the load")
+    parser.add_argument("--workers", type=int, default=1, help="ranker processes (CTR_RANKER_WORKERS)")
+    parser.add_argument("--child", nargs=2, type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(write_catalogue(int(args.child[0]), int(args.child[1]))))
+        return
+    data_dir = args.data_dir.resolve()
+    users, items = int(args.users), int(args.items)
+    settings = get_settings()
+    rows: list[dict] = []
+    with serving_catalogue(data_dir, users, items, {"CTR_RANKER_WORKERS": str(args.workers)}) as (
+        env,
+        folder,
+        catalogue,
+    ):
         requests = int(args.rate * args.seconds)
         bodies, beside_bodies = (rank_bodies(requests + 50, users, items, seed=s) for s in (0, 1))
         port = free_port()
@@ -203,19 +271,10 @@ def main() -> None:
             )
             print_table(TITLE, rows[-1:])
 
-            posts = ingest_bodies(args.ingest_rate, args.seconds, args.ingest_batch)
-            post_rate = args.ingest_rate / args.ingest_batch
-            ingested: dict = {}
-
-            def run_ingest() -> None:
-                span = len(posts) / post_rate
-                ingested["result"] = summary(open_loop(ingest_url, posts, post_rate, span, "/events"))
-
             metrics_before = httpx.get(f"{url}/metrics", timeout=10).text
-            feeder = threading.Thread(target=run_ingest)
-            feeder.start()
-            beside = summary(open_loop(url, beside_bodies, args.rate, args.seconds))
-            feeder.join()
+            with events_fed(ingest_url, args.ingest_rate, args.seconds, args.ingest_batch) as fed:
+                beside = summary(open_loop(url, beside_bodies, args.rate, args.seconds))
+                ingest_outcomes, _ = fed.result()
             metrics = httpx.get(f"{url}/metrics", timeout=10).text
             hits = _counter(metrics, "ctr_item_feature_reads_total", 'source="cache"') - _counter(
                 metrics_before, "ctr_item_feature_reads_total", 'source="cache"'
@@ -230,7 +289,7 @@ def main() -> None:
                     item_cache_hit_rate=round(hits / (hits + misses), 3) if hits + misses else None,
                 )
             )
-            result = ingested["result"]
+            result = summary(ingest_outcomes)
             rows.append(
                 _row(
                     f"POST /events, {args.ingest_batch} events each ({args.ingest_rate:g} events/s offered)",

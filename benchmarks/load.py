@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -27,19 +28,28 @@ class Outcome:
 
 def open_loop(
     url: str,
-    bodies: list,
+    bodies: Sequence,
     rate: float,
     seconds: float,
     path: str = "/rank",
     headers: dict[str, str] | None = None,
     timeout_s: float = 30,
+    on_answer: Callable[[float, dict], None] | None = None,
 ) -> list[Outcome]:
-    """POST bodies[i % len(bodies)] to url+path at `rate` per second for `seconds`; one Outcome each."""
-    return asyncio.run(_open_loop(url + path, bodies, rate, seconds, headers or {}, timeout_s))
+    """POST bodies[i % len(bodies)] to url+path at `rate` per second for `seconds`; one Outcome each.
+    `bodies` may be any sequence (e.g. one that draws each body when asked); `on_answer` is called
+    with each 200 answer's due time (s after the start) and body."""
+    return asyncio.run(_open_loop(url + path, bodies, rate, seconds, headers or {}, timeout_s, on_answer))
 
 
 async def _open_loop(
-    target: str, bodies: list, rate: float, seconds: float, headers: dict[str, str], timeout_s: float
+    target: str,
+    bodies: Sequence,
+    rate: float,
+    seconds: float,
+    headers: dict[str, str],
+    timeout_s: float,
+    on_answer: Callable[[float, dict], None] | None = None,
 ) -> list[Outcome]:
     outcomes: list[Outcome] = []
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
@@ -54,6 +64,8 @@ async def _open_loop(
                 outcomes.append(Outcome(due - start, time.perf_counter() - due, None, reason=repr(exc)))
                 return
             body = response.json() if response.status_code == 200 else None
+            if on_answer is not None and body is not None:
+                on_answer(due - start, body)
             fallback, reason = False, ""
             if isinstance(body, dict) and body.get("fallback"):
                 fallback, reason = True, str(body.get("fallback_reason") or "")
