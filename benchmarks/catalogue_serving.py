@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import print_table, redis_server, write_results  # noqa: E402
 from benchmarks.load import Outcome, open_loop, summary  # noqa: E402
 from benchmarks.materialize import _redis_used  # noqa: E402
-from benchmarks.service_load import CTR, serve  # noqa: E402
+from benchmarks.service_load import CTR  # noqa: E402
 from models.ops.processes import free_port, process_group  # noqa: E402
 from models.settings import get_settings  # noqa: E402
 
@@ -130,6 +130,27 @@ def serving_catalogue(
         print(catalogue, flush=True)
         shutil.rmtree(folder / "synth", ignore_errors=True)
         yield env, folder, catalogue
+
+
+@contextlib.contextmanager
+def running_services(
+    env: dict[str, str], folder: Path
+) -> Iterator[tuple[tuple[str, subprocess.Popen], tuple[str, subprocess.Popen]]]:
+    """`ctr serve` and `ctr ingest` on free ports, logging under `folder`, until both answer
+    /readyz; yields each one's URL and process, then stops them (the ranker flushes its log)."""
+    rank_port, ingest_port = free_port(), free_port()
+    ranker, ingest = f"http://127.0.0.1:{rank_port}", f"http://127.0.0.1:{ingest_port}"
+    with (
+        process_group(
+            [CTR, "serve", "--port", str(rank_port)], env=env, cwd=ROOT, log=folder / "serve.log",
+            ready=f"{ranker}/readyz", timeout_s=300, name="ctr serve",
+        ) as rank_process,
+        process_group(
+            [CTR, "ingest", "--port", str(ingest_port)], env=env, cwd=ROOT, log=folder / "ingest.log",
+            ready=f"{ingest}/readyz", timeout_s=300, name="ctr ingest",
+        ) as ingest_process,
+    ):  # fmt: skip
+        yield (ranker, rank_process), (ingest, ingest_process)
 
 
 def rank_body(rng: np.random.Generator, users: int, items: int) -> dict:
@@ -253,15 +274,7 @@ def main() -> None:
     ):
         requests = int(args.rate * args.seconds)
         bodies, beside_bodies = (rank_bodies(requests + 50, users, items, seed=s) for s in (0, 1))
-        port = free_port()
-        ingest_url = f"http://127.0.0.1:{port}"
-        with (
-            serve(env, folder / "serve.log") as url,
-            process_group(
-                [CTR, "ingest", "--port", str(port)], env=env, cwd=ROOT, log=folder / "ingest.log",
-                ready=f"{ingest_url}/readyz", timeout_s=300, name="ctr ingest",
-            ),
-        ):  # fmt: skip
+        with running_services(env, folder) as ((url, _), (ingest_url, _)):
             for body in bodies[:50]:  # warm-up: models loaded, connections open
                 httpx.post(f"{url}/rank", json=body, timeout=30)
             load_before = os.getloadavg()

@@ -46,11 +46,10 @@ from benchmarks.catalogue_serving import (  # noqa: E402
     add_catalogue_arguments,
     events_fed,
     rank_body,
+    running_services,
     serving_catalogue,
 )
 from benchmarks.load import open_loop, summary  # noqa: E402
-from benchmarks.service_load import CTR  # noqa: E402
-from models.ops.processes import free_port, process_group  # noqa: E402
 
 TITLE = "A 30-minute soak on a Taobao-size catalogue (SYNTHETIC catalogue in Redis)"
 RSS_GROWTH_LIMIT = 0.10
@@ -191,8 +190,6 @@ def main() -> None:
             "CTR_MODEL_RELOAD_S": f"{args.reload_s:g}",
         }
         versions = two_champions(env)
-        rank_port, ingest_port = free_port(), free_port()
-        ranker, ingest = f"http://127.0.0.1:{rank_port}", f"http://127.0.0.1:{ingest_port}"
         rank_bodies = FreshRankBodies(int(args.rate * seconds) + 50, users, items)
         answers: list[tuple[float, str]] = []
         served_items = [0]
@@ -204,16 +201,7 @@ def main() -> None:
             answers.append((due, body["model"]["version"]))
             served_items[0] += len(body["items"])
 
-        with (
-            process_group(
-                [CTR, "serve", "--port", str(rank_port)], env=env, cwd=ROOT, log=folder / "serve.log",
-                ready=f"{ranker}/readyz", timeout_s=300, name="ctr serve",
-            ) as rank_process,
-            process_group(
-                [CTR, "ingest", "--port", str(ingest_port)], env=env, cwd=ROOT, log=folder / "ingest.log",
-                ready=f"{ingest}/readyz", timeout_s=300, name="ctr ingest",
-            ) as ingest_process,
-        ):  # fmt: skip
+        with running_services(env, folder) as ((ranker, rank_process), (ingest, ingest_process)):
             import httpx
 
             for index in range(50):  # warm-up: models loaded, connections open (logged, not timed)

@@ -361,9 +361,9 @@ class AsOfJoin:
         blocks: list[tuple[int, int] | None] = [None]
         main = None
         if referenced:
-            main = max(referenced, key=lambda iv: pq.read_metadata(iv[1].path).num_rows)[0]
-            size = pq.read_metadata(self.plan.views[main].path).num_rows
-            step = COMPLETION_SOURCE_ROWS
+            sizes = {i: pq.read_metadata(view.path).num_rows for i, view in referenced}
+            main = max(sizes, key=sizes.__getitem__)
+            size, step = sizes[main], COMPLETION_SOURCE_ROWS
             blocks = [(lo, min(lo + step, size)) for lo in range(0, size, step)] + blocks
         for block in blocks:
             query = self._completion_query(rows, referenced, main, block, [*extra, POSITION, *inputs])
