@@ -22,3 +22,13 @@ def test_loaded_objects_are_frozen_and_a_swapped_out_model_is_still_freed():
         assert ref() is None
     finally:
         gc.unfreeze()
+
+
+def test_garbage_collections_are_timed():
+    from services.heap import collector_pause_s
+
+    before = collector_pause_s()
+    heap = [[i] for i in range(200_000)]  # tracked objects for a full collection to walk
+    gc.collect()
+    assert collector_pause_s() > before
+    del heap
