@@ -88,9 +88,12 @@ def summary(outcomes: list[Outcome]) -> dict:
     latencies = np.array([o.latency_s for o in answered]) * 1000
     span = max((o.due_s + o.latency_s for o in outcomes), default=0.0)
     statuses: dict[str, int] = {}
+    reasons: dict[str, int] = {}
     for o in outcomes:
         key = str(o.status) if o.status is not None else "no response"
         statuses[key] = statuses.get(key, 0) + 1
+        if o.fallback:
+            reasons[o.reason] = reasons.get(o.reason, 0) + 1
     return {
         "requests": len(outcomes),
         "p50_ms": float(np.percentile(latencies, 50)) if len(latencies) else float("nan"),
@@ -102,4 +105,5 @@ def summary(outcomes: list[Outcome]) -> dict:
         "lost": len(outcomes) - len(answered),
         "non_200": sum(1 for o in outcomes if o.status != 200),
         "fallbacks": sum(1 for o in outcomes if o.fallback),
+        "fallback_reasons": reasons,
     }

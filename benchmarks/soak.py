@@ -148,8 +148,8 @@ def move_champion(env: dict[str, str], version: str) -> None:
 
 
 def switch_seconds(answers: list[tuple[float, str]], moves: list[tuple[float, str]]) -> list[float | None]:
-    """Per move of the alias (time, version): seconds until the answers due after it come from
-    that version only (None: never within the load)."""
+    """Per move of the alias (time, version): seconds until the answers that arrive after it come
+    from that version only (None: never within the load). Both lists are on one clock."""
     due = np.array([a[0] for a in answers])
     versions = np.array([a[1] for a in answers])
     out: list[float | None] = []
@@ -197,8 +197,8 @@ def main() -> None:
         samples: list[dict] = []
         results: dict[str, list] = {}
 
-        def on_rank(due: float, body: dict) -> None:
-            answers.append((due, body["model"]["version"]))
+        def on_rank(due: float, body: dict) -> None:  # on the moves' clock: when it arrived
+            answers.append((time.monotonic() - started, body["model"]["version"]))
             served_items[0] += len(body["items"])
 
         with running_services(env, folder) as ((ranker, rank_process), (ingest, ingest_process)):
@@ -210,13 +210,13 @@ def main() -> None:
             stop = threading.Event()
             pids = {"ranker": rank_process.pid, "ingest": ingest_process.pid}
             sampler = threading.Thread(target=sample_rss, args=(pids, args.sample_s, stop, samples))
-            started = time.monotonic()
+            started = time.monotonic()  # the clock of the moves and the answers
 
             def mover() -> None:
                 current = 0
                 while not stop.wait(args.move_every - (time.monotonic() - started) % args.move_every):
                     current = 1 - current
-                    moves.append((time.monotonic() - started - 0.1, versions[current]))
+                    moves.append((time.monotonic() - started, versions[current]))
                     move_champion(env, versions[current])
                     print(f"{moves[-1][0]:7.0f} s: champion -> version {versions[current]}", flush=True)
 
@@ -294,7 +294,8 @@ def main() -> None:
             f"Champion moved {len(moves)} times between versions {versions[0]} and {versions[1]} (a copy "
             f"admitted by the gate's record), CTR_MODEL_RELOAD_S={args.reload_s:g}: answers from the new "
             f"version only after {switches} s.",
-            f"Serving log: {logged:,} rows for {served_items[0]:,} items answered.",
+            f"Serving log: {logged:,} rows for {served_items[0]:,} items answered. /rank fallbacks by "
+            f"reason: {rank['fallback_reasons'] or 'none'}.",
             "The bar: "
             + "; ".join(f"{name}: {'pass' if ok else 'FAIL'}" for name, ok in checks.items())
             + ".",
