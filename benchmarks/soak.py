@@ -164,6 +164,12 @@ def switch_seconds(answers: list[tuple[float, str]], moves: list[tuple[float, st
     return out
 
 
+def move_times(seconds: float, every: float, reload_s: float) -> list[float]:
+    """When to move the alias in a load of `seconds`: every `every` s, but none so late that the
+    ranker could not follow it (one reload interval and a second) before the load ends."""
+    return [every * k for k in range(1, int(seconds // every) + 1) if every * k + reload_s + 1 <= seconds]
+
+
 def count_rows(folder: Path) -> int:
     import pyarrow.parquet as pq
 
@@ -214,7 +220,9 @@ def main() -> None:
 
             def mover() -> None:
                 current = 0
-                while not stop.wait(args.move_every - (time.monotonic() - started) % args.move_every):
+                for at in move_times(seconds, args.move_every, args.reload_s):
+                    if stop.wait(at - (time.monotonic() - started)):
+                        return
                     current = 1 - current
                     moves.append((time.monotonic() - started, versions[current]))
                     move_champion(env, versions[current])

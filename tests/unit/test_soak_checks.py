@@ -2,7 +2,7 @@
 champion, and how much a service's memory grew after warm-up. Both on records built for the case."""
 
 from benchmarks.catalogue_serving import ReplayedStream
-from benchmarks.soak import rss_growth, switch_seconds
+from benchmarks.soak import move_times, rss_growth, switch_seconds
 
 
 def test_a_switch_counts_until_the_last_old_answer_after_the_move():
@@ -20,6 +20,13 @@ def test_a_move_the_service_never_followed_has_no_switch():
 def test_an_old_answer_after_new_ones_delays_the_switch():
     answers = [(10, "2"), (11, "1"), (12, "2")]  # one worker had not reloaded yet
     assert switch_seconds(answers, [(10.0, "2")]) == [2.0]
+
+
+def test_no_move_comes_too_late_to_be_followed_within_the_load():
+    # 30 minutes, a move every 5: the one at 1,800 s would come as the load ends
+    assert move_times(1800, 300, 15) == [300, 600, 900, 1200, 1500]
+    assert move_times(1816, 300, 15) == [300, 600, 900, 1200, 1500, 1800]
+    assert move_times(100, 300, 15) == []
 
 
 def test_rss_growth_is_the_peak_after_warm_up_against_the_minute_after_it():
