@@ -44,6 +44,13 @@ IMPORTANCE_ROWS = 400_000
 # On a GPU: bfloat16 compute and large batches.
 GPU_PARAMS: dict[str, Any] = {"mixed_precision": True, "batch_size": 8192}
 
+# Rows per step when none is given. Keras' Adam and the embeddings' L2 penalty update every row of
+# the embedding tables at each step, so a step costs about the same whatever its rows, and more as
+# the catalogue (the tables) grows: at 4 M items most of a CPU epoch of 1,024-row steps goes there.
+# Big training sets take bigger steps, an epoch within STEPS_PER_EPOCH of them; small ones keep
+# the smallest batch.
+MIN_BATCH, MAX_BATCH, STEPS_PER_EPOCH = 1024, 8192, 1000
+
 DEFAULT_PARAMS: dict[str, Any] = {
     "embedding_dim": 16,
     "hidden_units": [256, 128, 64],
@@ -51,7 +58,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "embedding_l2": 1e-6,
     "cross_buckets": 200_003,
     "learning_rate": 1e-3,
-    "batch_size": 1024,
+    "batch_size": None,  # None: batch_size_for(the training rows)
     "epochs": 20,
     "patience": 3,
     "mixed_precision": False,
@@ -59,6 +66,23 @@ DEFAULT_PARAMS: dict[str, Any] = {
     # epoch). A training set smaller than this is shuffled whole, as an in-memory fit would.
     "shuffle_buffer_rows": 1_000_000,
 }
+
+
+def batch_size_for(rows: int) -> int:
+    """The smallest power-of-two batch from MIN_BATCH that makes an epoch of `rows` at most
+    STEPS_PER_EPOCH steps, capped at MAX_BATCH."""
+    size = MIN_BATCH
+    while size < MAX_BATCH and -(-rows // size) > STEPS_PER_EPOCH:
+        size *= 2
+    return size
+
+
+def _resolved(params: dict[str, Any], rows: int) -> dict[str, Any]:
+    """The defaults, then `params`, with the batch size worked out for `rows` if none was given."""
+    params = {**DEFAULT_PARAMS, **params}
+    if params["batch_size"] is None:
+        params["batch_size"] = batch_size_for(rows)
+    return params
 
 
 def _keras():
@@ -497,7 +521,7 @@ def train_wide_deep_rows(
 ) -> TrainedWideDeep:
     """`train_wide_deep` streaming from Rows: the preprocessing is adapted in one pass over the
     blocks, then every epoch reads them again, a shuffle buffer at a time."""
-    params = {**DEFAULT_PARAMS, **overrides}
+    params = _resolved(overrides, len(train))
     _set_precision(params["mixed_precision"])
     try:
         model = build_wide_deep(spec, InputStats.of_rows(spec, train), params, seed)
@@ -534,7 +558,7 @@ def train_wide_deep(
     **overrides: Any,
 ) -> TrainedWideDeep:
     """Fit on the training days, early-stopped on the validation day; best weights kept."""
-    params = {**DEFAULT_PARAMS, **overrides}
+    params = _resolved(overrides, len(train))
     _set_precision(params["mixed_precision"])
     try:
         x_train, x_valid = model_inputs(train, spec), model_inputs(valid, spec)
@@ -556,13 +580,9 @@ def continue_training(
 ) -> TrainedWideDeep:
     """Warm start: fine-tune a trained model on newer rows, keeping its adapted preprocessing."""
     _compile(trained.model, learning_rate)
-    params = {
-        **DEFAULT_PARAMS,
-        **trained.params,
-        "learning_rate": learning_rate,
-        "epochs": epochs,
-        "patience": 2,
-    }
+    params = _resolved(
+        {**trained.params, "learning_rate": learning_rate, "epochs": epochs, "patience": 2}, len(train)
+    )
     x_train, x_valid = model_inputs(train, trained.spec), model_inputs(valid, trained.spec)
     return _fit(trained.model, trained.spec, x_train, y_train, x_valid, y_valid, params, verbose)
 

@@ -7,6 +7,7 @@ import pytest
 
 from models.kinds.wide_deep import (
     WideDeepSpec,
+    batch_size_for,
     load_wide_deep,
     model_inputs,
     predict_wide_deep,
@@ -182,3 +183,22 @@ def test_a_long_epoch_shows_its_batches_as_it_goes(caplog):
     assert within and "s left in it" in within[0], shown
     assert any(m.startswith("fit: epoch 2, batch 10 of 10") for m in shown), shown
     assert "fit: 1/2" in " ".join(shown) and "finished after 2" in shown[-1], shown
+
+
+def test_big_training_sets_take_bigger_steps_and_small_ones_keep_1024_rows():
+    # The real slice (46,709 training rows) keeps 1,024-row steps; 6.7 M rows (100 M events) take
+    # 8,192-row steps, 823 per epoch instead of 6,587.
+    assert batch_size_for(46_709) == 1024
+    assert batch_size_for(1_024_000) == 1024  # exactly 1,000 steps
+    assert batch_size_for(1_024_001) == 2048
+    assert batch_size_for(3_000_000) == 4096
+    assert batch_size_for(6_744_770) == 8192
+    assert batch_size_for(100_000_000) == 8192  # at most 8,192, then more steps
+
+
+def test_an_unset_batch_size_is_worked_out_from_the_training_rows(trained):
+    assert trained.params["batch_size"] == 512  # given: kept
+    train, y_train = _rows(3_000, 0)
+    valid, y_valid = _rows(1_000, 1)
+    fitted = train_wide_deep(train, y_train, valid, y_valid, SPEC, seed=7, epochs=1)
+    assert fitted.params["batch_size"] == 1024
