@@ -26,6 +26,11 @@ from feature_repo.contract import ITEM_ID, LABEL_WINDOW, USER_ID
 
 log = logging.getLogger(__name__)
 
+# A feature missing for a whole request is an all-None column in the joined frames; its values stay
+# None either way. Set once here: a `catch_warnings` block per flush would reset every module's
+# warn-once registry each time, and the server would repeat its libraries' one-off warnings.
+warnings.filterwarnings("ignore", "The behavior of DataFrame concatenation", FutureWarning)
+
 SERVED_AT = "served_at"
 REQUEST_ID = "request_id"
 # Columns every served row has; the numeric features the model saw follow, prefixed FEATURE_PREFIX.
@@ -161,10 +166,7 @@ def _logged_features(responses: list[dict[str, Any]], sizes: np.ndarray) -> tupl
     present = [f for f in frames if f is not None]
     if not present:
         return [], np.empty((int(sizes.sum()), 0), np.float32)
-    with warnings.catch_warnings():
-        # A feature missing for a whole request is an all-None column; its values stay None either way.
-        warnings.filterwarnings("ignore", "The behavior of DataFrame concatenation", FutureWarning)
-        joined = pd.concat(present, ignore_index=True)  # columns a frame lacks are NaN in its rows
+    joined = pd.concat(present, ignore_index=True)  # columns a frame lacks are NaN in its rows
     names = [c for c in joined.columns if c not in (USER_ID, ITEM_ID) and _is_number_column(joined[c])]
     values = joined[names].to_numpy(np.float32, na_value=np.nan)
     take = np.full(int(sizes.sum()), -1, np.int64)  # row of `values` for each served row
