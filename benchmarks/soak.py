@@ -203,7 +203,7 @@ def main() -> None:
         samples: list[dict] = []
         results: dict[str, list] = {}
 
-        def on_rank(due: float, body: dict) -> None:  # on the moves' clock: when it arrived
+        def on_rank(_due: float, body: dict) -> None:  # timed on the moves' clock, when it arrived
             answers.append((time.monotonic() - started, body["model"]["version"]))
             served_items[0] += len(body["items"])
 
