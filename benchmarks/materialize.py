@@ -252,9 +252,9 @@ def main() -> None:
         "1.5 source rows per entity (the newest is picked).",
         "Each path in a child process of its own (peak RSS includes Feast's imports); Redis 7 on the "
         "same machine, flushed before each run, `INFO memory` used_memory less the empty server's. "
-        f"A child whose RSS passes {args.rss_cap_gb:g} GiB is stopped (the machine is shared).",
+        f"A child whose RSS passes {args.rss_cap_gb:g} GiB is stopped (the task limit).",
         "Both paths write byte-identical Redis hashes (tests/integration/test_materialize.py on the "
-        "real slice). The machine is shared: other jobs ran at the same time.",
+        "real slice).",
     ]
     write_results("materialize", title, rows, notes)
 
