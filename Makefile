@@ -26,8 +26,10 @@ airflow: venv
 
 # Debian packages the tests use, as command:package: a real redis-server for the Redis online
 # store, headless Chromium with its WebDriver for the Airflow UI test, and PostgreSQL for the
-# production-profile test (Debian keeps its programs in /usr/lib/postgresql/<major>/bin).
-TEST_DEBS := redis-server:redis-server chromium:chromium chromedriver:chromium-driver initdb:postgresql
+# production-profile test (Debian keeps its programs in /usr/lib/postgresql/<major>/bin), and
+# Java 17 for the Spark engine's tests (a real local Spark, CTR_ENGINE=spark).
+TEST_DEBS := redis-server:redis-server chromium:chromium chromedriver:chromium-driver initdb:postgresql \
+  java:openjdk-17-jre-headless
 test-deps:
 	@missing=; PATH="$$PATH$$(printf ':%s' /usr/lib/postgresql/*/bin)"; for dep in $(TEST_DEBS); do \
 	  command -v $${dep%%:*} > /dev/null || missing="$$missing $${dep#*:}"; done; \
