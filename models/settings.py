@@ -154,6 +154,11 @@ class Settings:
     # How the training set joins features point-in-time: "duckdb" (ASOF joins planned from the
     # FeatureService, models/features/point_in_time.py) or "feast" (get_historical_features).
     training_join: str = "duckdb"
+    # The engine of the batch stages: "local" (DuckDB in this process) or "spark" (Spark jobs on
+    # CTR_SPARK_MASTER with the CTR_SPARK_CONF settings, models/spark.py).
+    engine: str = "local"
+    spark_master: str = "local[2]"
+    spark_conf: tuple[tuple[str, str], ...] = ()
 
     # Paths under the data dir, by their older names; `paths` has them all.
     @property
@@ -219,6 +224,20 @@ class Settings:
             "CTR_FEAST_ONLINE_STORE": self.feast_online_store,
             "CTR_REDIS_CONNECTION": self.redis_connection,
         }
+
+
+def _spark_conf(text: str) -> tuple[tuple[str, str], ...]:
+    """CTR_SPARK_CONF's space-separated key=value pairs, in order."""
+    pairs = []
+    for item in text.split():
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("spark.") or not value:
+            raise ValueError(
+                f"CTR_SPARK_CONF: {item!r} is not a Spark setting: expected space-separated "
+                "spark.name=value pairs, e.g. spark.executor.memory=4g"
+            )
+        pairs.append((key, value))
+    return tuple(pairs)
 
 
 def default_raw_events() -> Path:
@@ -367,7 +386,18 @@ def get_settings() -> Settings:
         # store, with time and memory that grow with the rows rather than rows x rows per entity.
         # feast: Feast's get_historical_features (any offline store).
         training_join=_env("CTR_TRAINING_JOIN", "duckdb"),
+        # local: every batch stage on this machine (DuckDB); spark: the feature job (and the stages
+        # that follow it onto Spark) as Spark jobs on CTR_SPARK_MASTER: local[N] runs Spark inside
+        # this machine, spark://host:7077 a standalone cluster, k8s://... Kubernetes. CTR_SPARK_CONF
+        # adds Spark settings as space-separated key=value pairs, e.g.
+        # "spark.executor.memory=4g spark.sql.shuffle.partitions=64"; Spark's own spark-defaults.conf
+        # (SPARK_CONF_DIR) applies too.
+        engine=_env("CTR_ENGINE", "local").lower(),
+        spark_master=_env("CTR_SPARK_MASTER", "local[2]"),
+        spark_conf=_spark_conf(_env("CTR_SPARK_CONF", "")),
     )
+    if settings.engine not in ("local", "spark"):
+        raise ValueError(f"CTR_ENGINE={settings.engine!r}: expected local or spark")
     if settings.training_join not in ("duckdb", "feast"):
         raise ValueError(f"CTR_TRAINING_JOIN={settings.training_join!r}: expected duckdb or feast")
     if settings.online_store not in ("sqlite", "redis"):

@@ -98,3 +98,33 @@ def test_the_feature_repo_reads_the_data_dir_as_the_settings_do(tmp_path, monkey
     assert data_dir() == get_settings().data_dir == tmp_path.resolve()
     monkeypatch.setenv(DATA_DIR_VARIABLE, " ")
     assert data_dir() == get_settings().data_dir == (Path(__file__).resolve().parents[2] / "var")
+
+
+def test_the_engine_and_spark_settings_come_from_the_environment(monkeypatch):
+    from models.spark import spark_conf
+
+    monkeypatch.setenv("CTR_ENGINE", "Spark")
+    monkeypatch.setenv("CTR_SPARK_MASTER", "spark://batch:7077")
+    monkeypatch.setenv("CTR_SPARK_CONF", "spark.executor.memory=4g  spark.sql.shuffle.partitions=64")
+    settings = get_settings()
+    assert (settings.engine, settings.spark_master) == ("spark", "spark://batch:7077")
+    conf = spark_conf(settings)
+    assert conf["spark.executor.memory"] == "4g" and conf["spark.sql.shuffle.partitions"] == "64"
+    assert conf["spark.sql.session.timeZone"] == "UTC"
+    assert "spark.ui.enabled" not in conf  # the one-machine defaults stay off a cluster
+    monkeypatch.setenv("CTR_SPARK_MASTER", "local[3]")
+    assert spark_conf(get_settings())["spark.ui.enabled"] == "false"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("CTR_ENGINE", "flink", "CTR_ENGINE='flink': expected local or spark"),
+        ("CTR_SPARK_CONF", "executor.memory=4g", "not a Spark setting"),
+        ("CTR_SPARK_CONF", "spark.executor.memory", "not a Spark setting"),
+    ],
+)
+def test_a_wrong_engine_setting_is_named(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        get_settings()
