@@ -201,9 +201,17 @@ def build_features(
         view: feast_store.source_path(store, view)
         for view in (USER_VIEW, ITEM_VIEW, CATEGORY_VIEW, RECENT_VIEW)
     }
-    rows, events = batch.build_interval(
-        files, first, last, settings.timezone, sources, EngineConfig.from_settings(settings)
-    )
+    if settings.engine == "spark":
+        from models import spark
+        from models.features import spark_engine
+
+        rows, events = spark_engine.build_interval(
+            spark.session(settings), files, first, last, settings.timezone, sources
+        )
+    else:
+        rows, events = batch.build_interval(
+            files, first, last, settings.timezone, sources, EngineConfig.from_settings(settings)
+        )
     return FeaturesBuilt(rows, len(days), events)
 
 

@@ -156,7 +156,7 @@ def test_the_definitions_compile_for_spark(monkeypatch):
     class PySparkOptions(Config):
         treat_nan_as_null: bool = False
 
-    # the options the PySpark backend registers when pyspark is installed (it is not, here)
+    # the options the PySpark backend registers when it is imported (compiling alone does not import it)
     monkeypatch.setattr(ibis.options, "pyspark", PySparkOptions())
     s = get_settings()
     grid = batch.DayGrid.covering(s.window_start, s.window_end, s.timezone).definition_grid()
